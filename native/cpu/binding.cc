@@ -1,0 +1,264 @@
+// The N-API surface of the CPU backend: buffers (aligned native memory, freed
+// deterministically by free() with a GC finalizer as a safety net), host<->native
+// copies, and one generic entry point that runs a registered kernel by id.
+// Nothing else in native/ touches N-API.
+#include <node_api.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+
+#include "kernel.h"
+
+namespace {
+
+using finlora::KernelArgs;
+
+std::atomic<int64_t> g_live_bytes{0};
+
+struct Buffer {
+  void* data;
+  size_t bytes;
+};
+
+#define CHECK(call)                                                      \
+  do {                                                                   \
+    if ((call) != napi_ok) {                                             \
+      napi_throw_error(env, nullptr, "finlora native: N-API call failed"); \
+      return nullptr;                                                    \
+    }                                                                    \
+  } while (0)
+
+napi_value throw_error(napi_env env, const std::string& msg) {
+  napi_throw_error(env, nullptr, msg.c_str());
+  return nullptr;
+}
+
+void release(Buffer* b) {
+  if (b->data != nullptr) {
+    std::free(b->data);
+    g_live_bytes -= static_cast<int64_t>(b->bytes);
+    b->data = nullptr;
+  }
+}
+
+void finalize_buffer(napi_env, void* data, void*) {
+  Buffer* b = static_cast<Buffer*>(data);
+  release(b);
+  delete b;
+}
+
+bool get_buffer(napi_env env, napi_value v, Buffer** out) {
+  void* p = nullptr;
+  if (napi_get_value_external(env, v, &p) != napi_ok || p == nullptr) return false;
+  *out = static_cast<Buffer*>(p);
+  return (*out)->data != nullptr;
+}
+
+double get_number(napi_env env, napi_value v) {
+  double d = 0;
+  napi_get_value_double(env, v, &d);
+  return d;
+}
+
+// alloc(bytes) -> external
+napi_value Alloc(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  double bytes = get_number(env, argv[0]);
+  if (!(bytes >= 0)) return throw_error(env, "alloc: invalid size");
+  size_t n = static_cast<size_t>(bytes);
+  size_t rounded = ((n == 0 ? 1 : n) + 63) / 64 * 64;
+  void* data = std::aligned_alloc(64, rounded);
+  if (data == nullptr) return throw_error(env, "alloc: out of memory allocating " + std::to_string(n) + " bytes");
+  g_live_bytes += static_cast<int64_t>(n);
+  Buffer* b = new Buffer{data, n};
+  napi_value ext;
+  CHECK(napi_create_external(env, b, finalize_buffer, nullptr, &ext));
+  return ext;
+}
+
+// free(external)
+napi_value Free(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  void* p = nullptr;
+  if (napi_get_value_external(env, argv[0], &p) == napi_ok && p != nullptr) release(static_cast<Buffer*>(p));
+  return nullptr;
+}
+
+// write(external, byteOffset, typedArray)
+napi_value Write(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  Buffer* b;
+  if (!get_buffer(env, argv[0], &b)) return throw_error(env, "write: buffer was freed");
+  size_t offset = static_cast<size_t>(get_number(env, argv[1]));
+  napi_typedarray_type type;
+  size_t length, byte_offset;
+  void* data;
+  napi_value ab;
+  CHECK(napi_get_typedarray_info(env, argv[2], &type, &length, &data, &ab, &byte_offset));
+  size_t elem = 1;
+  switch (type) {
+    case napi_int16_array: case napi_uint16_array: elem = 2; break;
+    case napi_int32_array: case napi_uint32_array: case napi_float32_array: elem = 4; break;
+    case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
+    default: elem = 1;
+  }
+  size_t n = length * elem;
+  if (offset + n > b->bytes) return throw_error(env, "write: out of bounds");
+  std::memcpy(static_cast<char*>(b->data) + offset, data, n);
+  return nullptr;
+}
+
+// read(external, byteOffset, byteLength) -> ArrayBuffer (a copy)
+napi_value Read(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  Buffer* b;
+  if (!get_buffer(env, argv[0], &b)) return throw_error(env, "read: buffer was freed");
+  size_t offset = static_cast<size_t>(get_number(env, argv[1]));
+  size_t n = static_cast<size_t>(get_number(env, argv[2]));
+  if (offset + n > b->bytes) return throw_error(env, "read: out of bounds");
+  void* out;
+  napi_value ab;
+  CHECK(napi_create_arraybuffer(env, n, &out, &ab));
+  std::memcpy(out, static_cast<char*>(b->data) + offset, n);
+  return ab;
+}
+
+// kernelNames() -> string[]; kernel ids are indices into this list
+napi_value KernelNames(napi_env env, napi_callback_info) {
+  auto& reg = finlora::kernel_registry();
+  napi_value arr;
+  CHECK(napi_create_array_with_length(env, reg.size(), &arr));
+  for (size_t i = 0; i < reg.size(); ++i) {
+    napi_value s;
+    CHECK(napi_create_string_utf8(env, reg[i].name, NAPI_AUTO_LENGTH, &s));
+    CHECK(napi_set_element(env, arr, static_cast<uint32_t>(i), s));
+  }
+  return arr;
+}
+
+// run(id, buffers: external[], byteOffsets: number[], ints: number[], floats: number[])
+napi_value Run(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  auto& reg = finlora::kernel_registry();
+  int64_t id = static_cast<int64_t>(get_number(env, argv[0]));
+  if (id < 0 || id >= static_cast<int64_t>(reg.size())) return throw_error(env, "run: unknown kernel id");
+  KernelArgs args;
+  uint32_t n;
+  CHECK(napi_get_array_length(env, argv[1], &n));
+  args.ptrs.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    napi_value v, o;
+    CHECK(napi_get_element(env, argv[1], i, &v));
+    CHECK(napi_get_element(env, argv[2], i, &o));
+    Buffer* b;
+    if (!get_buffer(env, v, &b))
+      return throw_error(env, std::string(reg[id].name) + ": operand " + std::to_string(i) + " was freed");
+    args.ptrs[i] = static_cast<char*>(b->data) + static_cast<size_t>(get_number(env, o));
+  }
+  CHECK(napi_get_array_length(env, argv[3], &n));
+  args.ints.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    napi_value v;
+    CHECK(napi_get_element(env, argv[3], i, &v));
+    args.ints[i] = static_cast<int64_t>(get_number(env, v));
+  }
+  CHECK(napi_get_array_length(env, argv[4], &n));
+  args.floats.resize(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    napi_value v;
+    CHECK(napi_get_element(env, argv[4], i, &v));
+    args.floats[i] = get_number(env, v);
+  }
+  reg[id].fn(args);
+  if (!args.error.empty()) return throw_error(env, std::string(reg[id].name) + ": " + args.error);
+  return nullptr;
+}
+
+napi_value LiveBytes(napi_env env, napi_callback_info) {
+  napi_value v;
+  CHECK(napi_create_double(env, static_cast<double>(g_live_bytes.load()), &v));
+  return v;
+}
+
+const char* isa_name(finlora::Isa i) {
+  switch (i) {
+    case finlora::Isa::Avx512: return "avx512";
+    case finlora::Isa::Avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+// isa() -> {current, best}; setIsa(name)
+napi_value GetIsa(napi_env env, napi_callback_info) {
+  napi_value obj, cur, best;
+  CHECK(napi_create_object(env, &obj));
+  CHECK(napi_create_string_utf8(env, isa_name(finlora::isa()), NAPI_AUTO_LENGTH, &cur));
+  CHECK(napi_create_string_utf8(env, isa_name(finlora::best_isa()), NAPI_AUTO_LENGTH, &best));
+  CHECK(napi_set_named_property(env, obj, "current", cur));
+  CHECK(napi_set_named_property(env, obj, "best", best));
+  return obj;
+}
+
+napi_value SetIsa(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  char buf[16] = {0};
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, argv[0], buf, sizeof buf, &len));
+  std::string s(buf);
+  if (s == "avx512") finlora::set_isa(finlora::Isa::Avx512);
+  else if (s == "avx2") finlora::set_isa(finlora::Isa::Avx2);
+  else if (s == "scalar") finlora::set_isa(finlora::Isa::Scalar);
+  else return throw_error(env, "setIsa: expected avx512, avx2 or scalar");
+  return nullptr;
+}
+
+napi_value NumThreads(napi_env env, napi_callback_info) {
+  napi_value v;
+  CHECK(napi_create_int32(env, finlora::num_threads(), &v));
+  return v;
+}
+
+napi_value SetNumThreads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  finlora::set_num_threads(static_cast<int>(get_number(env, argv[0])));
+  return nullptr;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"alloc", nullptr, Alloc, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"free", nullptr, Free, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"write", nullptr, Write, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"read", nullptr, Read, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"kernelNames", nullptr, KernelNames, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"run", nullptr, Run, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"liveBytes", nullptr, LiveBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"isa", nullptr, GetIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setIsa", nullptr, SetIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"numThreads", nullptr, NumThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setNumThreads", nullptr, SetNumThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -1,0 +1,85 @@
+// finlora CPU backend: the contract between binding.cc (the only file that touches
+// N-API) and the kernels in kernels/. A kernel is a plain C++ function over raw
+// pointers; it registers itself by name with FINLORA_KERNEL, so adding a kernel
+// never edits the binding.
+//
+// Calling convention (KernelArgs):
+//   ptrs   - one pointer per buffer operand, already advanced by the view's offset
+//   ints   - shapes, strides (in elements), dtype codes, flags; layout documented
+//            at each kernel's registration
+//   floats - scalar attributes (eps, scale, alpha, ...)
+// Accumulation rule: parameter-gradient kernels say so when they accumulate (+=);
+// every other kernel overwrites its output (=).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace finlora {
+
+struct KernelArgs {
+  std::vector<void*> ptrs;
+  std::vector<int64_t> ints;
+  std::vector<double> floats;
+  // A kernel that meets bad data (an id out of range, say) sets this instead of
+  // crashing; the binding turns it into a JS exception naming the kernel.
+  mutable std::string error;
+};
+
+using KernelFn = void (*)(const KernelArgs&);
+
+struct KernelEntry {
+  const char* name;
+  KernelFn fn;
+};
+
+std::vector<KernelEntry>& kernel_registry();
+
+struct RegisterKernel {
+  RegisterKernel(const char* name, KernelFn fn) { kernel_registry().push_back({name, fn}); }
+};
+
+#define FINLORA_CONCAT_INNER(a, b) a##b
+#define FINLORA_CONCAT(a, b) FINLORA_CONCAT_INNER(a, b)
+#define FINLORA_KERNEL(name, fn) \
+  static ::finlora::RegisterKernel FINLORA_CONCAT(finlora_reg_, __LINE__)(name, fn);
+
+// dtype codes, shared with src/tensor/dtype.ts
+enum DType : int64_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, U8 = 4, I32 = 5 };
+
+// Instruction-set level the SIMD kernels use: the best the CPU supports, or lower
+// when FINLORA_CPU_ISA=avx512|avx2|scalar (or setIsa from JS) asks for it; tests use
+// this to run every code path on one machine.
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+Isa isa();
+Isa best_isa();
+void set_isa(Isa level);
+
+// A persistent pool of worker threads (one per core unless FINLORA_NUM_THREADS
+// says otherwise). parallel_for splits [0, n) into at most num_threads() chunks of
+// at least `grain` items and runs fn(begin, end) on each; the caller thread takes a
+// chunk too. Nested calls run serially.
+int num_threads();
+void set_num_threads(int n);
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+// bf16 / f16 <-> f32 conversions (round to nearest even), shared by every kernel.
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+}  // namespace finlora

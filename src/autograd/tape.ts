@@ -1,0 +1,126 @@
+// Reverse-mode autograd. Each op that produces a tensor from inputs that need
+// gradients records a GradFn on its output (the tape is the graph of these records);
+// backward() walks it in reverse topological order. Leaves (parameters) accumulate
+// their gradient in .grad (+=); frozen tensors (requiresGrad false) are never visited
+// and cost no gradient memory. Backward closures are built from ops, so every backend
+// gets every gradient.
+import { empty, keep, type Tensor } from '../tensor/tensor.js';
+import { formatShape, sameShape } from '../tensor/shape.js';
+import { kernel } from '../backend/backend.js';
+
+let disabled = 0;
+
+export function isGradEnabled(): boolean {
+  return disabled === 0;
+}
+
+/** Runs fn without recording gradients (inference, optimizer updates). */
+export function noGrad<T>(fn: () => T): T {
+  disabled++;
+  try {
+    return fn();
+  } finally {
+    disabled--;
+  }
+}
+
+/** Records the op that made `out` when gradients are on and any input needs one. */
+export function record(
+  out: Tensor,
+  name: string,
+  inputs: readonly Tensor[],
+  backward: (grad: Tensor) => (Tensor | null)[],
+): Tensor {
+  if (disabled > 0 || !inputs.some((t) => t.requiresGrad)) return out;
+  out.requiresGrad = true;
+  out.gradFn = { name, inputs, backward };
+  return out;
+}
+
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const visited = new Set<number>();
+  const stack: [Tensor, boolean][] = [[root, false]];
+  while (stack.length > 0) {
+    const [t, expanded] = stack.pop()!;
+    if (expanded) {
+      order.push(t);
+      continue;
+    }
+    if (visited.has(t.id)) continue;
+    visited.add(t.id);
+    stack.push([t, true]);
+    for (const i of t.gradFn?.inputs ?? []) if (i.requiresGrad && !visited.has(i.id)) stack.push([i, false]);
+  }
+  return order;
+}
+
+function make(like: Tensor): Tensor {
+  return empty(like.shape, 'f32', like.backend);
+}
+
+/** out = a + b into a fresh tensor, or into `into` (in place) when given. */
+function addGrads(a: Tensor, b: Tensor, into: Tensor | null): Tensor {
+  const out = into ?? make(a);
+  kernel(a.backend, 'binary')('add', a, b, out);
+  return out;
+}
+
+/**
+ * Back-propagates from `root` (a one-element tensor unless `grad` is given). Frees
+ * the graph afterwards: a second backward needs a second forward.
+ */
+export function backward(root: Tensor, grad?: Tensor): void {
+  if (!root.requiresGrad) throw new Error('backward: the tensor does not require grad (no parameter reaches it)');
+  if (grad === undefined) {
+    if (root.size !== 1) throw new Error(`backward: root has shape ${formatShape(root.shape)}; pass the output gradient`);
+    grad = make(root);
+    kernel(root.backend, 'fill')(grad, 1);
+  }
+  const order = topoOrder(root);
+  const grads = new Map<number, Tensor>([[root.id, grad]]);
+  const inUse = (t: Tensor) => {
+    for (const g of grads.values()) if (g === t) return true;
+    return false;
+  };
+  noGrad(() => {
+    for (let i = order.length - 1; i >= 0; i--) {
+      const node = order[i];
+      const g = grads.get(node.id);
+      if (g === undefined) continue;
+      grads.delete(node.id);
+      const fn = node.gradFn;
+      if (fn === null) {
+        // A leaf: accumulate into .grad, which outlives every scope.
+        if (!sameShape(g.shape, node.shape)) {
+          throw new Error(`backward: gradient ${formatShape(g.shape)} does not match ${node.name || 'leaf'} ${formatShape(node.shape)}`);
+        }
+        if (node.grad === null) {
+          node.grad = keep(make(node));
+          kernel(node.backend, 'copy')(g, node.grad);
+        } else {
+          addGrads(node.grad, g, node.grad);
+        }
+      } else {
+        const inputGrads = fn.backward(g);
+        fn.inputs.forEach((input, k) => {
+          const gi = inputGrads[k];
+          if (gi === null || gi === undefined || !input.requiresGrad) return;
+          if (!sameShape(gi.shape, input.shape)) {
+            throw new Error(`backward: ${fn.name} gave a gradient ${formatShape(gi.shape)} for an input ${formatShape(input.shape)}`);
+          }
+          const prev = grads.get(input.id);
+          if (prev === undefined) {
+            grads.set(input.id, gi);
+          } else {
+            grads.set(input.id, addGrads(prev, gi, null));
+            if (!inUse(prev) && prev !== grad) prev.dispose();
+            if (!inUse(gi) && gi !== g) gi.dispose();
+          }
+        });
+        node.gradFn = null;
+      }
+      if (g !== grad && !inUse(g)) g.dispose();
+    }
+  });
+}

@@ -1,0 +1,136 @@
+// The CPU backend: native buffers and the C++ kernels of native/cpu, called through
+// one generic entry point. This file only marshals arguments; the integer layout of
+// each kernel is documented beside its C++ registration.
+import { Backend, BackendBuffer } from '../backend.js';
+import { BINARY_OPS, type Kernels, REDUCE_OPS, UNARY_OPS } from '../kernels.js';
+import { DTYPE_CODE } from '../../tensor/dtype.js';
+import type { Tensor } from '../../tensor/tensor.js';
+import { type CpuAddon, loadCpuAddon, type NativeBuffer } from './addon.js';
+
+export class CpuBuffer extends BackendBuffer {
+  constructor(readonly native: NativeBuffer, bytes: number) {
+    super(bytes);
+  }
+}
+
+function nativeOf(t: Tensor): NativeBuffer {
+  const b = t.storage.buffer;
+  if (!(b instanceof CpuBuffer)) throw new Error(`cpu backend: ${t} does not live on the cpu backend`);
+  t.assertAlive('cpu kernel');
+  return b.native;
+}
+
+export class CpuBackend implements Backend {
+  readonly name = 'cpu';
+  readonly kernels: Partial<Kernels>;
+  private readonly ids = new Map<string, number>();
+
+  constructor(private readonly addon: CpuAddon = loadCpuAddon()) {
+    addon.kernelNames().forEach((n, i) => this.ids.set(n, i));
+    this.kernels = this.buildKernels();
+  }
+
+  alloc(bytes: number): BackendBuffer {
+    return new CpuBuffer(this.addon.alloc(bytes), bytes);
+  }
+  free(buf: BackendBuffer): void {
+    if (buf instanceof CpuBuffer) this.addon.free(buf.native);
+  }
+  write(buf: BackendBuffer, byteOffset: number, data: Uint8Array): void {
+    if (!(buf instanceof CpuBuffer)) throw new Error('cpu backend: foreign buffer');
+    this.addon.write(buf.native, byteOffset, data);
+  }
+  read(buf: BackendBuffer, byteOffset: number, bytes: number): Uint8Array {
+    if (!(buf instanceof CpuBuffer)) throw new Error('cpu backend: foreign buffer');
+    return new Uint8Array(this.addon.read(buf.native, byteOffset, bytes));
+  }
+  async sync(): Promise<void> {}
+  liveBytes(): number {
+    return this.addon.liveBytes();
+  }
+  /** The SIMD level kernels use; tests lower it to cover every code path. */
+  get isa(): { current: string; best: string } {
+    return this.addon.isa();
+  }
+  setIsa(isa: 'avx512' | 'avx2' | 'scalar'): void {
+    this.addon.setIsa(isa);
+  }
+  get numThreads(): number {
+    return this.addon.numThreads();
+  }
+  setNumThreads(n: number): void {
+    this.addon.setNumThreads(n);
+  }
+
+  private run(name: string, tensors: Tensor[], ints: number[], floats: number[] = []): void {
+    const id = this.ids.get(name);
+    if (id === undefined) throw new Error(`cpu backend: kernel '${name}' is not built`);
+    this.addon.run(id, tensors.map(nativeOf), tensors.map((t) => t.byteOffset), ints, floats);
+  }
+
+  private buildKernels(): Partial<Kernels> {
+    const all: Kernels = {
+      copy: (x, out) =>
+        this.run('copy', [x, out], [x.rank, DTYPE_CODE[x.dtype], DTYPE_CODE[out.dtype], ...x.shape, ...x.strides, ...out.strides]),
+      fill: (out, value) => this.run('fill', [out], [DTYPE_CODE[out.dtype], out.size], [value]),
+      binary: (op, a, b, out) =>
+        this.run('binary', [a, b, out], [BINARY_OPS.indexOf(op), out.rank, ...out.shape, ...a.strides, ...b.strides]),
+      unary: (op, x, out) => this.run('unary', [x, out], [UNARY_OPS.indexOf(op), x.size]),
+      reduce: (op, x, out, { outer, n, inner }) => this.run('reduce', [x, out], [REDUCE_OPS.indexOf(op), outer, n, inner]),
+      softmax: (x, out, log) => {
+        const cols = x.shape[x.rank - 1] ?? 1;
+        this.run('softmax', [x, out], [x.size / Math.max(cols, 1), cols, log ? 1 : 0]);
+      },
+      matmul: (a, b, out, { transA, transB, alpha, accumulate }) => {
+        // Fold transposition into strides: op(a) is [M, K] with strides (ars, acs), op(b) [K, N] with (brs, bcs).
+        const ra = a.rank, rb = b.rank;
+        const M = out.shape[out.rank - 2], N = out.shape[out.rank - 1];
+        const K = transA ? a.shape[ra - 2] : a.shape[ra - 1];
+        const batch = out.rank === 3 ? out.shape[0] : 1;
+        const abs = a.rank === 3 ? a.strides[0] : 0, bbs = b.rank === 3 ? b.strides[0] : 0;
+        const [ars, acs] = transA ? [a.strides[ra - 1], a.strides[ra - 2]] : [a.strides[ra - 2], a.strides[ra - 1]];
+        const [brs, bcs] = transB ? [b.strides[rb - 1], b.strides[rb - 2]] : [b.strides[rb - 2], b.strides[rb - 1]];
+        this.run('matmul', [a, b, out], [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate ? 1 : 0, DTYPE_CODE[b.dtype]], [alpha]);
+      },
+      gather: (table, ids, out) => this.run('gather', [table, ids, out], [table.shape[0], table.shape[1], ids.size]),
+      scatterAdd: (src, ids, out) => this.run('scatterAdd', [src, ids, out], [out.shape[0], out.shape[1], ids.size]),
+      rmsnorm: (x, weight, out, rstd, eps) => {
+        const D = x.shape[x.rank - 1];
+        this.run('rmsnorm', [x, weight, out, rstd], [x.size / D, D], [eps]);
+      },
+      rmsnormBackward: (x, weight, rstd, dy, dx, dweight) => {
+        const D = x.shape[x.rank - 1];
+        this.run('rmsnormBackward', [x, weight, rstd, dy, dx, dweight], [x.size / D, D]);
+      },
+      rope: (x, cos, sin, out, inverse) => {
+        const [B, T, H, D] = x.shape;
+        this.run('rope', [x, cos, sin, out], [B, T, H, D, cos.shape[0] === 1 ? 0 : T * (D / 2), inverse ? 1 : 0]);
+      },
+      attention: (q, k, v, keyMask, out, lse, { scale, causal }) => {
+        const [B, Hq, T, D] = q.shape;
+        const [, Hkv, S] = k.shape;
+        this.run('attention', [q, k, v, keyMask ?? q, out, lse], [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0], [scale]);
+      },
+      attentionBackward: (q, k, v, keyMask, out, lse, dout, dq, dk, dv, { scale, causal }) => {
+        const [B, Hq, T, D] = q.shape;
+        const [, Hkv, S] = k.shape;
+        this.run(
+          'attentionBackward',
+          [q, k, v, keyMask ?? q, out, lse, dout, dq, dk, dv],
+          [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0],
+          [scale],
+        );
+      },
+      crossEntropy: (logits, targets, loss, lse, ignoreIndex) =>
+        this.run('crossEntropy', [logits, targets, loss, lse], [logits.shape[0], logits.shape[1], ignoreIndex]),
+      crossEntropyBackward: (logits, targets, lse, dloss, dlogits, ignoreIndex) =>
+        this.run('crossEntropyBackward', [logits, targets, lse, dloss, dlogits], [logits.shape[0], logits.shape[1], ignoreIndex]),
+      dropoutMask: (out, p, seed, offset) => this.run('dropoutMask', [out], [out.size, seed, offset], [p]),
+    };
+    const built: Partial<Kernels> = {};
+    for (const key of Object.keys(all) as (keyof Kernels)[]) {
+      if (this.ids.has(key)) Object.assign(built, { [key]: all[key] });
+    }
+    return built;
+  }
+}

@@ -1,0 +1,104 @@
+// The kernels a backend implements, with their exact contracts. Ops (src/ops) validate
+// inputs, allocate outputs and call these; backends (cpu, reference, cuda) implement
+// them. Unless a contract says otherwise:
+//   - every output is a fresh contiguous tensor that the kernel overwrites (=);
+//   - every input is contiguous f32 (ops make it so);
+//   - accumulating kernels say "+=".
+import type { Tensor } from '../tensor/tensor.js';
+
+export const BINARY_OPS = ['add', 'sub', 'mul', 'div', 'maximum', 'eq'] as const;
+export type BinaryOp = (typeof BINARY_OPS)[number];
+
+export const UNARY_OPS = ['neg', 'exp', 'log', 'sqrt', 'rsqrt', 'silu', 'sigmoid', 'abs', 'square'] as const;
+export type UnaryOp = (typeof UNARY_OPS)[number];
+
+export const REDUCE_OPS = ['sum', 'max'] as const;
+export type ReduceOp = (typeof REDUCE_OPS)[number];
+
+export interface ReduceAttrs {
+  /** x is viewed as [outer, n, inner] and reduced over n into out [outer, inner]. */
+  readonly outer: number;
+  readonly n: number;
+  readonly inner: number;
+}
+
+export interface MatmulAttrs {
+  /** out[b] = alpha * op(a[b]) @ op(b[b]) (+ out[b] when accumulate). */
+  readonly transA: boolean;
+  readonly transB: boolean;
+  readonly alpha: number;
+  readonly accumulate: boolean;
+}
+
+export interface AttentionAttrs {
+  /** Softmax scale, usually 1/sqrt(headDim). */
+  readonly scale: number;
+  /** Query t attends key s only when s <= t + (S - T) (queries are the last T of S positions). */
+  readonly causal: boolean;
+}
+
+export interface Kernels {
+  /**
+   * out = x, element by element: any strides on both sides (x may broadcast with
+   * stride 0), any dtypes (converted; floats to ints truncate and saturate). out may
+   * be a strided view (concat and slice assignment write through it).
+   */
+  copy(x: Tensor, out: Tensor): void;
+  /** Every element of out (contiguous, any dtype) = value. */
+  fill(out: Tensor, value: number): void;
+  /** out = a op b; a and b are f32 views already broadcast to out.shape (any strides). */
+  binary(op: BinaryOp, a: Tensor, b: Tensor, out: Tensor): void;
+  /** out = op(x), elementwise. */
+  unary(op: UnaryOp, x: Tensor, out: Tensor): void;
+  /** Sum or max over the middle axis of x viewed as [outer, n, inner]; sums accumulate in f64. */
+  reduce(op: ReduceOp, x: Tensor, out: Tensor, attrs: ReduceAttrs): void;
+  /** Softmax (or log-softmax) over the last axis. */
+  softmax(x: Tensor, out: Tensor, log: boolean): void;
+  /**
+   * Batched GEMM: a [batch, M, K] (or [batch, K, M] with transA), b [batch, K, N] (or
+   * [batch, N, K] with transB); out [batch, M, N] contiguous. a and b may be strided
+   * views whose last two axes have one unit stride each; the batch stride may be 0.
+   * b may be f32 or bf16.
+   */
+  matmul(a: Tensor, b: Tensor, out: Tensor, attrs: MatmulAttrs): void;
+  /** Embedding lookup: table [V, D], ids int32 [N] -> out [N, D]. Ids out of range throw. */
+  gather(table: Tensor, ids: Tensor, out: Tensor): void;
+  /** out[ids[i], :] += src[i, :] (+=): src [N, D], ids int32 [N], out [V, D]. */
+  scatterAdd(src: Tensor, ids: Tensor, out: Tensor): void;
+  /** RMSNorm over the last axis: x [N, D], weight [D]; out [N, D], rstd [N] = 1/sqrt(mean(x^2) + eps). */
+  rmsnorm(x: Tensor, weight: Tensor, out: Tensor, rstd: Tensor, eps: number): void;
+  /** Backward of rmsnorm: dx [N, D] (=), dweight [D] (+=). */
+  rmsnormBackward(x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor, dx: Tensor, dweight: Tensor): void;
+  /**
+   * Rotary embedding, Hugging Face's rotate_half layout (pairs i and i + D/2):
+   * x [B, T, H, D]; cos, sin [B or 1, T, D/2]; out [B, T, H, D].
+   * out1 = x1*cos - x2*sin, out2 = x2*cos + x1*sin; inverse flips the sign of sin
+   * (the backward).
+   */
+  rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor, inverse: boolean): void;
+  /**
+   * Scaled dot-product attention with grouped-query heads: q [B, Hq, T, D],
+   * k, v [B, Hkv, S, D] (Hq a multiple of Hkv; query head h reads kv head
+   * h / (Hq/Hkv)); keyMask null or f32 [B, S] (1 attend, 0 masked);
+   * out [B, Hq, T, D]; lse [B, Hq, T] = log-sum-exp of the scaled, masked scores.
+   * A query row with every key masked gives zeros.
+   */
+  attention(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor | null, out: Tensor, lse: Tensor, attrs: AttentionAttrs): void;
+  /** Backward of attention: dq, dk, dv (=) from dout, using out and lse saved by forward. */
+  attentionBackward(
+    q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor | null, out: Tensor, lse: Tensor, dout: Tensor,
+    dq: Tensor, dk: Tensor, dv: Tensor, attrs: AttentionAttrs,
+  ): void;
+  /**
+   * Cross-entropy per row: logits [N, V], targets int32 [N]; loss [N] = lse - logit[target]
+   * (0 where target == ignoreIndex); lse [N] saved for backward.
+   */
+  crossEntropy(logits: Tensor, targets: Tensor, loss: Tensor, lse: Tensor, ignoreIndex: number): void;
+  /** dlogits [N, V] (=) = dloss[i] * (softmax(logits[i]) - onehot(target[i])), 0 for ignored rows. */
+  crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, dloss: Tensor, dlogits: Tensor, ignoreIndex: number): void;
+  /**
+   * Dropout scale mask: out[i] = u(seed, offset + i) >= p ? 1/(1-p) : 0, with u the
+   * counter-based uniform of src/ops/dropout.ts (identical on every backend).
+   */
+  dropoutMask(out: Tensor, p: number, seed: number, offset: number): void;
+}

@@ -1,0 +1,5 @@
+// Every op, one module each.
+export * from './creation.js';
+export * from './view.js';
+export * from './binary.js';
+export * from './reduce.js';

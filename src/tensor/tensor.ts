@@ -1,0 +1,175 @@
+// Tensor: a handle (shape, strides, offset, dtype) onto backend-owned storage.
+// Views share storage; storage is reference counted and freed deterministically when
+// the last tensor over it is disposed, by dispose() or by the scope() it was made in.
+import type { Backend, BackendBuffer } from '../backend/backend.js';
+import { type DType, DTYPE_BYTES, decode, type HostArray } from './dtype.js';
+import { contiguousStrides, formatShape, isContiguous, numel, type Shape } from './shape.js';
+
+export class Storage {
+  private refs = 0;
+  constructor(readonly backend: Backend, readonly buffer: BackendBuffer) {}
+  retain(): void {
+    this.refs++;
+  }
+  release(): void {
+    if (--this.refs === 0) this.backend.free(this.buffer);
+  }
+  get alive(): boolean {
+    return this.refs > 0;
+  }
+}
+
+/** The autograd record of the op that produced a tensor (see autograd/tape.ts). */
+export interface GradFn {
+  readonly name: string;
+  readonly inputs: readonly Tensor[];
+  /** Gradients for each input (null where the input needs none), given the output's gradient. */
+  backward(grad: Tensor): (Tensor | null)[];
+}
+
+let nextId = 1;
+
+export class Tensor {
+  readonly id = nextId++;
+  readonly strides: readonly number[];
+  requiresGrad = false;
+  grad: Tensor | null = null;
+  gradFn: GradFn | null = null;
+  /** A name for messages and parameter tables. */
+  name = '';
+  private disposed = false;
+
+  constructor(
+    readonly storage: Storage,
+    readonly shape: Shape,
+    readonly dtype: DType,
+    strides?: readonly number[],
+    readonly offset = 0,
+  ) {
+    this.strides = strides ?? contiguousStrides(shape);
+    storage.retain();
+    trackInScope(this);
+  }
+
+  get backend(): Backend {
+    return this.storage.backend;
+  }
+  get rank(): number {
+    return this.shape.length;
+  }
+  get size(): number {
+    return numel(this.shape);
+  }
+  get isDisposed(): boolean {
+    return this.disposed;
+  }
+  isContiguous(): boolean {
+    return isContiguous(this.shape, this.strides);
+  }
+
+  /** Byte offset of the first element within the storage buffer. */
+  get byteOffset(): number {
+    return this.offset * DTYPE_BYTES[this.dtype];
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.storage.release();
+    if (this.grad !== null) {
+      this.grad.dispose();
+      this.grad = null;
+    }
+    this.gradFn = null;
+  }
+
+  assertAlive(op: string): void {
+    if (this.disposed) throw new Error(`${op}: tensor${this.name ? ` '${this.name}'` : ''} ${formatShape(this.shape)} was disposed`);
+  }
+
+  /** Copies the values to the host (floats as Float32Array). Waits for queued work. */
+  toArray(): HostArray {
+    this.assertAlive('toArray');
+    if (!this.isContiguous()) {
+      // contiguous() lives in ops; a strided read goes through the copy kernel there.
+      throw new Error('toArray: tensor is not contiguous; call contiguous(x) first');
+    }
+    const bytes = this.size * DTYPE_BYTES[this.dtype];
+    return decode(this.dtype, this.backend.read(this.storage.buffer, this.byteOffset, bytes, this.dtype));
+  }
+
+  /** The single value of a one-element tensor. */
+  item(): number {
+    if (this.size !== 1) throw new Error(`item: tensor has ${this.size} elements, not 1`);
+    return this.toArray()[0];
+  }
+
+  toString(): string {
+    return `Tensor(${formatShape(this.shape)}, ${this.dtype}, ${this.backend.name})`;
+  }
+}
+
+/** Allocates an uninitialised contiguous tensor. */
+export function empty(shape: Shape, dtype: DType, backend: Backend): Tensor {
+  const buf = backend.alloc(numel(shape) * DTYPE_BYTES[dtype]);
+  return new Tensor(new Storage(backend, buf), [...shape], dtype);
+}
+
+/** A view over the same storage with another shape/strides/offset. */
+export function view(x: Tensor, shape: Shape, strides: readonly number[], offset: number): Tensor {
+  x.assertAlive('view');
+  return new Tensor(x.storage, [...shape], x.dtype, [...strides], offset);
+}
+
+// ------------------------------------------------------------------ scopes
+
+const scopes: Set<Tensor>[] = [];
+
+function trackInScope(t: Tensor): void {
+  const top = scopes[scopes.length - 1];
+  if (top !== undefined) top.add(t);
+}
+
+function collectTensors(value: unknown, out: Set<Tensor>, seen: Set<unknown>): void {
+  if (value instanceof Tensor) {
+    out.add(value);
+    return;
+  }
+  if (value === null || typeof value !== 'object' || seen.has(value)) return;
+  seen.add(value);
+  if (Array.isArray(value)) for (const v of value) collectTensors(v, out, seen);
+  else if (value instanceof Map) for (const v of value.values()) collectTensors(v, out, seen);
+  else if (Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) collectTensors(v, out, seen);
+}
+
+/**
+ * Runs fn and disposes every tensor created inside it, except those it returns
+ * (directly or in arrays/plain objects/maps) and those passed to keep(). Returned
+ * tensors move to the enclosing scope. Scopes nest.
+ */
+export function scope<T>(fn: () => T): T {
+  const tracked = new Set<Tensor>();
+  scopes.push(tracked);
+  let result: T;
+  try {
+    result = fn();
+  } catch (e) {
+    scopes.pop();
+    for (const t of tracked) t.dispose();
+    throw e;
+  }
+  scopes.pop();
+  const survivors = new Set<Tensor>();
+  collectTensors(result, survivors, new Set());
+  for (const t of tracked) {
+    if (survivors.has(t)) trackInScope(t);
+    else t.dispose();
+  }
+  return result;
+}
+
+/** Removes a tensor from every open scope, so it outlives them (parameters, state). */
+export function keep<T extends Tensor>(t: T): T {
+  for (const s of scopes) s.delete(t);
+  return t;
+}
