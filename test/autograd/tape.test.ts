@@ -1,0 +1,93 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { backward, noGrad } from '../../src/autograd/tape.js';
+import { requireOps, type Backend } from '../../src/backend/backend.js';
+import { getBackend } from '../../src/backend/registry.js';
+import { add, mul, sub } from '../../src/ops/binary.js';
+import { tensor } from '../../src/ops/creation.js';
+import { sum } from '../../src/ops/reduce.js';
+import { reshape, slice, transpose } from '../../src/ops/view.js';
+import { keep, scope } from '../../src/tensor/tensor.js';
+import { assertClose } from '../helpers.js';
+
+test('gradients accumulate into parameters across backward calls', () => {
+  const w = keep(tensor([1, 2, 3], [3], { requiresGrad: true }));
+  for (let i = 0; i < 2; i++) {
+    scope(() => {
+      const x = tensor([4, 5, 6], [3]);
+      backward(sum(mul(w, x)));
+    });
+  }
+  assertClose(w.grad!.toArray(), [8, 10, 12]);
+  w.dispose();
+});
+
+test('a tensor used twice gets the sum of both paths', () => {
+  scope(() => {
+    const x = tensor([1, -2], [2], { requiresGrad: true });
+    // y = x*x + 3x  =>  dy/dx = 2x + 3
+    backward(sum(add(mul(x, x), mul(x, 3))));
+    assertClose(x.grad!.toArray(), [5, -1]);
+  });
+});
+
+test('frozen tensors get no gradient and noGrad records nothing', () => {
+  scope(() => {
+    const frozen = tensor([1, 2], [2]);
+    const p = tensor([3, 4], [2], { requiresGrad: true });
+    const y = sum(mul(frozen, p));
+    backward(y);
+    assert.equal(frozen.grad, null);
+    assertClose(p.grad!.toArray(), [1, 2]);
+    const z = noGrad(() => mul(p, 2));
+    assert.equal(z.requiresGrad, false);
+    assert.equal(z.gradFn, null);
+    assert.throws(() => backward(sum(frozen)), /does not require grad/);
+  });
+});
+
+test('gradients flow through views (transpose, slice, reshape)', () => {
+  scope(() => {
+    const x = tensor([1, 2, 3, 4, 5, 6], [2, 3], { requiresGrad: true });
+    const y = sum(mul(slice(transpose(x), 0, 1), reshape(tensor([10, 20], [2]), [1, 2])));
+    backward(y);
+    // slice rows 1..3 of x^T = columns 1..2 of x, weighted by 10 and 20 per row of x
+    assertClose(x.grad!.toArray(), [0, 10, 10, 0, 20, 20]);
+  });
+});
+
+test('scope frees intermediates and keeps what it returns', () => {
+  const cpu = getBackend('cpu');
+  const before = cpu.liveBytes();
+  const kept = scope(() => {
+    const a = tensor(new Float32Array(1000), [1000]);
+    const b = add(a, 1);
+    sub(b, 2);
+    return b;
+  });
+  assert.equal(cpu.liveBytes() - before, 4000, 'only the returned tensor survives');
+  assertClose(kept.toArray().slice(0, 2), [1, 1]);
+  kept.dispose();
+  assert.equal(cpu.liveBytes(), before);
+  assert.throws(() => kept.toArray(), /was disposed/);
+});
+
+test('views keep storage alive until the last one is disposed', () => {
+  const cpu = getBackend('cpu');
+  const before = cpu.liveBytes();
+  const x = tensor([1, 2, 3, 4], [2, 2]);
+  const v = transpose(x);
+  x.dispose();
+  assert.equal(cpu.liveBytes() - before, 16);
+  v.dispose();
+  assert.equal(cpu.liveBytes(), before);
+});
+
+test('a backend without an op is refused with the op named', () => {
+  const cpu = getBackend('cpu');
+  const partial: Backend = { ...cpu, name: 'partial', kernels: { copy: cpu.kernels.copy }, alloc: cpu.alloc.bind(cpu), free: cpu.free.bind(cpu), write: cpu.write.bind(cpu), read: cpu.read.bind(cpu), sync: cpu.sync.bind(cpu), liveBytes: cpu.liveBytes.bind(cpu) };
+  assert.throws(() => requireOps(partial, ['copy', 'binary', 'attention'], 'llama'), /llama cannot run on backend 'partial': missing ops binary, attention/);
+  const x = tensor([1, 2], [2], { device: partial });
+  assert.throws(() => add(x, x), /backend 'partial' does not support op 'binary'/);
+  x.dispose();
+});
