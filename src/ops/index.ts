@@ -3,3 +3,4 @@ export * from './creation.js';
 export * from './view.js';
 export * from './binary.js';
 export * from './reduce.js';
+export * from './inplace.js';
