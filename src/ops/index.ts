@@ -4,3 +4,4 @@ export * from './view.js';
 export * from './binary.js';
 export * from './reduce.js';
 export * from './inplace.js';
+export * from './dropout.js';

@@ -1,0 +1,120 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { backward } from '../../src/autograd/tape.js';
+import { tensor } from '../../src/ops/creation.js';
+import { dropout, DropoutGenerator, dropoutMask, dropoutUniform } from '../../src/ops/dropout.js';
+import { scope, type Tensor } from '../../src/tensor/tensor.js';
+import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
+
+const devices = () => ['reference', ...testBackends()];
+
+test('dropoutUniform: 24-bit values in [0, 1), spread evenly, different per seed and counter', () => {
+  const n = 1 << 16;
+  const buckets = new Array<number>(16).fill(0);
+  let same = 0;
+  for (let i = 0; i < n; i++) {
+    const u = dropoutUniform(7, i);
+    assert.ok(u >= 0 && u < 1 && Number.isInteger(u * 2 ** 24));
+    buckets[Math.floor(u * 16)]++;
+    if (u === dropoutUniform(8, i)) same++;
+  }
+  // each bucket expects 4096 with sd 62; 6 sd is a bug, not chance
+  for (const b of buckets) assert.ok(Math.abs(b - n / 16) < 6 * 62, `bucket count ${b}`);
+  assert.ok(same < 10, `seeds 7 and 8 agree on ${same} of ${n} draws`);
+  // counters past 2^32 are distinct draws, not a wrap-around
+  assert.notEqual(dropoutUniform(7, 2 ** 32 + 5), dropoutUniform(7, 5));
+  assert.equal(dropoutUniform(7, 2 ** 40 + 3), dropoutUniform(7, 2 ** 40 + 3));
+});
+
+test('dropoutMask: every backend draws the TypeScript mask bit for bit', () => {
+  for (const [seed, offset, p, n] of [
+    [0, 0, 0.1, 1000],
+    [123456789, 77, 0.5, 4099],
+    [4294967295, 2 ** 32 - 100, 0.05, 300], // crosses the counter's 2^32 boundary
+    [42, 2 ** 50 + 1, 0.9, 257],
+    [9, 0, 1 - 2 ** -24, 64],
+  ]) {
+    const keep = Math.fround(1 / (1 - p));
+    const expected = Array.from({ length: n }, (_, i) => (dropoutUniform(seed, offset + i) >= p ? keep : 0));
+    for (const device of devices()) {
+      scope(() => {
+        const like = tensor([0], [1], { device });
+        const m = values(dropoutMask([n], p, { seed, offset }, like));
+        const got = Array.from(m, (x) => Math.fround(x));
+        assert.deepEqual(got, expected, `${device}: seed ${seed} offset ${offset} p ${p}`);
+      });
+    }
+  }
+});
+
+test('dropout: keeps about 1 - p of the elements and scales them by 1/(1 - p)', () => {
+  for (const p of [0.05, 0.3, 0.75]) {
+    scope(() => {
+      const n = 40000;
+      const x = tensor(randomData(n, 5, 0.5, 2), [200, 200]);
+      const xs = values(x);
+      const y = values(dropout(x, p, { seed: 11, offset: 0 }));
+      let kept = 0;
+      y.forEach((v, i) => {
+        if (v === 0) return;
+        kept++;
+        assertClose([v], [Math.fround(xs[i] / (1 - p))], { atol: 0, rtol: 1e-6 });
+      });
+      const sd = Math.sqrt(n * p * (1 - p));
+      assert.ok(Math.abs(kept - n * (1 - p)) < 5 * sd, `p ${p}: kept ${kept} of ${n}`);
+    });
+  }
+});
+
+test('dropout: matches the reference on strided input; p = 0 returns x', () => {
+  checkAgainstReference((x) => dropout(x, 0.4, { seed: 3, offset: 10 }), [{ shape: [13, 7], strided: true }]);
+  scope(() => {
+    const x = tensor([1, 2, 3], [3]);
+    assert.equal(dropout(x, 0, { seed: 1, offset: 0 }), x);
+  });
+});
+
+test('dropout: backward multiplies by the same mask', () => {
+  const fn = (x: Tensor) => dropout(x, 0.3, { seed: 77, offset: 5 });
+  gradcheck(fn, [{ shape: [6, 9] }]);
+  gradcheck(fn, [{ shape: [4, 5], strided: true }]);
+  for (const device of devices()) {
+    scope(() => {
+      const x = tensor(new Float32Array(500).fill(1), [500], { device, requiresGrad: true });
+      const y = values(dropout(x, 0.5, { seed: 1, offset: 0 }));
+      const xr = tensor(new Float32Array(500).fill(1), [500], { device, requiresGrad: true });
+      const out = dropout(xr, 0.5, { seed: 1, offset: 0 });
+      backward(out, tensor(new Float32Array(500).fill(1), [500], { device }));
+      assert.deepEqual(Array.from(values(xr.grad!)), Array.from(y), device);
+    });
+  }
+});
+
+test('DropoutGenerator: successive calls draw fresh masks; state round-trips', () => {
+  scope(() => {
+    const gen = new DropoutGenerator(2024);
+    const x = tensor(new Float32Array(1000).fill(1), [1000]);
+    const a = values(dropout(x, 0.5, gen));
+    assert.equal(gen.offset, 1000);
+    const saved = gen.state();
+    const b = values(dropout(x, 0.5, gen));
+    assert.notDeepEqual(Array.from(a), Array.from(b));
+    // the second call is the continuation of one long stream
+    const both = values(dropout(tensor(new Float32Array(2000).fill(1), [2000]), 0.5, { seed: 2024, offset: 0 }));
+    assert.deepEqual(Array.from(both), [...a, ...b]);
+    const resumed = DropoutGenerator.fromState(saved);
+    assert.deepEqual(Array.from(values(dropout(x, 0.5, resumed))), Array.from(b));
+    assert.deepEqual(resumed.state(), { seed: 2024, offset: 2000 });
+  });
+});
+
+test('dropout: bad arguments give clear errors', () => {
+  scope(() => {
+    const x = tensor([1, 2], [2]);
+    assert.throws(() => dropout(x, 1, { seed: 1, offset: 0 }), /dropout: p must be in \[0, 1\), got 1/);
+    assert.throws(() => dropout(x, -0.1, { seed: 1, offset: 0 }), /dropout: p must be in \[0, 1\)/);
+    assert.throws(() => dropout(x, 0.5, { seed: -1, offset: 0 }), /dropout: seed must be an integer in \[0, 2\^32\)/);
+    assert.throws(() => dropout(x, 0.5, { seed: 1, offset: 1.5 }), /dropout: offset must be an integer/);
+    assert.throws(() => new DropoutGenerator(2 ** 32), /DropoutGenerator: seed must be/);
+  });
+});
