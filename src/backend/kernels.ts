@@ -61,9 +61,13 @@ export interface Kernels {
    * b may be f32 or bf16.
    */
   matmul(a: Tensor, b: Tensor, out: Tensor, attrs: MatmulAttrs): void;
-  /** Embedding lookup: table [V, D], ids int32 [N] -> out [N, D]. Ids out of range throw. */
+  /**
+   * Embedding lookup: table [V, D] (contiguous f32, bf16 or f16), ids int32 [N] ->
+   * out f32 [N, D]. Ids out of range throw (naming the id and its position) before
+   * anything is written.
+   */
   gather(table: Tensor, ids: Tensor, out: Tensor): void;
-  /** out[ids[i], :] += src[i, :] (+=): src [N, D], ids int32 [N], out [V, D]. */
+  /** out[ids[i], :] += src[i, :] (+=): src [N, D], ids int32 [N], out [V, D]; repeated ids accumulate. */
   scatterAdd(src: Tensor, ids: Tensor, out: Tensor): void;
   /** RMSNorm over the last axis: x [N, D], weight [D]; out [N, D], rstd [N] = 1/sqrt(mean(x^2) + eps). */
   rmsnorm(x: Tensor, weight: Tensor, out: Tensor, rstd: Tensor, eps: number): void;

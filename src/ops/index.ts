@@ -4,4 +4,5 @@ export * from './view.js';
 export * from './binary.js';
 export * from './reduce.js';
 export * from './inplace.js';
+export * from './embedding.js';
 export * from './dropout.js';

@@ -92,7 +92,8 @@ export class CpuBackend implements Backend {
         const [brs, bcs] = transB ? [b.strides[rb - 1], b.strides[rb - 2]] : [b.strides[rb - 2], b.strides[rb - 1]];
         this.run('matmul', [a, b, out], [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate ? 1 : 0, DTYPE_CODE[b.dtype]], [alpha]);
       },
-      gather: (table, ids, out) => this.run('gather', [table, ids, out], [table.shape[0], table.shape[1], ids.size]),
+      gather: (table, ids, out) =>
+        this.run('gather', [table, ids, out], [table.shape[0], table.shape[1], ids.size, DTYPE_CODE[table.dtype]]),
       scatterAdd: (src, ids, out) => this.run('scatterAdd', [src, ids, out], [out.shape[0], out.shape[1], ids.size]),
       rmsnorm: (x, weight, out, rstd, eps) => {
         const D = x.shape[x.rank - 1];
