@@ -1,0 +1,38 @@
+// The register-tiled micro-kernels behind the "matmul" kernel (kernels/matmul.cc),
+// one per instruction-set level, and the cache-blocking sizes that go with each.
+// The blocked loop nest and its packed layouts follow Goto & van de Geijn, "Anatomy
+// of High-Performance Matrix Multiplication" (2008), and the BLIS framework's
+// five-loop structure.
+//
+// Packed layouts (every micro-kernel reads these):
+//   A micro-panel: kc steps of `mr` floats, a[k * mr + i] = op(A)[i, k]; rows past
+//                  the matrix edge are zero.
+//   B micro-panel: kc steps of `nr` floats, b[k * nr + j] = op(B)[k, j]; columns past
+//                  the matrix edge are zero.
+// A micro-kernel computes the rows x cols corner of the mr x nr product of one A and
+// one B micro-panel and writes it to C (row-major, leading dimension ldc):
+//   C = alpha * (A B)          when add is false
+//   C = alpha * (A B) + C      when add is true
+#pragma once
+#include <cstdint>
+
+namespace finlora {
+namespace gemm {
+
+using MicroKernelFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows,
+                               int cols, float alpha, bool add);
+
+struct MicroKernel {
+  const char* name;
+  int mr, nr;           // register tile: rows of C by columns of C
+  int64_t mc, kc, nc;   // cache blocks: A block mc x kc (L2), B block kc x nc (L3)
+  MicroKernelFn run;
+};
+
+// Each returns nullptr when this build has no such kernel (not x86-64).
+const MicroKernel* avx512_micro_kernel();
+const MicroKernel* avx2_micro_kernel();
+const MicroKernel* scalar_micro_kernel();
+
+}  // namespace gemm
+}  // namespace finlora
