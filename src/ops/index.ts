@@ -6,3 +6,6 @@ export * from './reduce.js';
 export * from './inplace.js';
 export * from './embedding.js';
 export * from './dropout.js';
+export * from './rmsnorm.js';
+export * from './unary.js';
+export * from './norm.js';

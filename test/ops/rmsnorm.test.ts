@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { backward } from '../../src/autograd/tape.js';
+import { tensor } from '../../src/ops/creation.js';
+import { rmsNorm } from '../../src/ops/rmsnorm.js';
+import { scope, type Tensor } from '../../src/tensor/tensor.js';
+import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
+import { forEachIsa } from './nn_helpers.js';
+
+const norm = (eps: number) => (x: Tensor, w: Tensor) => rmsNorm(x, w, eps);
+
+test('rmsNorm: matches the reference on odd shapes, strided inputs and bf16, at every SIMD level', () => {
+  forEachIsa(() => {
+    checkAgainstReference(norm(1e-6), [{ shape: [5, 7] }, { shape: [7] }]);
+    checkAgainstReference(norm(1e-5), [{ shape: [2, 3, 33], strided: true }, { shape: [33] }]);
+    checkAgainstReference(norm(1e-6), [{ shape: [9, 130], strided: true }, { shape: [130] }]);
+    checkAgainstReference(norm(1e-6), [{ shape: [3, 64], dtype: 'bf16' }, { shape: [64], dtype: 'bf16' }]);
+    checkAgainstReference(norm(0.5), [{ shape: [1, 1] }, { shape: [1] }]);
+  });
+});
+
+test('rmsNorm: values follow y = x / sqrt(mean(x^2) + eps) * w', () => {
+  for (const device of ['reference', ...testBackends()]) {
+    scope(() => {
+      const y = rmsNorm(tensor([3, 4, 0, 0], [2, 2], { device }), tensor([1, 2], [2], { device }), 0);
+      // row 1: rms = sqrt(12.5); row 2: all zeros (eps 0) gives NaN like PyTorch
+      assertClose(values(y).slice(0, 2), [3 / Math.sqrt(12.5), 8 / Math.sqrt(12.5)], { atol: 1e-6 }, device);
+    });
+  }
+});
+
+test('rmsNorm: the mean of squares is accurate for long rows of large values', () => {
+  // 1e4 + small noise over 8192 elements: an f32 running sum would lose the noise
+  const D = 8192;
+  const data = Array.from(randomData(D, 9), (v) => 1e4 + v);
+  checkAgainstReference(norm(1e-6), [{ shape: [1, D], data }, { shape: [D] }], { atol: 1e-6, rtol: 1e-6 });
+});
+
+test('rmsNorm: gradients of x and weight match finite differences', () => {
+  gradcheck(norm(1e-6), [{ shape: [3, 5] }, { shape: [5] }]);
+  gradcheck(norm(0.1), [{ shape: [2, 2, 9], strided: true }, { shape: [9] }]);
+  gradcheck(norm(1e-6), [{ shape: [4, 6] }, { shape: [6], noGrad: true }]);
+});
+
+test('rmsNorm: the fused backward kernel matches the reference on larger rows', () => {
+  forEachIsa(() => checkAgainstReference(
+    (x: Tensor, w: Tensor, g: Tensor) => {
+      x.requiresGrad = true;
+      w.requiresGrad = true;
+      backward(rmsNorm(x, w, 1e-5), g);
+      return [x.grad!, w.grad!];
+    },
+    [{ shape: [37, 75], strided: true }, { shape: [75] }, { shape: [37, 75] }],
+    { atol: 1e-5, rtol: 1e-4 },
+  ));
+});
+
+test('rmsNorm: mismatched weight and bad eps are refused', () => {
+  scope(() => {
+    const x = tensor(new Float32Array(6), [2, 3]);
+    assert.throws(() => rmsNorm(x, tensor([1, 1], [2])), /rmsNorm: weight \[2\] does not match the last axis of x \[2, 3\]/);
+    assert.throws(() => rmsNorm(x, tensor([1, 1, 1], [3]), -1), /rmsNorm: eps must be non-negative/);
+    assert.throws(() => rmsNorm(tensor([1], [1], { dtype: 'int32' }), tensor([1], [1])), /rmsNorm: x must be f32 or bf16 or f16, got int32/);
+  });
+});
