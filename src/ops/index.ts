@@ -7,3 +7,5 @@ export * from './inplace.js';
 export * from './embedding.js';
 export * from './dropout.js';
 export * from './rmsnorm.js';
+export * from './unary.js';
+export * from './norm.js';
