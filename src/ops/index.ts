@@ -9,3 +9,4 @@ export * from './dropout.js';
 export * from './rmsnorm.js';
 export * from './unary.js';
 export * from './norm.js';
+export * from './rope.js';
