@@ -3,6 +3,7 @@ export * from './creation.js';
 export * from './view.js';
 export * from './binary.js';
 export * from './reduce.js';
+export * from './matmul.js';
 export * from './inplace.js';
 export * from './embedding.js';
 export * from './dropout.js';
