@@ -110,6 +110,8 @@ export function parseHubId(value: string): HubId | null {
   const name = m[2]!;
   const revision = m[3];
   if (org.includes('--') || name.includes('--') || org.includes('..') || name.includes('..')) return null;
+  // The revision names a file under refs/: it must stay there.
+  if (revision !== undefined && !safeRelative(revision)) return null;
   return { repoId: `${org}/${name}`, org, name, revision: revision ?? 'main' };
 }
 
@@ -262,7 +264,9 @@ class Downloader {
     if (commit !== this.id.revision) writeAtomic(path.join(this.repoDir, 'refs', this.id.revision), commit);
     const snapshot = path.join(this.repoDir, 'snapshots', commit);
     await this.fetchFile(snapshot, 'config.json', first);
-    for (const file of REQUIRED_FILES.slice(1)) await this.fetchFile(snapshot, file, await this.metadata(commit, file, true));
+    for (const file of REQUIRED_FILES.slice(1)) {
+      if (!fs.existsSync(path.join(snapshot, file))) await this.fetchFile(snapshot, file, await this.metadata(commit, file, true));
+    }
     for (const file of OPTIONAL_FILES) {
       if (fs.existsSync(path.join(snapshot, file))) continue;
       const meta = await this.metadata(commit, file, false);
@@ -429,6 +433,12 @@ class Downloader {
       throw this.statusError(res, url, file);
     }
     const resumed = res.status === 206 && have > 0 && (res.headers.get('content-range') ?? '').startsWith(`bytes ${have}-`);
+    if (res.status === 206 && !resumed) {
+      clearTimeout(idle);
+      await res.body?.cancel();
+      fs.rmSync(partial, { force: true });
+      throw new HubError(`${url} answered a range request for ${file} with Content-Range ${JSON.stringify(res.headers.get('content-range'))}; removed the partial file, run again to restart`, 206, url);
+    }
     if (!resumed) have = 0;
 
     const hash: Hash | null = checkSha ? createHash('sha256') : null;

@@ -312,6 +312,7 @@ test('hub ids and cache locations follow huggingface_hub', () => {
   assert.equal(parseHubId('Qwen/Qwen2.5-0.5B@refs/pr/1')?.revision, 'refs/pr/1');
   assert.equal(parseHubId('a--b/c'), null);
   assert.equal(parseHubId('a/../b'), null);
+  assert.equal(parseHubId('a/b@../../etc'), null);
   assert.equal(parseHubId('just-a-name'), null);
   assert.equal(hubCacheDir({ HF_HOME: '/x/hf' }), '/x/hf/hub');
   assert.equal(hubCacheDir({ HF_HOME: '/x/hf', HF_HUB_CACHE: '/y/cache' }), '/y/cache');
