@@ -436,7 +436,8 @@ export function writeSafetensors(file: string, tensors: Readonly<Record<string, 
     }
     fs.rmSync(tmp, { force: true });
     if (e instanceof SafetensorsError) throw e;
-    throw new SafetensorsError(file, `cannot write: ${errorText(e)}`);
+    // name the destination, not the temporary, in system errors
+    throw new SafetensorsError(file, `cannot write: ${errorText(e).split(tmp).join(file)}`);
   }
   syncDirectory(dir);
 }
