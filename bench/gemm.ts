@@ -1,0 +1,242 @@
+// GEMM benchmark: finlora's CPU matmul against numpy's (OpenBLAS) in the same run, on
+// a square product and the projection shapes of a Llama layer (M tokens x K in x N out).
+// Each product is first checked against f64 dot products at sampled entries, then
+// timed (warm-up, then the best and the median of several runs). numpy runs in one
+// python3 child process that answers one request per line, so the two libraries take
+// turns shape by shape and see the same machine load. That child's environment drops
+// OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE so OpenBLAS picks its kernel for this CPU.
+//
+// `npm run bench` runs this file; benchGemm() is exported for a wider benchmark runner.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createInterface, type Interface } from 'node:readline';
+import { pathToFileURL } from 'node:url';
+import { getBackend } from '../src/backend/registry.js';
+import { CpuBackend } from '../src/backend/cpu/cpu.js';
+import { tensor } from '../src/ops/creation.js';
+import { matmul } from '../src/ops/matmul.js';
+import { Rng } from '../src/tensor/rng.js';
+import { scope } from '../src/tensor/tensor.js';
+
+export interface GemmCase {
+  readonly M: number;
+  readonly K: number;
+  readonly N: number;
+  /** b stored [N, K] and used transposed: the Linear layer layout (x @ Wᵀ). */
+  readonly transB: boolean;
+}
+
+export interface GemmRow extends GemmCase {
+  readonly finlora: Timing;
+  readonly numpy: Timing | null;
+  readonly maxError: number;
+}
+
+export interface Timing {
+  readonly bestS: number;
+  readonly medianS: number;
+}
+
+export const DEFAULT_CASES: readonly GemmCase[] = [
+  { M: 1024, K: 1024, N: 1024, transB: false },
+  { M: 512, K: 2048, N: 2048, transB: false },
+  { M: 512, K: 2048, N: 8192, transB: false },
+  { M: 512, K: 8192, N: 2048, transB: false },
+  { M: 512, K: 2048, N: 2048, transB: true },
+  { M: 512, K: 2048, N: 8192, transB: true },
+  { M: 512, K: 8192, N: 2048, transB: true },
+];
+
+// The numpy side: prints one JSON line describing itself, then answers
+// "M K N transB reps" lines with the seconds of each run.
+const NUMPY_WORKER = String.raw`
+import json, sys, time
+try:
+    import numpy as np
+except ImportError:
+    print(json.dumps({"error": "numpy is not installed for " + sys.executable}), flush=True)
+    sys.exit(0)
+info = {"numpy": np.__version__, "python": sys.executable}
+try:
+    from threadpoolctl import threadpool_info
+    info["blas"] = ["%s %s (%s kernel, %s threads)" % (d.get("internal_api"), d.get("version"), d.get("architecture"), d.get("num_threads")) for d in threadpool_info()]
+except ImportError:
+    # No threadpoolctl: ask the OpenBLAS library numpy loaded for its kernel directly.
+    import ctypes
+    libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if "openblas" in l.lower() and ".so" in l})
+    found = []
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        desc = path.rsplit("/", 1)[-1]
+        for prefix in ("openblas", "scipy_openblas"):
+            for suffix in ("", "64_"):
+                f = getattr(lib, prefix + "_get_corename" + suffix, None)
+                g = getattr(lib, prefix + "_get_num_threads" + suffix, None)
+                if f is not None:
+                    f.restype = ctypes.c_char_p
+                    desc += " (%s kernel, %s threads)" % (f().decode(), g() if g is not None else "?")
+                    break
+            else:
+                continue
+            break
+        found.append(desc)
+    info["blas"] = found or ["unknown (threadpoolctl not installed, no OpenBLAS library found)"]
+print(json.dumps(info), flush=True)
+rng = np.random.default_rng(0)
+for line in sys.stdin:
+    M, K, N, tb, reps = (int(v) for v in line.split())
+    a = rng.random((M, K), dtype=np.float32) - 0.5
+    b = rng.random((N, K) if tb else (K, N), dtype=np.float32) - 0.5
+    f = (lambda: a @ b.T) if tb else (lambda: a @ b)
+    f(); f()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
+    print(json.dumps({"times": times}), flush=True)
+`;
+
+class NumpyWorker {
+  private constructor(
+    private readonly child: ChildProcessWithoutNullStreams,
+    private readonly lines: AsyncIterator<string>,
+    private readonly rl: Interface,
+    readonly info: string,
+  ) {}
+
+  /** Starts python3 with numpy, or returns the reason it cannot. */
+  static async start(): Promise<NumpyWorker | string> {
+    const env = { ...process.env };
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
+    const child = spawn('python3', ['-c', NUMPY_WORKER], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const failed = new Promise<string>((resolve) => child.once('error', (e) => resolve(`python3 could not be started (${e.message})`)));
+    const rl = createInterface({ input: child.stdout });
+    const lines = rl[Symbol.asyncIterator]();
+    const first = await Promise.race([lines.next().then((r) => (r.done ? 'python3 exited without output' : r.value)), failed]);
+    let parsed: { error?: string; numpy?: string; blas?: string[]; python?: string };
+    try {
+      parsed = JSON.parse(first) as typeof parsed;
+    } catch {
+      child.kill();
+      return first;
+    }
+    if (parsed.error !== undefined) {
+      child.kill();
+      return parsed.error;
+    }
+    const info = `numpy ${parsed.numpy} (${parsed.python}); BLAS: ${(parsed.blas ?? []).join('; ')}`;
+    return new NumpyWorker(child, lines, rl, info);
+  }
+
+  async time(c: GemmCase, reps: number): Promise<number[]> {
+    this.child.stdin.write(`${c.M} ${c.K} ${c.N} ${c.transB ? 1 : 0} ${reps}\n`);
+    const r = await this.lines.next();
+    if (r.done) throw new Error('numpy worker exited');
+    return (JSON.parse(r.value) as { times: number[] }).times;
+  }
+
+  close(): void {
+    this.rl.close();
+    this.child.stdin.end();
+  }
+}
+
+function randomMatrix(n: number, rng: Rng): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = rng.next() - 0.5;
+  return out;
+}
+
+function summarize(times: number[]): Timing {
+  const s = [...times].sort((x, y) => x - y);
+  return { bestS: s[0], medianS: s[Math.floor(s.length / 2)] };
+}
+
+/**
+ * Checks finlora's product at `samples` entries against f64 dot products; returns the
+ * largest error relative to the sum of |terms| (a float32 accumulation's error scale).
+ */
+function checkSamples(c: GemmCase, a: Float32Array, b: Float32Array, out: Float32Array, samples: number, rng: Rng): number {
+  const { M, K, N, transB } = c;
+  let worst = 0;
+  for (let s = 0; s < samples; s++) {
+    const i = Math.floor(rng.next() * M), j = Math.floor(rng.next() * N);
+    let acc = 0, mag = 0;
+    for (let k = 0; k < K; k++) {
+      const t = a[i * K + k] * (transB ? b[j * K + k] : b[k * N + j]);
+      acc += t;
+      mag += Math.abs(t);
+    }
+    worst = Math.max(worst, Math.abs(out[i * N + j] - acc) / mag);
+  }
+  return worst;
+}
+
+function finloraTimes(c: GemmCase, a: Float32Array, b: Float32Array, reps: number, samples: number): { times: number[]; maxError: number } {
+  return scope(() => {
+    const ta = tensor(a, [c.M, c.K]);
+    const tb = tensor(b, c.transB ? [c.N, c.K] : [c.K, c.N]);
+    const run = () => scope(() => {
+      matmul(ta, tb, { transB: c.transB }).dispose();
+    });
+    const first = matmul(ta, tb, { transB: c.transB });
+    const maxError = checkSamples(c, a, b, Float32Array.from(first.toArray()), samples, new Rng(7));
+    first.dispose();
+    run();
+    const times: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      const t0 = process.hrtime.bigint();
+      run();
+      times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+    }
+    return { times, maxError };
+  });
+}
+
+const gflops = (c: GemmCase, s: number) => (2 * c.M * c.N * c.K) / s / 1e9;
+
+/** Runs the GEMM benchmark and prints a table; returns the rows. */
+export async function benchGemm(cases: readonly GemmCase[] = DEFAULT_CASES, reps = 10, log: (s: string) => void = console.log): Promise<GemmRow[]> {
+  const cpu = getBackend('cpu');
+  const isa = cpu instanceof CpuBackend ? `${cpu.isa.current} (best ${cpu.isa.best}), ${cpu.numThreads} threads` : cpu.name;
+  log(`finlora cpu GEMM: ${isa}`);
+  const worker = await NumpyWorker.start();
+  log(typeof worker === 'string' ? `numpy: not measured: ${worker}` : worker.info);
+  const rows: GemmRow[] = [];
+  const rng = new Rng(1234);
+  try {
+    for (const c of cases) {
+      const a = randomMatrix(c.M * c.K, rng);
+      const b = randomMatrix(c.K * c.N, rng);
+      const mine = finloraTimes(c, a, b, reps, 64);
+      // float32 accumulation over K terms: error ~ sqrt(K) * 2^-24 of the terms' size
+      if (!(mine.maxError < 1e-5)) throw new Error(`gemm ${c.M}x${c.K}x${c.N}: result differs from the f64 reference (relative error ${mine.maxError})`);
+      const np = typeof worker === 'string' ? null : summarize(await worker.time(c, reps));
+      rows.push({ ...c, finlora: summarize(mine.times), numpy: np, maxError: mine.maxError });
+    }
+  } finally {
+    if (typeof worker !== 'string') worker.close();
+  }
+  const header = ['M x K x N', 'layout', 'finlora GFLOP/s', 'numpy GFLOP/s', 'ratio', 'finlora median', 'numpy median', 'max rel err'];
+  const table = rows.map((r) => [
+    `${r.M} x ${r.K} x ${r.N}`,
+    r.transB ? 'x @ Wᵀ' : 'a @ b',
+    gflops(r, r.finlora.bestS).toFixed(1),
+    r.numpy ? gflops(r, r.numpy.bestS).toFixed(1) : '-',
+    r.numpy ? (r.numpy.bestS / r.finlora.bestS).toFixed(2) : '-',
+    gflops(r, r.finlora.medianS).toFixed(1),
+    r.numpy ? gflops(r, r.numpy.medianS).toFixed(1) : '-',
+    r.maxError.toExponential(1),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
+  const fmt = (cells: string[]) => cells.map((s, i) => (i < 2 ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join('  ');
+  log('');
+  log(fmt(header));
+  log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const row of table) log(fmt(row));
+  log(`\nbest of ${reps} runs after warm-up; ratio = finlora / numpy throughput`);
+  return rows;
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  await benchGemm();
+}
