@@ -52,7 +52,11 @@ export interface Kernels {
   unary(op: UnaryOp, x: Tensor, out: Tensor): void;
   /** Sum or max over the middle axis of x viewed as [outer, n, inner]; sums accumulate in f64. */
   reduce(op: ReduceOp, x: Tensor, out: Tensor, attrs: ReduceAttrs): void;
-  /** Softmax (or log-softmax) over the last axis. */
+  /**
+   * Softmax (or log-softmax) over the last axis. A row whose entries are all -inf (fully
+   * masked) gives zeros (log-softmax: -inf) where PyTorch gives NaN, so a masked row
+   * passes no gradient; a NaN or +inf in a row makes the whole row NaN.
+   */
   softmax(x: Tensor, out: Tensor, log: boolean): void;
   /**
    * Batched GEMM: a [batch, M, K] (or [batch, K, M] with transA), b [batch, K, N] (or

@@ -11,3 +11,4 @@ export * from './rmsnorm.js';
 export * from './unary.js';
 export * from './norm.js';
 export * from './rope.js';
+export * from './softmax.js';

@@ -54,6 +54,11 @@ export function elementwiseKernels(): Partial<Kernels> {
       for (let row = 0; row < v.length / cols; row++) {
         let max = -Infinity;
         for (let c = 0; c < cols; c++) max = Math.max(max, v[row * cols + c]);
+        if (max === -Infinity) {
+          // every entry -inf (a fully masked row): zeros, log-softmax -inf (the kernel contract)
+          r.fill(log ? -Infinity : 0, row * cols, (row + 1) * cols);
+          continue;
+        }
         let sum = 0;
         for (let c = 0; c < cols; c++) sum += Math.exp(v[row * cols + c] - max);
         for (let c = 0; c < cols; c++) {
