@@ -12,3 +12,4 @@ export * from './unary.js';
 export * from './norm.js';
 export * from './rope.js';
 export * from './softmax.js';
+export * from './concat.js';
