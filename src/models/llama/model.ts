@@ -1,0 +1,288 @@
+// LlamaForCausalLM — also MistralForCausalLM and Qwen2ForCausalLM, which share its
+// layout — as transformers defines it, with the module tree and parameter names of a
+// Hugging Face checkpoint:
+//
+//   model.embed_tokens                       Embedding [vocab, hidden]
+//   model.layers.N.input_layernorm           RMSNorm
+//   model.layers.N.self_attn.{q,k,v,o}_proj  Linear (q/k/v bias for Qwen2)
+//   model.layers.N.post_attention_layernorm  RMSNorm
+//   model.layers.N.mlp.{gate,up,down}_proj   Linear, down(silu(gate(x)) * up(x))
+//   model.norm                               RMSNorm
+//   lm_head                                  Linear [vocab, hidden]; absent when the
+//                                            embeddings are tied (embed_tokens is used)
+//
+// A decoder layer is pre-norm: h += o_proj(attn(rope(q), rope(k), v)), then
+// h += mlp(post_attention_layernorm(h)). Attention is causal with grouped-query heads.
+// Weights are frozen and stored in f32 or bf16; activations and logits are f32.
+import type { Backend, KernelName } from '../../backend/backend.js';
+import { isGradEnabled } from '../../autograd/tape.js';
+import { attention } from '../../ops/attention.js';
+import { add, mul } from '../../ops/binary.js';
+import { resolveBackend } from '../../ops/creation.js';
+import { linear } from '../../ops/matmul.js';
+import { rope, ropeInvFreq, rotaryTables, type RopeConfig } from '../../ops/rope.js';
+import { silu } from '../../ops/unary.js';
+import { cast, reshape, slice, transpose } from '../../ops/view.js';
+import { Embedding } from '../../nn/embedding.js';
+import { Linear } from '../../nn/linear.js';
+import { Module } from '../../nn/module.js';
+import { ModuleList } from '../../nn/module_list.js';
+import { RMSNorm } from '../../nn/rms_norm.js';
+import { formatShape } from '../../tensor/shape.js';
+import { empty, scope, type Tensor } from '../../tensor/tensor.js';
+import { Checkpoint, CheckpointError } from '../checkpoint.js';
+import { KVCache } from '../kv_cache.js';
+import { type LlamaConfig, readLlamaConfig } from './config.js';
+
+/** Storage formats for the frozen base weights. */
+export type WeightDType = 'f32' | 'bf16';
+
+export interface LoadOptions {
+  /** Storage dtype of the weights (default f32); checkpoint tensors are converted to it. */
+  dtype?: WeightDType;
+  device?: string | Backend;
+}
+
+export interface ForwardOptions {
+  /**
+   * Position of each token, int32-valued [B][T] (one row per sequence) or one row shared
+   * by the batch; default: cache.length, cache.length + 1, ... (left-padded batches pass
+   * per-row positions, as transformers' generate does).
+   */
+  positions?: Int32Array | readonly (readonly number[])[];
+  /** Keys to attend, f32 [B, S] (1 attend, 0 padding) over all S = cache.length + T keys. */
+  keyMask?: Tensor;
+  /** Appends this pass's keys and values and attends to everything stored. */
+  cache?: KVCache;
+  /** Compute logits for the last position only ([B, 1, V]): what decoding needs. */
+  lastPositionOnly?: boolean;
+}
+
+/** Allocates a model's parameters (uninitialised) before the checkpoint fills them. */
+type Alloc = (shape: readonly number[]) => Tensor;
+
+class LlamaAttention extends Module {
+  readonly q_proj: Linear;
+  readonly k_proj: Linear;
+  readonly v_proj: Linear;
+  readonly o_proj: Linear;
+
+  constructor(private readonly config: LlamaConfig, alloc: Alloc) {
+    super();
+    const { hiddenSize: H, numAttentionHeads: Hq, numKeyValueHeads: Hkv, headDim: D } = config;
+    const proj = (out: number, inp: number, bias: boolean) => new Linear(alloc([out, inp]), bias ? alloc([out]) : null);
+    this.q_proj = this.registerModule('q_proj', proj(Hq * D, H, config.qkvBias));
+    this.k_proj = this.registerModule('k_proj', proj(Hkv * D, H, config.qkvBias));
+    this.v_proj = this.registerModule('v_proj', proj(Hkv * D, H, config.qkvBias));
+    this.o_proj = this.registerModule('o_proj', proj(H, Hq * D, config.oBias));
+  }
+
+  /** x [B, T, hidden] -> [B, T, hidden]. */
+  forward(x: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null, cache: KVCache | null, layer: number): Tensor {
+    const [B, T] = x.shape;
+    const { numAttentionHeads: Hq, numKeyValueHeads: Hkv, headDim: D } = this.config;
+    // Heads are laid out [B, T, H, D] for rope, then [B, H, T, D] for attention.
+    const q = transpose(rope(reshape(this.q_proj.forward(x), [B, T, Hq, D]), cos, sin), 1, 2);
+    let k = transpose(rope(reshape(this.k_proj.forward(x), [B, T, Hkv, D]), cos, sin), 1, 2);
+    let v = transpose(reshape(this.v_proj.forward(x), [B, T, Hkv, D]), 1, 2);
+    if (cache !== null) [k, v] = cache.append(layer, k, v);
+    const o = attention(q, k, v, { causal: true, keyMask: keyMask ?? undefined });
+    return this.o_proj.forward(reshape(transpose(o, 1, 2), [B, T, Hq * D]));
+  }
+
+  protected override ownOps(): KernelName[] {
+    return ['rope', 'attention', 'attentionBackward', 'copy'];
+  }
+}
+
+class LlamaMLP extends Module {
+  readonly gate_proj: Linear;
+  readonly up_proj: Linear;
+  readonly down_proj: Linear;
+
+  constructor(config: LlamaConfig, alloc: Alloc) {
+    super();
+    const { hiddenSize: H, intermediateSize: I, mlpBias } = config;
+    const proj = (out: number, inp: number) => new Linear(alloc([out, inp]), mlpBias ? alloc([out]) : null);
+    this.gate_proj = this.registerModule('gate_proj', proj(I, H));
+    this.up_proj = this.registerModule('up_proj', proj(I, H));
+    this.down_proj = this.registerModule('down_proj', proj(H, I));
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.down_proj.forward(mul(silu(this.gate_proj.forward(x)), this.up_proj.forward(x)));
+  }
+
+  protected override ownOps(): KernelName[] {
+    return ['unary', 'binary'];
+  }
+}
+
+class LlamaDecoderLayer extends Module {
+  readonly self_attn: LlamaAttention;
+  readonly mlp: LlamaMLP;
+  readonly input_layernorm: RMSNorm;
+  readonly post_attention_layernorm: RMSNorm;
+
+  constructor(config: LlamaConfig, alloc: Alloc, private readonly index: number) {
+    super();
+    this.self_attn = this.registerModule('self_attn', new LlamaAttention(config, alloc));
+    this.mlp = this.registerModule('mlp', new LlamaMLP(config, alloc));
+    this.input_layernorm = this.registerModule('input_layernorm', new RMSNorm(alloc([config.hiddenSize]), config.rmsNormEps));
+    this.post_attention_layernorm = this.registerModule('post_attention_layernorm', new RMSNorm(alloc([config.hiddenSize]), config.rmsNormEps));
+  }
+
+  forward(h: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
+    const a = add(h, this.self_attn.forward(this.input_layernorm.forward(h), cos, sin, keyMask, cache, this.index));
+    return add(a, this.mlp.forward(this.post_attention_layernorm.forward(a)));
+  }
+
+  protected override ownOps(): KernelName[] {
+    return ['binary'];
+  }
+}
+
+class LlamaModel extends Module {
+  readonly embed_tokens: Embedding;
+  readonly layers: ModuleList<LlamaDecoderLayer>;
+  readonly norm: RMSNorm;
+
+  constructor(config: LlamaConfig, alloc: Alloc) {
+    super();
+    this.embed_tokens = this.registerModule('embed_tokens', new Embedding(alloc([config.vocabSize, config.hiddenSize])));
+    this.layers = this.registerModule('layers', new ModuleList<LlamaDecoderLayer>());
+    for (let i = 0; i < config.numHiddenLayers; i++) this.layers.push(new LlamaDecoderLayer(config, alloc, i));
+    this.norm = this.registerModule('norm', new RMSNorm(alloc([config.hiddenSize]), config.rmsNormEps));
+  }
+}
+
+/** Tensors a checkpoint may hold that the model does not use. */
+function ignorable(name: string, config: LlamaConfig): boolean {
+  // Old Llama conversions saved the rotary buffer; tied checkpoints may still carry lm_head.
+  return /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(name) || (config.tieWordEmbeddings && name === 'lm_head.weight');
+}
+
+export class LlamaForCausalLM extends Module {
+  readonly model: LlamaModel;
+  readonly lm_head: Linear | null;
+  readonly invFreq: Float64Array;
+
+  /** Builds the module tree with uninitialised weights of the given dtype (see fromPretrained). */
+  constructor(readonly config: LlamaConfig, readonly backend: Backend, readonly dtype: WeightDType = 'f32') {
+    super();
+    const alloc: Alloc = (shape) => empty(shape, dtype, backend);
+    this.model = this.registerModule('model', new LlamaModel(config, alloc));
+    this.lm_head = config.tieWordEmbeddings ? null : this.registerModule('lm_head', new Linear(alloc([config.vocabSize, config.hiddenSize])));
+    this.invFreq = ropeInvFreq(ropeConfig(config));
+    this.eval();
+  }
+
+  /**
+   * Loads a Hugging Face model directory: config.json, then model.safetensors or a
+   * sharded index. Every file header, tensor name, shape and dtype is checked before
+   * any weight is read; on any error nothing is left allocated.
+   */
+  static fromPretrained(dir: string, opts: LoadOptions = {}): LlamaForCausalLM {
+    const dtype = opts.dtype ?? 'f32';
+    if (dtype !== 'f32' && dtype !== 'bf16') throw new Error(`fromPretrained: weight dtype must be f32 or bf16, got ${String(dtype)}`);
+    const config = readLlamaConfig(dir);
+    const backend = resolveBackend(opts.device);
+    const ckpt = Checkpoint.open(dir);
+    let model: LlamaForCausalLM | null = null;
+    try {
+      model = new LlamaForCausalLM(config, backend, dtype);
+      model.checkBackend(backend, config.architecture);
+      const params = [...model.namedParameters()];
+      for (const [name, t] of params) ckpt.check(name, t.shape);
+      const wanted = new Set(params.map(([n]) => n));
+      const extra = ckpt.names().filter((n) => !wanted.has(n) && !ignorable(n, config));
+      if (extra.length > 0) {
+        const shown = extra.slice(0, 4).map((n) => JSON.stringify(n)).join(', ');
+        throw new CheckpointError(ckpt.source, `unexpected tensor${extra.length > 1 ? 's' : ''} ${shown}${extra.length > 4 ? ` and ${extra.length - 4} more` : ''} for ${config.architecture} as config.json describes it`);
+      }
+      for (const [name, t] of params) {
+        ckpt.readInto(name, t);
+        t.name = name;
+      }
+      const loaded = model;
+      model = null;
+      return loaded;
+    } finally {
+      model?.dispose();
+      ckpt.close();
+    }
+  }
+
+  /** A cache for `batch` sequences of up to `capacity` positions. */
+  createCache(batch: number, capacity: number): KVCache {
+    const c = this.config;
+    return new KVCache(c.numHiddenLayers, batch, c.numKeyValueHeads, c.headDim, capacity, this.backend);
+  }
+
+  /** ids int32 [B, T] -> logits f32 [B, T, vocab] (or [B, 1, vocab] with lastPositionOnly). */
+  forward(ids: Tensor, opts: ForwardOptions = {}): Tensor {
+    if (ids.dtype !== 'int32' || ids.rank !== 2 || ids.shape[1] === 0) {
+      throw new Error(`${this.config.architecture}: input ids must be int32 [batch, seq] with seq >= 1, got ${ids.dtype} ${formatShape(ids.shape)}`);
+    }
+    const [B, T] = ids.shape;
+    const cache = opts.cache ?? null;
+    if (cache !== null && cache.batch !== B) throw new Error(`${this.config.architecture}: the cache holds ${cache.batch} sequences, the input ${B}`);
+    const past = cache?.length ?? 0;
+    const S = past + T;
+    const window = this.config.slidingWindow;
+    if (window !== null && S > window) {
+      throw new Error(`${this.config.architecture}: ${S} positions exceed the sliding_window of ${window} in config.json; sliding-window attention is not implemented`);
+    }
+    const keyMask = opts.keyMask ?? null;
+    if (keyMask !== null && (keyMask.rank !== 2 || keyMask.shape[0] !== B || keyMask.shape[1] !== S)) {
+      throw new Error(`${this.config.architecture}: keyMask must be [${B}, ${S}] (batch, cached + new positions), got ${formatShape(keyMask.shape)}`);
+    }
+    const positions = opts.positions ?? Int32Array.from({ length: T }, (_, i) => past + i);
+    // Training keeps every intermediate for backward (the caller's scope frees them);
+    // inference frees each layer's as soon as the layer returns.
+    const training = isGradEnabled();
+    const run = (): Tensor => {
+      const { cos, sin } = rotaryTables(this.invFreq, positions, { device: this.backend });
+      const mask = keyMask === null ? null : cast(keyMask, 'f32');
+      let h = this.model.embed_tokens.forward(ids);
+      for (const layer of this.model.layers) {
+        const input = h;
+        h = training ? layer.forward(input, cos, sin, mask, cache) : scope(() => layer.forward(input, cos, sin, mask, cache));
+        if (!training) input.dispose();
+      }
+      if (opts.lastPositionOnly) h = slice(h, 1, T - 1, T);
+      const x = this.model.norm.forward(h);
+      return this.lm_head !== null ? this.lm_head.forward(x) : linear(x, this.model.embed_tokens.weight);
+    };
+    const logits = training ? run() : scope(run);
+    cache?.advance(T);
+    return logits;
+  }
+
+  protected override ownOps(): KernelName[] {
+    return ['matmul', 'copy'];
+  }
+}
+
+/** The rotary-embedding fields of config.json, in the names ops/rope.ts reads. */
+function ropeConfig(config: LlamaConfig): RopeConfig {
+  const s = config.ropeScaling;
+  const base = { rope_theta: config.ropeTheta, head_dim: config.headDim };
+  switch (s.type) {
+    case 'default':
+      return base;
+    case 'linear':
+      return { ...base, rope_scaling: { rope_type: 'linear', factor: s.factor } };
+    case 'llama3':
+      return {
+        ...base,
+        rope_scaling: {
+          rope_type: 'llama3',
+          factor: s.factor,
+          low_freq_factor: s.lowFreqFactor,
+          high_freq_factor: s.highFreqFactor,
+          original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+        },
+      };
+  }
+}
