@@ -89,7 +89,8 @@ export interface Kernels {
    * k, v [B, Hkv, S, D] (Hq a multiple of Hkv; query head h reads kv head
    * h / (Hq/Hkv)); keyMask null or f32 [B, S] (1 attend, 0 masked);
    * out [B, Hq, T, D]; lse [B, Hq, T] = log-sum-exp of the scaled, masked scores.
-   * A query row with every key masked gives zeros.
+   * A query row with every key masked gives zeros and lse = -Infinity (and no
+   * gradient in the backward).
    */
   attention(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor | null, out: Tensor, lse: Tensor, attrs: AttentionAttrs): void;
   /** Backward of attention: dq, dk, dv (=) from dout, using out and lse saved by forward. */

@@ -13,3 +13,4 @@ export * from './norm.js';
 export * from './rope.js';
 export * from './softmax.js';
 export * from './concat.js';
+export * from './attention.js';

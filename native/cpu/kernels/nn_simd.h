@@ -136,6 +136,102 @@ FINLORA_INLINE float max_of(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
+FINLORA_INLINE float hmax8(v8f v) {
+  float m = v[0];
+  for (int k = 1; k < 8; ++k) m = v[k] > m ? v[k] : m;
+  return m;
+}
+
+/** Lane indices {base, ..., base + 7} as floats, for masking tails. */
+FINLORA_INLINE v8f lanes_from(int64_t base) {
+  const float b = static_cast<float>(base);
+  return v8f{b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7};
+}
+
+/**
+ * exp(x) on 8 lanes, within about 1 ulp: x = n ln2 + r with |r| <= ln2/2 (ln2 split
+ * in two parts, Cody and Waite, so r is exact), exp(r) by its Taylor series to degree
+ * 7 (truncation below 1e-8 relative), times 2^n built in the exponent bits. Inputs
+ * below -87.3 (including -inf) give 0, above 88.7 give +inf, NaN stays NaN. The same
+ * code runs at every ISA level, so softmaxes agree across levels up to FMA rounding.
+ */
+FINLORA_INLINE v8f exp8(v8f x) {
+  const v8f lo = splat8(-87.33654f), hi = splat8(88.72283f);
+  const v8i under = x < lo, over = x > hi, nan = x != x;
+  v8f xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const v8f fn = xc * splat8(1.44269504088896341f);
+  const v8i n = __builtin_convertvector(fn + (fn >= 0 ? splat8(0.5f) : splat8(-0.5f)), v8i);
+  const v8f nf = __builtin_convertvector(n, v8f);
+  const v8f r = (xc - nf * splat8(0.693359375f)) - nf * splat8(-2.12194440e-4f);
+  v8f y = splat8(1.f / 5040.f);
+  y = y * r + splat8(1.f / 720.f);
+  y = y * r + splat8(1.f / 120.f);
+  y = y * r + splat8(1.f / 24.f);
+  y = y * r + splat8(1.f / 6.f);
+  y = y * r + splat8(0.5f);
+  y = y * r + splat8(1.f);
+  y = y * r + splat8(1.f);
+  // 2^n in two factors: n can reach 128 at the top of the range, one past f32's exponents
+  const v8i n1 = n >> 1, n2 = n - n1;
+  v8f p1, p2;
+  const v8i b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+  std::memcpy(&p1, &b1, sizeof p1);
+  std::memcpy(&p2, &b2, sizeof p2);
+  v8f e = y * p1 * p2;
+  e = under ? splat8(0.f) : e;
+  e = over ? splat8(INFINITY) : e;
+  return nan ? x : e;
+}
+
+/**
+ * acc[0, D) += sum_j c[j * cstride] * rows[j * rstride + (0, D)], for j < n: a
+ * vector-matrix product whose accumulator stays in registers, 64 columns at a time.
+ */
+FINLORA_INLINE void gemv_acc(float* acc, const float* c, int64_t cstride, const float* rows, int64_t rstride, int64_t n,
+                             int64_t D) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) {
+    v8f a0 = load8(acc + d0), a1 = load8(acc + d0 + 8), a2 = load8(acc + d0 + 16), a3 = load8(acc + d0 + 24);
+    v8f a4 = load8(acc + d0 + 32), a5 = load8(acc + d0 + 40), a6 = load8(acc + d0 + 48), a7 = load8(acc + d0 + 56);
+    for (int64_t j = 0; j < n; ++j) {
+      const float cj = c[j * cstride];
+      if (cj == 0.f) continue;
+      const v8f vc = splat8(cj);
+      const float* r = rows + j * rstride + d0;
+      a0 += vc * load8(r);
+      a1 += vc * load8(r + 8);
+      a2 += vc * load8(r + 16);
+      a3 += vc * load8(r + 24);
+      a4 += vc * load8(r + 32);
+      a5 += vc * load8(r + 40);
+      a6 += vc * load8(r + 48);
+      a7 += vc * load8(r + 56);
+    }
+    store8(acc + d0, a0);
+    store8(acc + d0 + 8, a1);
+    store8(acc + d0 + 16, a2);
+    store8(acc + d0 + 24, a3);
+    store8(acc + d0 + 32, a4);
+    store8(acc + d0 + 40, a5);
+    store8(acc + d0 + 48, a6);
+    store8(acc + d0 + 56, a7);
+  }
+  if (d0 == D) return;
+  const int64_t nv = (D - d0) / 8, d1 = d0 + 8 * nv;
+  v8f a[7];
+  for (int64_t v = 0; v < nv; ++v) a[v] = load8(acc + d0 + 8 * v);
+  for (int64_t j = 0; j < n; ++j) {
+    const float cj = c[j * cstride];
+    if (cj == 0.f) continue;
+    const v8f vc = splat8(cj);
+    const float* r = rows + j * rstride;
+    for (int64_t v = 0; v < nv; ++v) a[v] += vc * load8(r + d0 + 8 * v);
+    for (int64_t d = d1; d < D; ++d) acc[d] += cj * r[d];
+  }
+  for (int64_t v = 0; v < nv; ++v) store8(acc + d0 + 8 * v, a[v]);
+}
+
 // Each kernel writes its hot loop once as an always-inline body with the signature
 // void body(const P& p, int64_t begin, int64_t end); FINLORA_ISA_VARIANTS compiles it
 // for AVX-512, AVX2+FMA and the baseline, and name##_pick() returns the one isa()

@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { backward } from '../../src/autograd/tape.js';
+import { kernel } from '../../src/backend/backend.js';
+import { attention, type AttentionOptions } from '../../src/ops/attention.js';
+import { tensor } from '../../src/ops/creation.js';
+import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
+import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSpec, testBackends, values } from '../helpers.js';
+import { forEachIsa } from './nn_helpers.js';
+
+interface Case {
+  B: number;
+  Hq: number;
+  Hkv: number;
+  T: number;
+  S: number;
+  D: number;
+  causal: boolean;
+  /** keyMask rows (0 = hidden), or none */
+  mask?: number[][];
+  strided?: boolean;
+}
+
+const cases: Case[] = [
+  { B: 2, Hq: 4, Hkv: 2, T: 5, S: 7, D: 24, causal: true },
+  { B: 1, Hq: 3, Hkv: 3, T: 9, S: 9, D: 64, causal: false, mask: [[1, 1, 0, 1, 1, 1, 0, 1, 1]], strided: true },
+  // a decode step: one query at the end of 13 positions, left padding in batch 1
+  { B: 2, Hq: 4, Hkv: 2, T: 1, S: 13, D: 24, causal: true, mask: [Array(13).fill(1), [0, 0, 0, ...Array(10).fill(1)]] },
+  // several key tiles, the last one partial, and query blocks on the diagonal
+  { B: 1, Hq: 2, Hkv: 1, T: 150, S: 150, D: 64, causal: true },
+  { B: 1, Hq: 4, Hkv: 1, T: 40, S: 133, D: 17, causal: false, strided: true },
+  // more queries than keys: the first rows see nothing; batch 1 has every key masked
+  { B: 2, Hq: 2, Hkv: 2, T: 6, S: 4, D: 8, causal: true, mask: [[1, 1, 1, 1], [0, 0, 0, 0]] },
+];
+
+function specs(c: Case): InputSpec[] {
+  const s: InputSpec[] = [
+    { shape: [c.B, c.Hq, c.T, c.D], strided: c.strided },
+    { shape: [c.B, c.Hkv, c.S, c.D] },
+    { shape: [c.B, c.Hkv, c.S, c.D], strided: c.strided },
+  ];
+  if (c.mask) s.push({ shape: [c.B, c.S], data: c.mask.flat(), noGrad: true });
+  return s;
+}
+
+const attend = (c: Case, scale?: number) => (q: Tensor, k: Tensor, v: Tensor, mask?: Tensor) => {
+  const opts: AttentionOptions = { causal: c.causal, keyMask: mask ?? null };
+  if (scale !== undefined) opts.scale = scale;
+  return attention(q, k, v, opts);
+};
+
+test('attention: matches a plain T x S softmax (GQA, T != S, causal, key mask, odd D, decode), at every SIMD level', () => {
+  forEachIsa(() => {
+    // a scale of 3/sqrt(D) makes the softmax far from uniform
+    for (const c of cases) checkAgainstReference(attend(c, 3 / Math.sqrt(c.D)), specs(c), { atol: 2e-5, rtol: 1e-4 });
+  });
+});
+
+test('attention: the flash backward kernel matches the reference backward', () => {
+  forEachIsa(() => {
+    for (const c of cases) {
+      checkAgainstReference(
+        (q: Tensor, k: Tensor, v: Tensor, ...rest: Tensor[]) => {
+          const mask = c.mask ? rest[0] : undefined;
+          const g = c.mask ? rest[1] : rest[0];
+          for (const t of [q, k, v]) t.requiresGrad = true;
+          backward(attend(c, 2 / Math.sqrt(c.D))(q, k, v, mask), g);
+          return [q.grad!, k.grad!, v.grad!];
+        },
+        [...specs(c), { shape: [c.B, c.Hq, c.T, c.D] }],
+        { atol: 2e-5, rtol: 1e-4 },
+      );
+    }
+  });
+});
+
+test('attention: gradients of q, k and v match finite differences', () => {
+  const small: Case[] = [
+    { B: 1, Hq: 2, Hkv: 1, T: 3, S: 5, D: 4, causal: true },
+    { B: 2, Hq: 2, Hkv: 2, T: 4, S: 3, D: 3, causal: false, mask: [[1, 0, 1], [1, 1, 1]], strided: true },
+    { B: 1, Hq: 4, Hkv: 2, T: 1, S: 6, D: 5, causal: true, mask: [[0, 1, 1, 1, 1, 1]] },
+    { B: 1, Hq: 1, Hkv: 1, T: 4, S: 2, D: 3, causal: true },
+  ];
+  for (const c of small) gradcheck(attend(c), specs(c), { tol: { atol: 1e-6, rtol: 1e-5 } });
+});
+
+test('attention: fully masked rows give zeros, lse -inf, and no gradient', () => {
+  for (const device of ['reference', ...testBackends()]) {
+    scope(() => {
+      const be = getBackend(device);
+      const q = tensor(Array.from({ length: 3 * 2 }, (_, i) => i / 7), [1, 1, 3, 2], { device, requiresGrad: true });
+      const k = tensor([1, 0, 0, 1], [1, 1, 2, 2], { device, requiresGrad: true });
+      const v = tensor([1, 2, 3, 4], [1, 1, 2, 2], { device, requiresGrad: true });
+      // T = 3 > S = 2 with causal: row 0 sees nothing, row 1 sees key 0, row 2 both
+      const out = attention(q, k, v, { causal: true });
+      const o = values(out);
+      assert.deepEqual(Array.from(o.slice(0, 2)), [0, 0]);
+      assertClose(o.slice(2, 4), [1, 2], { atol: 1e-6 });
+      const lse = empty([1, 1, 3], 'f32', be);
+      kernel(be, 'attention')(q, k, v, null, empty([1, 1, 3, 2], 'f32', be), lse, { scale: 1, causal: true });
+      const l = values(lse);
+      assert.equal(l[0], -Infinity);
+      assertClose([l[1]], [2 / 7], { atol: 1e-6 }); // q1 . k0 with q1 = [2/7, 3/7], k0 = [1, 0]
+      backward(out, tensor([5, 5, 1, 1, 1, 1], [1, 1, 3, 2], { device }));
+      assert.deepEqual(Array.from(values(q.grad!).slice(0, 2)), [0, 0], device);
+    });
+  }
+});
+
+test('attention: an int32 attention mask works like an f32 one', () => {
+  scope(() => {
+    const c: Case = { B: 1, Hq: 2, Hkv: 1, T: 3, S: 3, D: 4, causal: false };
+    const q = tensor(Array.from({ length: 24 }, (_, i) => Math.sin(i)), [1, 2, 3, 4]);
+    const k = tensor(Array.from({ length: 12 }, (_, i) => Math.cos(i)), [1, 1, 3, 4]);
+    const a = values(attend(c)(q, k, k, tensor([1, 0, 1], [1, 3], { dtype: 'int32' })));
+    const b = values(attend(c)(q, k, k, tensor([1, 0, 1], [1, 3])));
+    assert.deepEqual(a, b);
+  });
+});
+
+test('attention: bad shapes give clear errors', () => {
+  scope(() => {
+    const q = tensor(new Float32Array(3 * 4 * 2), [1, 3, 4, 2]);
+    const k = tensor(new Float32Array(2 * 5 * 2), [1, 2, 5, 2]);
+    assert.throws(() => attention(q, k, k, { causal: true }), /attention: query heads \(3\) must be a multiple of kv heads \(2\)/);
+    const k1 = tensor(new Float32Array(5 * 2), [1, 1, 5, 2]);
+    assert.throws(() => attention(q, k1, tensor(new Float32Array(5 * 3), [1, 1, 5, 3]), { causal: true }), /attention: q \[1, 3, 4, 2\], k \[1, 1, 5, 2\] and v \[1, 1, 5, 3\] do not agree/);
+    assert.throws(() => attention(q, k1, k1, { causal: true, keyMask: tensor([1, 1, 1, 1], [1, 4]) }), /attention: keyMask must be \[1, 5\], got \[1, 4\]/);
+    assert.throws(() => attention(tensor([1, 2], [1, 2]), k1, k1, { causal: false }), /attention: q must be \[batch, heads, seq, head_dim\], got \[1, 2\]/);
+  });
+});
