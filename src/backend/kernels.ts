@@ -100,7 +100,8 @@ export interface Kernels {
   ): void;
   /**
    * Cross-entropy per row: logits [N, V], targets int32 [N]; loss [N] = lse - logit[target]
-   * (0 where target == ignoreIndex); lse [N] saved for backward.
+   * (0 where target == ignoreIndex); lse [N] saved for backward. A target outside
+   * [0, V) other than ignoreIndex throws, naming its row, before anything is written.
    */
   crossEntropy(logits: Tensor, targets: Tensor, loss: Tensor, lse: Tensor, ignoreIndex: number): void;
   /** dlogits [N, V] (=) = dloss[i] * (softmax(logits[i]) - onehot(target[i])), 0 for ignored rows. */

@@ -14,3 +14,4 @@ export * from './rope.js';
 export * from './softmax.js';
 export * from './concat.js';
 export * from './attention.js';
+export * from './crossentropy.js';
