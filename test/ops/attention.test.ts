@@ -6,7 +6,7 @@ import { attention, type AttentionOptions } from '../../src/ops/attention.js';
 import { tensor } from '../../src/ops/creation.js';
 import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSpec, testBackends, values } from '../helpers.js';
-import { forEachIsa } from './nn_helpers.js';
+import { forEachIsa, withThreads } from './nn_helpers.js';
 
 interface Case {
   B: number;
@@ -72,6 +72,23 @@ test('attention: the flash backward kernel matches the reference backward', () =
       );
     }
   });
+});
+
+test('attention: more threads than cores split the work without races', () => {
+  // 7 threads: query blocks shrink to 8 rows, and several threads share each kv head
+  const c: Case = { B: 1, Hq: 4, Hkv: 2, T: 70, S: 70, D: 24, causal: true, mask: [[0, 0, ...Array(68).fill(1)]] };
+  withThreads(7, () =>
+    checkAgainstReference(
+      (q: Tensor, k: Tensor, v: Tensor, mask: Tensor, g: Tensor) => {
+        for (const t of [q, k, v]) t.requiresGrad = true;
+        const out = attend(c)(q, k, v, mask);
+        backward(out, g);
+        return [out, q.grad!, k.grad!, v.grad!];
+      },
+      [...specs(c), { shape: [c.B, c.Hq, c.T, c.D] }],
+      { atol: 2e-5, rtol: 1e-4 },
+    ),
+  );
 });
 
 test('attention: gradients of q, k and v match finite differences', () => {
