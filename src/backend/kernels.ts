@@ -108,7 +108,8 @@ export interface Kernels {
   crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, dloss: Tensor, dlogits: Tensor, ignoreIndex: number): void;
   /**
    * Dropout scale mask: out[i] = u(seed, offset + i) >= p ? 1/(1-p) : 0, with u the
-   * counter-based uniform of src/ops/dropout.ts (identical on every backend).
+   * counter-based uniform of src/ops/dropout.ts (identical on every backend, bit for
+   * bit); seed is a uint32, 0 <= offset and offset + out.size <= 2^53; out f32 contiguous.
    */
   dropoutMask(out: Tensor, p: number, seed: number, offset: number): void;
 }
