@@ -17,10 +17,11 @@
 
 #if defined(__x86_64__)
 // GCC 12 reports the deliberately undefined pass-through operand inside its own
-// AVX-512 intrinsics as maybe-uninitialized once they are inlined through `flatten`
-// (GCC bug 105593); the state below applies at the intrinsics' source lines.
+// AVX-512 intrinsics as (maybe-)uninitialized once they are inlined through
+// `flatten` (GCC bug 105593); the state below applies at the intrinsics' source lines.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
@@ -93,6 +94,8 @@ struct Avx2 {
   FINLORA_AVX2_TARGET static inline F narrow(const D& lo, const D& hi) {
     return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
   }
+  FINLORA_AVX2_TARGET static inline D dload(const double* p) { return _mm256_loadu_pd(p); }
+  FINLORA_AVX2_TARGET static inline void dstore(double* p, const D& v) { _mm256_storeu_pd(p, v); }
   FINLORA_AVX2_TARGET static inline D dadd(const D& a, const D& b) { return _mm256_add_pd(a, b); }
   FINLORA_AVX2_TARGET static inline D dsub(const D& a, const D& b) { return _mm256_sub_pd(a, b); }
   FINLORA_AVX2_TARGET static inline double dsum(const D& a) {
@@ -150,6 +153,8 @@ struct Avx512 {
   FINLORA_AVX512_TARGET static inline F narrow(const D& lo, const D& hi) {
     return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1);
   }
+  FINLORA_AVX512_TARGET static inline D dload(const double* p) { return _mm512_loadu_pd(p); }
+  FINLORA_AVX512_TARGET static inline void dstore(double* p, const D& v) { _mm512_storeu_pd(p, v); }
   FINLORA_AVX512_TARGET static inline D dadd(const D& a, const D& b) { return _mm512_add_pd(a, b); }
   FINLORA_AVX512_TARGET static inline D dsub(const D& a, const D& b) { return _mm512_sub_pd(a, b); }
   FINLORA_AVX512_TARGET static inline double dsum(const D& a) { return _mm512_reduce_add_pd(a); }
