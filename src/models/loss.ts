@@ -2,7 +2,7 @@
 // models: logits at position t are scored against the token at t + 1 (the labels are
 // shifted inside the loss, not by the caller), and the mean runs over the scored
 // positions whose label is not ignoreIndex.
-import { crossEntropy } from '../ops/cross_entropy.js';
+import { crossEntropy } from '../ops/crossentropy.js';
 import { contiguous, reshape, slice } from '../ops/view.js';
 import { formatShape } from '../tensor/shape.js';
 import type { Tensor } from '../tensor/tensor.js';
