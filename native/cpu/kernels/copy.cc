@@ -33,6 +33,16 @@ inline T to_int(float v, float lo, float hi) {
   return static_cast<T>(v);
 }
 
+// int32 saturates at INT32_MAX, which f32 cannot hold: clamping in f32 would stop at
+// 2147483520, so the comparison is against 2^31 and the limit is stored directly.
+// Doubles (fill's value) take the same rule.
+inline int32_t to_i32(double v) {
+  if (std::isnan(v)) return 0;
+  if (v >= 2147483648.0) return INT32_MAX;
+  if (v <= -2147483648.0) return INT32_MIN;
+  return static_cast<int32_t>(v);
+}
+
 inline void store(void* p, int64_t dt, int64_t i, float v) {
   switch (dt) {
     case F32: static_cast<float*>(p)[i] = v; break;
@@ -40,7 +50,7 @@ inline void store(void* p, int64_t dt, int64_t i, float v) {
     case F16: static_cast<uint16_t*>(p)[i] = f32_to_f16(v); break;
     case I8: static_cast<int8_t*>(p)[i] = to_int<int8_t>(v, -128.f, 127.f); break;
     case U8: static_cast<uint8_t*>(p)[i] = to_int<uint8_t>(v, 0.f, 255.f); break;
-    default: static_cast<int32_t*>(p)[i] = to_int<int32_t>(v, -2147483648.f, 2147483520.f); break;
+    default: static_cast<int32_t*>(p)[i] = to_i32(v); break;
   }
 }
 
@@ -106,7 +116,7 @@ void fill_kernel(const KernelArgs& a) {
   }
   if (dt == I32) {
     int32_t* o = static_cast<int32_t*>(out);
-    const int32_t iv = static_cast<int32_t>(a.floats[0]);
+    const int32_t iv = to_i32(a.floats[0]);
     for (int64_t i = 0; i < n; ++i) o[i] = iv;
     return;
   }
