@@ -3,7 +3,7 @@
 // Each product is first checked against f64 dot products at sampled entries, then
 // timed (warm-up, then the best and the median of several runs). numpy runs in one
 // python3 child process that answers one request per line, so the two libraries take
-// turns shape by shape and see the same machine load. That child's environment drops
+// turns run by run and see the same machine load. That child's environment drops
 // OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE so OpenBLAS picks its kernel for this CPU.
 //
 // `npm run bench` runs this file; benchGemm() is exported for a wider benchmark runner.
@@ -15,7 +15,6 @@ import { CpuBackend } from '../src/backend/cpu/cpu.js';
 import { tensor } from '../src/ops/creation.js';
 import { matmul } from '../src/ops/matmul.js';
 import { Rng } from '../src/tensor/rng.js';
-import { scope } from '../src/tensor/tensor.js';
 
 export interface GemmCase {
   readonly M: number;
@@ -47,7 +46,8 @@ export const DEFAULT_CASES: readonly GemmCase[] = [
 ];
 
 // The numpy side: prints one JSON line describing itself, then answers
-// "M K N transB reps" lines with the seconds of each run.
+// "setup M K N transB" (make the operands, run twice to warm up) and "run" (the
+// seconds of one product) lines.
 const NUMPY_WORKER = String.raw`
 import json, sys, time
 try:
@@ -82,16 +82,19 @@ except ImportError:
     info["blas"] = found or ["unknown (threadpoolctl not installed, no OpenBLAS library found)"]
 print(json.dumps(info), flush=True)
 rng = np.random.default_rng(0)
+f = None
 for line in sys.stdin:
-    M, K, N, tb, reps = (int(v) for v in line.split())
-    a = rng.random((M, K), dtype=np.float32) - 0.5
-    b = rng.random((N, K) if tb else (K, N), dtype=np.float32) - 0.5
-    f = (lambda: a @ b.T) if tb else (lambda: a @ b)
-    f(); f()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
-    print(json.dumps({"times": times}), flush=True)
+    words = line.split()
+    if words[0] == "setup":
+        M, K, N, tb = (int(v) for v in words[1:])
+        a = rng.random((M, K), dtype=np.float32) - 0.5
+        b = rng.random((N, K) if tb else (K, N), dtype=np.float32) - 0.5
+        f = (lambda: a @ b.T) if tb else (lambda: a @ b)
+        f(); f()
+        print(json.dumps({"ok": True}), flush=True)
+    else:
+        t = time.perf_counter(); f(); t = time.perf_counter() - t
+        print(json.dumps({"seconds": t}), flush=True)
 `;
 
 class NumpyWorker {
@@ -127,11 +130,22 @@ class NumpyWorker {
     return new NumpyWorker(child, lines, rl, info);
   }
 
-  async time(c: GemmCase, reps: number): Promise<number[]> {
-    this.child.stdin.write(`${c.M} ${c.K} ${c.N} ${c.transB ? 1 : 0} ${reps}\n`);
+  private async ask(line: string): Promise<{ seconds?: number }> {
+    this.child.stdin.write(`${line}\n`);
     const r = await this.lines.next();
     if (r.done) throw new Error('numpy worker exited');
-    return (JSON.parse(r.value) as { times: number[] }).times;
+    return JSON.parse(r.value) as { seconds?: number };
+  }
+
+  async setup(c: GemmCase): Promise<void> {
+    await this.ask(`setup ${c.M} ${c.K} ${c.N} ${c.transB ? 1 : 0}`);
+  }
+
+  /** Seconds of one product. */
+  async run(): Promise<number> {
+    const r = await this.ask('run');
+    if (r.seconds === undefined) throw new Error('numpy worker: no timing');
+    return r.seconds;
   }
 
   close(): void {
@@ -171,31 +185,48 @@ function checkSamples(c: GemmCase, a: Float32Array, b: Float32Array, out: Float3
   return worst;
 }
 
-function finloraTimes(c: GemmCase, a: Float32Array, b: Float32Array, reps: number, samples: number): { times: number[]; maxError: number } {
-  return scope(() => {
-    const ta = tensor(a, [c.M, c.K]);
-    const tb = tensor(b, c.transB ? [c.N, c.K] : [c.K, c.N]);
-    const run = () => scope(() => {
-      matmul(ta, tb, { transB: c.transB }).dispose();
-    });
+/**
+ * Checks and times finlora's product, taking turns run by run with `other` (numpy's
+ * run, when there is one) so that both see the same machine load.
+ */
+async function timeCase(
+  c: GemmCase,
+  reps: number,
+  rng: Rng,
+  other: (() => Promise<number>) | null,
+): Promise<{ mine: number[]; theirs: number[]; maxError: number }> {
+  const a = randomMatrix(c.M * c.K, rng);
+  const b = randomMatrix(c.K * c.N, rng);
+  const ta = tensor(a, [c.M, c.K]);
+  const tb = tensor(b, c.transB ? [c.N, c.K] : [c.K, c.N]);
+  try {
     const first = matmul(ta, tb, { transB: c.transB });
-    const maxError = checkSamples(c, a, b, Float32Array.from(first.toArray()), samples, new Rng(7));
+    const maxError = checkSamples(c, a, b, Float32Array.from(first.toArray()), 64, new Rng(7));
     first.dispose();
-    run();
-    const times: number[] = [];
-    for (let r = 0; r < reps; r++) {
+    // float32 accumulation over K terms errs by about sqrt(K) * 2^-24 of the terms' size
+    if (!(maxError < 1e-5)) throw new Error(`gemm ${c.M}x${c.K}x${c.N}: result differs from the f64 reference (relative error ${maxError})`);
+    const run = () => {
       const t0 = process.hrtime.bigint();
-      run();
-      times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      matmul(ta, tb, { transB: c.transB }).dispose();
+      return Number(process.hrtime.bigint() - t0) / 1e9;
+    };
+    run();
+    const mine: number[] = [], theirs: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      mine.push(run());
+      if (other) theirs.push(await other());
     }
-    return { times, maxError };
-  });
+    return { mine, theirs, maxError };
+  } finally {
+    ta.dispose();
+    tb.dispose();
+  }
 }
 
 const gflops = (c: GemmCase, s: number) => (2 * c.M * c.N * c.K) / s / 1e9;
 
 /** Runs the GEMM benchmark and prints a table; returns the rows. */
-export async function benchGemm(cases: readonly GemmCase[] = DEFAULT_CASES, reps = 10, log: (s: string) => void = console.log): Promise<GemmRow[]> {
+export async function benchGemm(cases: readonly GemmCase[] = DEFAULT_CASES, reps = 15, log: (s: string) => void = console.log): Promise<GemmRow[]> {
   const cpu = getBackend('cpu');
   const isa = cpu instanceof CpuBackend ? `${cpu.isa.current} (best ${cpu.isa.best}), ${cpu.numThreads} threads` : cpu.name;
   log(`finlora cpu GEMM: ${isa}`);
@@ -205,13 +236,9 @@ export async function benchGemm(cases: readonly GemmCase[] = DEFAULT_CASES, reps
   const rng = new Rng(1234);
   try {
     for (const c of cases) {
-      const a = randomMatrix(c.M * c.K, rng);
-      const b = randomMatrix(c.K * c.N, rng);
-      const mine = finloraTimes(c, a, b, reps, 64);
-      // float32 accumulation over K terms: error ~ sqrt(K) * 2^-24 of the terms' size
-      if (!(mine.maxError < 1e-5)) throw new Error(`gemm ${c.M}x${c.K}x${c.N}: result differs from the f64 reference (relative error ${mine.maxError})`);
-      const np = typeof worker === 'string' ? null : summarize(await worker.time(c, reps));
-      rows.push({ ...c, finlora: summarize(mine.times), numpy: np, maxError: mine.maxError });
+      if (typeof worker !== 'string') await worker.setup(c);
+      const t = await timeCase(c, reps, rng, typeof worker === 'string' ? null : () => worker.run());
+      rows.push({ ...c, finlora: summarize(t.mine), numpy: t.theirs.length > 0 ? summarize(t.theirs) : null, maxError: t.maxError });
     }
   } finally {
     if (typeof worker !== 'string') worker.close();
@@ -233,7 +260,7 @@ export async function benchGemm(cases: readonly GemmCase[] = DEFAULT_CASES, reps
   log(fmt(header));
   log(widths.map((w) => '-'.repeat(w)).join('  '));
   for (const row of table) log(fmt(row));
-  log(`\nbest of ${reps} runs after warm-up; ratio = finlora / numpy throughput`);
+  log(`\nbest of ${reps} runs after warm-up, the two libraries taking turns run by run; ratio = finlora / numpy (best runs)`);
   return rows;
 }
 

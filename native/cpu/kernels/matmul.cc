@@ -20,9 +20,11 @@
 // Rectangles are split so that each task packs as little as possible: a short,
 // wide product (M = 8 rows) is split along N, a LoRA-style skinny one (N = 8) along M.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <numeric>
+#include <memory>
+#include <thread>
 
 #include "gemm/gemm.h"
 #include "kernel.h"
@@ -81,28 +83,27 @@ void pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int 
   }
 }
 
-// op(B)[k, j] = b[k * rs + j * cs] for k < kc, j < nc into nr-wide micro-panels.
+// op(B)[k, j] = b[k * rs + j * cs] for k < kc, j < cols into one nr-wide micro-panel.
 template <typename TB>
-void pack_b(const TB* b, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, float* dst) {
-  for (int64_t j0 = 0; j0 < nc; j0 += nr, dst += nr * kc) {
-    const int cols = static_cast<int>(std::min<int64_t>(nr, nc - j0));
-    const TB* src = b + j0 * cs;
+void pack_b(const TB* b, int64_t rs, int64_t cs, int64_t kc, int cols, int nr, float* dst) {
+  for (int64_t k = 0; k < kc; ++k) {
+    float* d = dst + k * nr;
+    const TB* s = b + k * rs;
     if (cs == 1) {
-      for (int64_t k = 0; k < kc; ++k) {
-        float* d = dst + k * nr;
-        const TB* s = src + k * rs;
-        for (int j = 0; j < cols; ++j) d[j] = to_f32(s[j]);
-        for (int j = cols; j < nr; ++j) d[j] = 0.0f;
-      }
+      __builtin_prefetch(s + nr);  // the next micro-panel's row (see the AVX-512 packer)
+      for (int j = 0; j < cols; ++j) d[j] = to_f32(s[j]);
     } else {
-      for (int64_t k = 0; k < kc; ++k) {
-        float* d = dst + k * nr;
-        const TB* s = src + k * rs;
-        for (int j = 0; j < cols; ++j) d[j] = to_f32(s[j * cs]);
-        for (int j = cols; j < nr; ++j) d[j] = 0.0f;
-      }
+      for (int j = 0; j < cols; ++j) d[j] = to_f32(s[j * cs]);
     }
+    for (int j = cols; j < nr; ++j) d[j] = 0.0f;
   }
+}
+
+inline bool fast_pack_b(const MicroKernel& uk, const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+  return uk.pack_b_f32 != nullptr && uk.pack_b_f32(b, rs, cs, kc, cols, dst);
+}
+inline bool fast_pack_b(const MicroKernel& uk, const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+  return uk.pack_b_bf16 != nullptr && uk.pack_b_bf16(b, rs, cs, kc, cols, dst);
 }
 
 struct Operands {
@@ -113,13 +114,6 @@ struct Operands {
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Splits `total` into `parts` nearly equal pieces, each a multiple of `unit` (bar the last).
-inline void split_range(int64_t total, int64_t unit, int64_t parts, int64_t index, int64_t& begin, int64_t& end) {
-  const int64_t units = ceil_div(total, unit);
-  begin = std::min(total, units * index / parts * unit);
-  end = std::min(total, units * (index + 1) / parts * unit);
-}
 
 // The blocked loop nest over rows [m0, m1) and columns [n0, n1) of one product.
 template <typename TB>
@@ -146,14 +140,17 @@ void gemm_rect(const MicroKernel& uk, const Operands& o, const float* a, const T
       const TB* bsrc = b + pc * o.brs + jc * o.bcs;
       for (int64_t ic = m0; ic < m1; ic += mc_max) {
         const int64_t mc = std::min(mc_max, m1 - ic);
-        pack_a(a + ic * o.ars + pc * o.acs, o.ars, o.acs, mc, kc, mr, pa);
+        const float* asrc = a + ic * o.ars + pc * o.acs;
+        if (uk.pack_a == nullptr || !uk.pack_a(asrc, o.ars, o.acs, mc, kc, pa)) pack_a(asrc, o.ars, o.acs, mc, kc, mr, pa);
         for (int64_t jr = 0; jr < nc; jr += nr) {
           const int ncols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
           float* bp = pb + jr * kc;
           // B's micro-panels are packed just before their first use, while the
           // micro-kernel's reads of them can still hit L1, instead of in one pass
           // over a block far larger than L2.
-          if (ic == m0) pack_b(bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, nr, bp);
+          if (ic == m0 && !fast_pack_b(uk, bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, bp)) {
+            pack_b(bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, nr, bp);
+          }
           for (int64_t ir = 0; ir < mc; ir += mr) {
             const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
             uk.run(kc, pa + ir * kc, bp, c + (ic + ir) * o.N + jc + jr, o.N, nrows, ncols, o.alpha, add);
@@ -164,34 +161,19 @@ void gemm_rect(const MicroKernel& uk, const Operands& o, const float* a, const T
   }
 }
 
-// Below this many flops per task, splitting costs more than the wake-up of a thread.
+// Below this many flops per task, splitting costs more than waking a thread.
 constexpr double kMinFlopsPerTask = 4.0e6;
-
-struct Grid {
-  int64_t tm = 1, tn = 1;
-};
-
-// Cuts one product into q = tm * tn rectangles, minimising the largest rectangle's
-// estimated time: its micro-tile FMAs plus what it packs (its rows and columns of
-// panels; the K factor is common and dropped).
-Grid choose_grid(const MicroKernel& uk, int64_t M, int64_t N, int64_t q) {
-  const int64_t pm = ceil_div(M, uk.mr), pn = ceil_div(N, uk.nr);
-  Grid best;
-  double best_cost = -1;
-  for (int64_t tm = 1; tm <= q; ++tm) {
-    if (q % tm != 0) continue;
-    const int64_t tn = q / tm;
-    if (tm > pm || tn > pn) continue;
-    const double rows = static_cast<double>(ceil_div(pm, tm) * uk.mr);
-    const double cols = static_cast<double>(ceil_div(pn, tn) * uk.nr);
-    const double cost = rows * cols / 32.0 + (rows + cols) * 0.5;
-    if (best_cost < 0 || cost < best_cost) {
-      best_cost = cost;
-      best = {tm, tn};
-    }
-  }
-  return best;
-}
+// Tasks per thread when a product is split: enough that a thread slowed down (by
+// another process on its core, say) leaves its remaining tasks to the others, few
+// enough that each still amortises its packing.
+constexpr int64_t kTasksPerThread = 4;
+// The widest column slab one task takes: its packed B (kc x slab) and one packed A
+// block (mc x kc) fit in L2 together.
+constexpr int64_t kMaxSlab = 256;
+// Packed A shared by the threads of one product stays under 16 MiB (an L3's worth);
+// taller products run in row bands of that size.
+constexpr int64_t kSharedAFloats = int64_t{1} << 22;
+constexpr int64_t kMaxBandBlocks = 64;
 
 const MicroKernel& pick_micro_kernel() {
   const MicroKernel* k = nullptr;
@@ -199,6 +181,130 @@ const MicroKernel& pick_micro_kernel() {
   if (k == nullptr && isa() >= Isa::Avx2) k = gemm::avx2_micro_kernel();
   if (k == nullptr) k = gemm::scalar_micro_kernel();
   return *k;
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// The blocks of A for one row band, packed once and read by every thread: block
+// (p, i) holds rows i * mc_max ... of the band and depth p * kc_max ... . Its state
+// goes 0 (not packed) -> 1 (a thread is packing it) -> 2 (ready); whichever thread
+// first needs a block packs it, so packing is spread over the threads too.
+struct SharedA {
+  float* data;
+  std::atomic<int>* state;
+  int64_t kblocks, mblocks, kc_max, mc_max;
+  float* block(int64_t p, int64_t i) const { return data + (p * mblocks + i) * mc_max * kc_max; }
+};
+
+// Columns [n0, n1) of rows [m0, m1) of the product, with A from `sa`: for each depth
+// block, the A blocks are taken in whatever order they become ready.
+template <typename TB>
+void column_slab(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, const SharedA& sa,
+                 int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int mr = uk.mr, nr = uk.nr;
+  const int64_t cols = n1 - n0;
+  float* pb = t_pack_b.get(static_cast<size_t>(ceil_div(cols, nr) * nr * sa.kc_max));
+  if (pb == nullptr) std::abort();
+  bool done[kMaxBandBlocks];
+  for (int64_t p = 0; p < sa.kblocks; ++p) {
+    const int64_t pc = p * sa.kc_max, kc = std::min(sa.kc_max, o.K - pc);
+    const bool add = pc > 0 || o.accumulate;
+    const TB* bsrc = b + pc * o.brs + n0 * o.bcs;
+    std::fill(done, done + sa.mblocks, false);
+    int64_t remaining = sa.mblocks;
+    bool b_packed = false;
+    int spins = 0;
+    while (remaining > 0) {
+      bool progressed = false;
+      for (int64_t i = 0; i < sa.mblocks; ++i) {
+        if (done[i]) continue;
+        const int64_t ic = m0 + i * sa.mc_max, mc = std::min(sa.mc_max, m1 - ic);
+        std::atomic<int>& st = sa.state[p * sa.mblocks + i];
+        int s = st.load(std::memory_order_acquire);
+        if (s == 0 && st.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) {
+          const float* asrc = a + ic * o.ars + pc * o.acs;
+          float* dst = sa.block(p, i);
+          if (uk.pack_a == nullptr || !uk.pack_a(asrc, o.ars, o.acs, mc, kc, dst)) pack_a(asrc, o.ars, o.acs, mc, kc, mr, dst);
+          st.store(2, std::memory_order_release);
+          s = 2;
+        }
+        if (s != 2) continue;  // another thread is packing it: come back later
+        const float* pa = sa.block(p, i);
+        for (int64_t jr = 0; jr < cols; jr += nr) {
+          const int ncols = static_cast<int>(std::min<int64_t>(nr, cols - jr));
+          float* bp = pb + jr * kc;
+          if (!b_packed && !fast_pack_b(uk, bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, bp)) {
+            pack_b(bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, nr, bp);
+          }
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
+            uk.run(kc, pa + ir * kc, bp, c + (ic + ir) * o.N + n0 + jr, o.N, nrows, ncols, o.alpha, add);
+          }
+        }
+        b_packed = true;
+        done[i] = true;
+        --remaining;
+        progressed = true;
+      }
+      if (!progressed) {
+        if (++spins < 64) cpu_relax();
+        else std::this_thread::yield();
+      }
+    }
+  }
+}
+
+// Storage for SharedA, owned by the calling thread and reused across calls.
+thread_local PackBuffer t_shared_a;
+thread_local std::unique_ptr<std::atomic<int>[]> t_states;
+thread_local int64_t t_states_size = 0;
+
+// One product over `threads` threads. Wide products are cut into column slabs that
+// share one packing of A; narrow ones (LoRA's N = 8) into row slabs that each pack
+// their own rows of A and the small B. Slabs are taken from a shared counter, so a
+// thread that falls behind does fewer of them.
+template <typename TB>
+void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, int64_t threads) {
+  const int64_t pm = ceil_div(o.M, uk.mr), pn = ceil_div(o.N, uk.nr);
+  const int64_t want = kTasksPerThread * threads;
+  std::atomic<int64_t> next{0};
+  if (pn < 2 * threads && pn < pm) {
+    const int64_t h = ceil_div(pm, want) * uk.mr;
+    const int64_t tasks = ceil_div(o.M, h);
+    parallel_for(threads, 1, [&](int64_t, int64_t) {
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) gemm_rect<TB>(uk, o, a, b, c, t * h, std::min(o.M, (t + 1) * h), 0, o.N);
+    });
+    return;
+  }
+  const int64_t w = std::min(kMaxSlab, ceil_div(pn, want) * uk.nr);
+  const int64_t tasks = ceil_div(o.N, w);
+  const int64_t kblocks = ceil_div(o.K, uk.kc), kc_max = ceil_div(o.K, kblocks);
+  int64_t band = std::max<int64_t>(uk.mc, kSharedAFloats / std::max<int64_t>(o.K, 1) / uk.mr * uk.mr);
+  band = std::min(band, kMaxBandBlocks * uk.mc);
+  for (int64_t m0 = 0; m0 < o.M; m0 += band) {
+    const int64_t m1 = std::min(o.M, m0 + band), rows = m1 - m0;
+    const int64_t mblocks = ceil_div(rows, uk.mc);
+    const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), uk.mr) * uk.mr;
+    const int64_t nstates = kblocks * mblocks;
+    float* data = t_shared_a.get(static_cast<size_t>(nstates * mc_max * kc_max));
+    if (data == nullptr) std::abort();
+    if (nstates > t_states_size) {
+      t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
+      t_states_size = nstates;
+    }
+    for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
+    const SharedA sa{data, t_states.get(), kblocks, mblocks, kc_max, mc_max};
+    next.store(0);
+    parallel_for(threads, 1, [&](int64_t, int64_t) {
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
+        column_slab<TB>(uk, o, a, b, c, sa, m0, m1, t * w, std::min(o.N, (t + 1) * w));
+      }
+    });
+  }
 }
 
 template <typename TB>
@@ -210,24 +316,19 @@ void run_batched(const KernelArgs& args, const Operands& o, int64_t batch, int64
   const double flops = 2.0 * static_cast<double>(o.M) * static_cast<double>(o.N) * static_cast<double>(o.K) *
                        static_cast<double>(batch);
   const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
-  // Rectangles per product: enough that batch * q spreads evenly over the threads.
-  int64_t q = 1;
-  if (threads > 1 && batch % threads != 0 && batch < 4 * threads) q = threads / std::gcd(batch, threads);
-  Grid g = choose_grid(uk, o.M, o.N, q);
-  while (g.tm * g.tn != q && q > 1) g = choose_grid(uk, o.M, o.N, --q);
-  const int64_t per = g.tm * g.tn;
-  auto task = [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t p = t / per, r = t % per;
-      int64_t m0, m1, n0, n1;
-      split_range(o.M, uk.mr, g.tm, r / g.tn, m0, m1);
-      split_range(o.N, uk.nr, g.tn, r % g.tn, n0, n1);
-      gemm_rect<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N, m0, m1, n0, n1);
-    }
-  };
-  const int64_t tasks = batch * per;
-  if (threads <= 1) task(0, tasks);
-  else parallel_for(tasks, 1, task);
+  if (threads <= 1) {
+    for (int64_t p = 0; p < batch; ++p) gemm_rect<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N, 0, o.M, 0, o.N);
+  } else if (batch >= 2 * threads) {
+    // Many products: one thread each, taken from a shared counter.
+    std::atomic<int64_t> next{0};
+    parallel_for(threads, 1, [&](int64_t, int64_t) {
+      for (int64_t p; (p = next.fetch_add(1)) < batch;) {
+        gemm_rect<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N, 0, o.M, 0, o.N);
+      }
+    });
+  } else {
+    for (int64_t p = 0; p < batch; ++p) parallel_product<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N, threads);
+  }
 }
 
 void matmul_kernel(const KernelArgs& args) {

@@ -22,11 +22,23 @@ namespace gemm {
 using MicroKernelFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows,
                                int cols, float alpha, bool add);
 
+// Optional packers tuned for one instruction set. Each packs op(X)[r, c] =
+// x[r * rs + c * cs] into the layouts above and returns false, packing nothing, for a
+// layout it does not handle (the caller then packs with the portable loops).
+//   pack_a: an mc x kc block of op(A) into ceil(mc / mr) micro-panels
+//   pack_b: one micro-panel, kc x cols of op(B) with cols <= nr
+using PackAFn = bool (*)(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst);
+using PackBF32Fn = bool (*)(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst);
+using PackBBf16Fn = bool (*)(const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst);
+
 struct MicroKernel {
   const char* name;
   int mr, nr;           // register tile: rows of C by columns of C
   int64_t mc, kc, nc;   // cache blocks: A block mc x kc (L2), B block kc x nc (L3)
   MicroKernelFn run;
+  PackAFn pack_a;       // each may be nullptr
+  PackBF32Fn pack_b_f32;
+  PackBBf16Fn pack_b_bf16;
 };
 
 // Each returns nullptr when this build has no such kernel (not x86-64).
