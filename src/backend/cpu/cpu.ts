@@ -2,7 +2,7 @@
 // one generic entry point. This file only marshals arguments; the integer layout of
 // each kernel is documented beside its C++ registration.
 import { Backend, BackendBuffer } from '../backend.js';
-import { BINARY_OPS, type Kernels, REDUCE_OPS, UNARY_OPS } from '../kernels.js';
+import { BINARY_OPS, type Kernels, type QuantizedOperand, REDUCE_OPS, UNARY_OPS } from '../kernels.js';
 import { DTYPE_CODE } from '../../tensor/dtype.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { type CpuAddon, loadCpuAddon, type NativeBuffer } from './addon.js';
@@ -11,6 +11,21 @@ export class CpuBuffer extends BackendBuffer {
   constructor(readonly native: NativeBuffer, bytes: number) {
     super(bytes);
   }
+}
+
+/**
+ * The weight buffers and the [format, rows, cols, blocksize, nested, nestedBlocksize]
+ * attributes the quantized kernels take (native/cpu/kernels/qmatmul.cc); `filler`
+ * stands in for buffers a format does not use.
+ */
+function quantizedOperands(w: QuantizedOperand, filler: Tensor): { tensors: Tensor[]; ints: number[]; offset: number } {
+  if (w.format === 'int8') return { tensors: [w.cb, w.scb, filler, filler, filler], ints: [0, w.rows, w.cols, 0, 0, 0], offset: 0 };
+  const n = w.nested;
+  return {
+    tensors: [w.packed, w.code, w.absmax, n?.absmax ?? filler, n?.code ?? filler],
+    ints: [1, w.rows, w.cols, w.blocksize, n ? 1 : 0, n?.blocksize ?? 0],
+    offset: n?.offset ?? 0,
+  };
 }
 
 function nativeOf(t: Tensor): NativeBuffer {
@@ -127,6 +142,18 @@ export class CpuBackend implements Backend {
       crossEntropyBackward: (logits, targets, lse, dloss, dlogits, ignoreIndex) =>
         this.run('crossEntropyBackward', [logits, targets, lse, dloss, dlogits], [logits.shape[0], logits.shape[1], ignoreIndex]),
       dropoutMask: (out, p, seed, offset) => this.run('dropoutMask', [out], [out.size, seed, offset], [p]),
+      quantizedMatmul: (a, w, out, { transW, accumulate }) => {
+        const { tensors, ints, offset } = quantizedOperands(w, out);
+        const [format, rows, cols, blocksize, nested, nestedBlocksize] = ints;
+        this.run('quantizedMatmul', [a, ...tensors, out], [format, a.shape[0], rows, cols, transW ? 1 : 0, accumulate ? 1 : 0, blocksize, nested, nestedBlocksize], [offset]);
+      },
+      dequantize: (w, out) => {
+        const { tensors, ints, offset } = quantizedOperands(w, out);
+        this.run('dequantize', [...tensors, out], ints, [offset]);
+      },
+      quantizeInt8: (w, cb, scb) => this.run('quantizeInt8', [w, cb, scb], [w.shape[0], w.shape[1], DTYPE_CODE[w.dtype]]),
+      quantizeBlockwise: (x, code, q, absmax, blocksize, pack4) =>
+        this.run('quantizeBlockwise', [x, code, q, absmax], [x.size, DTYPE_CODE[x.dtype], code.size, blocksize, pack4 ? 1 : 0]),
     };
     const built: Partial<Kernels> = {};
     for (const key of Object.keys(all) as (keyof Kernels)[]) {

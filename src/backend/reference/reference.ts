@@ -9,6 +9,7 @@ import type { Tensor } from '../../tensor/tensor.js';
 import { elementwiseKernels } from './elementwise.js';
 import { linalgKernels } from './linalg.js';
 import { nnKernels } from './nn.js';
+import { quantKernels } from './quant.js';
 
 export class RefBuffer extends BackendBuffer {
   /** One slot per element; sized for the smallest dtype so any dtype fits. */
@@ -63,7 +64,7 @@ export function write(t: Tensor, values: ArrayLike<number>): void {
 
 export class ReferenceBackend implements Backend {
   readonly name = 'reference';
-  readonly kernels: Partial<Kernels> = { ...elementwiseKernels(), ...linalgKernels(), ...nnKernels() };
+  readonly kernels: Partial<Kernels> = { ...elementwiseKernels(), ...linalgKernels(), ...nnKernels(), ...quantKernels() };
   private live = 0;
 
   alloc(bytes: number): BackendBuffer {

@@ -1,0 +1,383 @@
+// quantizedMatmul and dequantize: products with a frozen weight W [rows, cols] stored
+// in bitsandbytes' int8 or NF4 format (quant/quant.h), dequantized on the fly. No f32
+// copy of W is ever made: each piece of W is decoded into a packing buffer of at most
+// kc x nc floats just before the micro-kernel uses it, and dropped after.
+//
+//   quantizedMatmul: out (+)= a · op(W), a [M, K] and out [M, N] contiguous f32;
+//     transW = 1: op(W) = Wᵀ, K = cols, N = rows (a Linear's forward, y = x Wᵀ)
+//     transW = 0: op(W) = W,  K = rows, N = cols (its input gradient, dx = dy W)
+//   ints:   [format, M, rows, cols, transW, accumulate, blocksize, nested, nestedBlocksize]
+//   floats: [offset]
+//   ptrs:   [a, q0, q1, q2, q3, q4, out]
+//
+//   dequantize: out [rows, cols] = W in f32.
+//   ints:   [format, rows, cols, blocksize, nested, nestedBlocksize]
+//   floats: [offset]
+//   ptrs:   [q0, q1, q2, q3, q4, out]
+//
+// Weight operands q0..q4: int8: cb (int8 [rows, cols]), scb (f32 [rows]), and three
+// unused; nf4: packed (uint8), code (f32 [16]), absmax (f32 per block, or uint8 when
+// nested), nested absmax (f32), nested code (f32 [256]) — the last two unused when not
+// nested.
+//
+// Structure: the blocked loop nest of kernels/matmul.cc (Goto & van de Geijn; BLIS's
+// five loops) around the same register micro-kernels (gemm/gemm.h), with B's panels
+// packed from the quantized weight instead of copied from f32. For a Linear's forward
+// a panel holds nr rows of W laid across, so each row stretch is decoded with SIMD and
+// then transposed into the panel; for the input gradient the rows of W are the rows of
+// the panel and decode straight into it. Products with few rows (decoding one token at
+// a time) skip the packing: they stream W once, decoding four rows (forward) or a
+// column stretch of four rows (gradient) into L1 and taking dot products / axpys
+// against every row of a, so each weight byte is read once whatever M is.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "gemm/gemm.h"
+#include "kernel.h"
+#include "quant/quant.h"
+
+namespace finlora {
+namespace {
+
+using gemm::MicroKernel;
+using quant::QuantIsa;
+using quant::QWeight;
+
+class Buffer {
+ public:
+  ~Buffer() { std::free(data_); }
+  float* get(size_t floats) {
+    if (floats > capacity_) {
+      std::free(data_);
+      const size_t bytes = (floats * sizeof(float) + 4095) / 4096 * 4096;
+      data_ = static_cast<float*>(std::aligned_alloc(4096, bytes));
+      if (data_ == nullptr) std::abort();
+      capacity_ = bytes / sizeof(float);
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+thread_local Buffer t_pack_a;
+thread_local Buffer t_pack_b;
+thread_local Buffer t_scratch;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Reads the weight operands starting at ptrs[p0] and ints[i0] (layouts above).
+bool parse_weight(const KernelArgs& args, size_t p0, int64_t format, int64_t rows, int64_t cols, int64_t blocksize,
+                  int64_t nested, int64_t nested_blocksize, QWeight& w) {
+  w = QWeight{};
+  w.rows = rows;
+  w.cols = cols;
+  if (rows < 0 || cols < 0) {
+    args.error = "negative weight size";
+    return false;
+  }
+  if (format == quant::kInt8) {
+    w.format = quant::kInt8;
+    w.cb = static_cast<const int8_t*>(args.ptrs[p0]);
+    w.scb = static_cast<const float*>(args.ptrs[p0 + 1]);
+    return true;
+  }
+  if (format != quant::kNf4) {
+    args.error = "unknown quantized format code";
+    return false;
+  }
+  if (blocksize <= 0 || (nested != 0 && nested_blocksize <= 0)) {
+    args.error = "block sizes must be positive";
+    return false;
+  }
+  w.format = quant::kNf4;
+  w.packed = static_cast<const uint8_t*>(args.ptrs[p0]);
+  w.code = static_cast<const float*>(args.ptrs[p0 + 1]);
+  w.blocksize = blocksize;
+  w.nested = nested != 0;
+  if (w.nested) {
+    w.qabsmax = static_cast<const uint8_t*>(args.ptrs[p0 + 2]);
+    w.nested_absmax = static_cast<const float*>(args.ptrs[p0 + 3]);
+    w.nested_code = static_cast<const float*>(args.ptrs[p0 + 4]);
+    w.nested_blocksize = nested_blocksize;
+    w.offset = static_cast<float>(args.floats[0]);
+  } else {
+    w.absmax = static_cast<const float*>(args.ptrs[p0 + 2]);
+  }
+  return true;
+}
+
+const MicroKernel& pick_micro_kernel() {
+  const MicroKernel* k = nullptr;
+  if (isa() == Isa::Avx512) k = gemm::avx512_micro_kernel();
+  if (k == nullptr && isa() >= Isa::Avx2) k = gemm::avx2_micro_kernel();
+  if (k == nullptr) k = gemm::scalar_micro_kernel();
+  return *k;
+}
+
+struct Problem {
+  const float* a;
+  float* c;
+  int64_t M, N, K;
+  bool trans_w, accumulate;
+  const QWeight* w;
+  const QuantIsa* qi;
+};
+
+// a[i, k] for rows [i0, i0 + mc), depth [pc, pc + kc) into mr-high micro-panels (gemm.h).
+void pack_a(const Problem& p, int64_t i0, int64_t mc, int64_t pc, int64_t kc, int mr, float* dst) {
+  for (int64_t ib = 0; ib < mc; ib += mr, dst += mr * kc) {
+    const int rows = static_cast<int>(std::min<int64_t>(mr, mc - ib));
+    const float* src = p.a + (i0 + ib) * p.K + pc;
+    for (int i = 0; i < rows; ++i) {
+      const float* s = src + i * p.K;
+      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = s[k];
+    }
+    for (int i = rows; i < mr; ++i)
+      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = 0.0f;
+  }
+}
+
+// op(W)[pc + k, n0 + j] for k < kc, j < ncols into one nr-wide micro-panel (gemm.h).
+void pack_b(const Problem& p, int64_t pc, int64_t kc, int64_t n0, int ncols, int nr, float* dst, float* scratch) {
+  const QWeight& w = *p.w;
+  if (p.trans_w) {
+    // Columns of the panel are rows of W: decode each row stretch, then lay it across.
+    for (int j = 0; j < ncols; ++j) p.qi->dequant_row(w, n0 + j, pc, kc, scratch + j * kc);
+    for (int64_t k = 0; k < kc; ++k) {
+      float* d = dst + k * nr;
+      const float* s = scratch + k;
+      for (int j = 0; j < ncols; ++j) d[j] = s[j * kc];
+      for (int j = ncols; j < nr; ++j) d[j] = 0.0f;
+    }
+  } else {
+    for (int64_t k = 0; k < kc; ++k) {
+      float* d = dst + k * nr;
+      p.qi->dequant_row(w, pc + k, n0, ncols, d);
+      for (int j = ncols; j < nr; ++j) d[j] = 0.0f;
+    }
+  }
+}
+
+// The blocked loop nest over rows [m0, m1) and columns [n0, n1) of the output.
+void gemm_rect(const MicroKernel& uk, const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int mr = uk.mr, nr = uk.nr;
+  const int64_t rows = m1 - m0, cols = n1 - n0;
+  if (rows <= 0 || cols <= 0) return;
+  const int64_t kblocks = ceil_div(p.K, uk.kc);
+  const int64_t kc_max = ceil_div(p.K, kblocks);
+  const int64_t mblocks = ceil_div(rows, uk.mc);
+  const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), mr) * mr;
+  const int64_t nblocks = ceil_div(cols, uk.nc);
+  const int64_t nc_max = ceil_div(ceil_div(cols, nblocks), nr) * nr;
+  float* pa = t_pack_a.get(static_cast<size_t>(mc_max * kc_max));
+  float* pb = t_pack_b.get(static_cast<size_t>(nc_max * kc_max));
+  float* scratch = t_scratch.get(static_cast<size_t>(nr * kc_max));
+  for (int64_t jc = n0; jc < n1; jc += nc_max) {
+    const int64_t nc = std::min(nc_max, n1 - jc);
+    for (int64_t pc = 0; pc < p.K; pc += kc_max) {
+      const int64_t kc = std::min(kc_max, p.K - pc);
+      const bool add = pc > 0 || p.accumulate;
+      for (int64_t ic = m0; ic < m1; ic += mc_max) {
+        const int64_t mc = std::min(mc_max, m1 - ic);
+        pack_a(p, ic, mc, pc, kc, mr, pa);
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+          const int ncols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
+          float* bp = pb + jr * kc;
+          // Decoded just before first use, while its lines are still in L1/L2.
+          if (ic == m0) pack_b(p, pc, kc, jc + jr, ncols, nr, bp, scratch);
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
+            uk.run(kc, pa + ir * kc, bp, p.c + (ic + ir) * p.N + jc + jr, p.N, nrows, ncols, 1.0f, add);
+          }
+        }
+      }
+    }
+  }
+}
+
+constexpr double kMinFlopsPerTask = 4.0e6;
+
+inline void split_range(int64_t total, int64_t unit, int64_t parts, int64_t index, int64_t& begin, int64_t& end) {
+  const int64_t units = ceil_div(total, unit);
+  begin = std::min(total, units * index / parts * unit);
+  end = std::min(total, units * (index + 1) / parts * unit);
+}
+
+// Cuts the output into tm x tn rectangles for q threads. Every rectangle decodes the
+// weight columns it covers, so splitting along M repeats decoding work: the column
+// term weighs more than in matmul.cc's split.
+void choose_grid(const MicroKernel& uk, int64_t M, int64_t N, int64_t q, int64_t& tm_out, int64_t& tn_out) {
+  const int64_t pm = ceil_div(M, uk.mr), pn = ceil_div(N, uk.nr);
+  double best = -1;
+  tm_out = 1;
+  tn_out = 1;
+  for (int64_t tm = 1; tm <= q; ++tm) {
+    if (q % tm != 0) continue;
+    const int64_t tn = q / tm;
+    if (tm > pm || tn > pn) continue;
+    const double rows = static_cast<double>(ceil_div(pm, tm) * uk.mr);
+    const double cols = static_cast<double>(ceil_div(pn, tn) * uk.nr);
+    const double cost = rows * cols / 32.0 + rows * 0.5 + cols * 2.0;
+    if (best < 0 || cost < best) {
+      best = cost;
+      tm_out = tm;
+      tn_out = tn;
+    }
+  }
+}
+
+void run_blocked(const Problem& p) {
+  const MicroKernel& uk = pick_micro_kernel();
+  const double flops = 2.0 * static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K);
+  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
+  int64_t tm = 1, tn = 1;
+  int64_t q = threads;
+  choose_grid(uk, p.M, p.N, q, tm, tn);
+  while (tm * tn != q && q > 1) choose_grid(uk, p.M, p.N, --q, tm, tn);
+  const int64_t tasks = tm * tn;
+  auto task = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t m0, m1, n0, n1;
+      split_range(p.M, uk.mr, tm, t / tn, m0, m1);
+      split_range(p.N, uk.nr, tn, t % tn, n0, n1);
+      gemm_rect(uk, p, m0, m1, n0, n1);
+    }
+  };
+  if (tasks <= 1) task(0, 1);
+  else parallel_for(tasks, 1, task);
+}
+
+// Below this many rows of a, streaming W (no packing) wins.
+constexpr int64_t kSmallM = 8;
+constexpr int64_t kStretch = 1024;  // weight values decoded per row at a time, per L1 buffer
+
+// Forward, few rows: out[m, n] = sum_k a[m, k] W[n, k], four rows of W at a time.
+void run_small_forward(const Problem& p) {
+  const int64_t groups = ceil_div(p.N, 4);
+  const double flops = 2.0 * static_cast<double>(p.M + 1) * static_cast<double>(p.N) * static_cast<double>(p.K);
+  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
+  auto body = [&](int64_t g0, int64_t g1) {
+    float* buf = t_scratch.get(4 * kStretch);
+    float acc[kSmallM * 4];
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n = g * 4;
+      const int rows = static_cast<int>(std::min<int64_t>(4, p.N - n));
+      const float* w4[4];
+      for (int j = 0; j < 4; ++j) w4[j] = buf + (j < rows ? j : 0) * kStretch;
+      std::fill(acc, acc + p.M * 4, 0.0f);
+      for (int64_t k0 = 0; k0 < p.K; k0 += kStretch) {
+        const int64_t len = std::min(kStretch, p.K - k0);
+        for (int j = 0; j < rows; ++j) p.qi->dequant_row(*p.w, n + j, k0, len, buf + j * kStretch);
+        p.qi->dot4(p.a + k0, p.K, p.M, w4, len, acc);
+      }
+      for (int64_t m = 0; m < p.M; ++m)
+        for (int j = 0; j < rows; ++j) {
+          float* o = p.c + m * p.N + n + j;
+          *o = (p.accumulate ? *o : 0.0f) + acc[m * 4 + j];
+        }
+    }
+  };
+  if (threads <= 1) body(0, groups);
+  else parallel_for(groups, ceil_div(groups, threads), body);
+}
+
+// Input gradient, few rows: out[m, c] = sum_r a[m, r] W[r, c], by column stretches.
+void run_small_backward(const Problem& p) {
+  const int64_t chunks = ceil_div(p.N, kStretch / 2);
+  const double flops = 2.0 * static_cast<double>(p.M + 1) * static_cast<double>(p.N) * static_cast<double>(p.K);
+  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
+  auto body = [&](int64_t c0i, int64_t c1i) {
+    constexpr int64_t S = kStretch / 2;
+    float* buf = t_scratch.get(5 * S + kSmallM * S);
+    float* zero = buf + 4 * S;
+    float* obuf = buf + 5 * S;
+    std::fill(zero, zero + S, 0.0f);
+    float coef[kSmallM * 4];
+    for (int64_t ci = c0i; ci < c1i; ++ci) {
+      const int64_t c0 = ci * S;
+      const int64_t len = std::min(S, p.N - c0);
+      std::fill(obuf, obuf + p.M * S, 0.0f);
+      for (int64_t r = 0; r < p.K; r += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, p.K - r));
+        const float* w4[4];
+        for (int j = 0; j < 4; ++j) {
+          if (j < rows) p.qi->dequant_row(*p.w, r + j, c0, len, buf + j * S);
+          w4[j] = j < rows ? buf + j * S : zero;
+          for (int64_t m = 0; m < p.M; ++m) coef[m * 4 + j] = j < rows ? p.a[m * p.K + r + j] : 0.0f;
+        }
+        p.qi->axpy4(coef, p.M, w4, len, obuf, S);
+      }
+      for (int64_t m = 0; m < p.M; ++m) {
+        float* o = p.c + m * p.N + c0;
+        const float* s = obuf + m * S;
+        if (p.accumulate) for (int64_t i = 0; i < len; ++i) o[i] += s[i];
+        else std::memcpy(o, s, static_cast<size_t>(len) * sizeof(float));
+      }
+    }
+  };
+  if (threads <= 1) body(0, chunks);
+  else parallel_for(chunks, 1, body);
+}
+
+void quantized_matmul_kernel(const KernelArgs& args) {
+  if (args.ints.size() != 9 || args.floats.size() != 1 || args.ptrs.size() != 7) {
+    args.error = "quantizedMatmul: expected 9 ints, 1 float and 7 buffers";
+    return;
+  }
+  const int64_t* v = args.ints.data();
+  const int64_t M = v[1], rows = v[2], cols = v[3];
+  const bool trans_w = v[4] != 0, accumulate = v[5] != 0;
+  QWeight w;
+  if (!parse_weight(args, 1, v[0], rows, cols, v[6], v[7], v[8], w)) {
+    args.error = "quantizedMatmul: " + args.error;
+    return;
+  }
+  if (M < 0) {
+    args.error = "quantizedMatmul: negative size";
+    return;
+  }
+  Problem p{static_cast<const float*>(args.ptrs[0]), static_cast<float*>(args.ptrs[6]), M,
+            trans_w ? rows : cols, trans_w ? cols : rows, trans_w, accumulate, &w, &quant::pick_quant_isa()};
+  if (p.M == 0 || p.N == 0) return;
+  if (p.K == 0) {
+    if (!accumulate) std::memset(p.c, 0, static_cast<size_t>(p.M * p.N) * sizeof(float));
+    return;
+  }
+  if (p.M <= kSmallM) {
+    if (trans_w) run_small_forward(p);
+    else run_small_backward(p);
+    return;
+  }
+  run_blocked(p);
+}
+
+void dequantize_kernel(const KernelArgs& args) {
+  if (args.ints.size() != 6 || args.floats.size() != 1 || args.ptrs.size() != 6) {
+    args.error = "dequantize: expected 6 ints, 1 float and 6 buffers";
+    return;
+  }
+  const int64_t* v = args.ints.data();
+  QWeight w;
+  if (!parse_weight(args, 0, v[0], v[1], v[2], v[3], v[4], v[5], w)) {
+    args.error = "dequantize: " + args.error;
+    return;
+  }
+  float* out = static_cast<float*>(args.ptrs[5]);
+  const QuantIsa& qi = quant::pick_quant_isa();
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, w.cols));
+  parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) qi.dequant_row(w, r, 0, w.cols, out + r * w.cols);
+  });
+}
+
+}  // namespace
+
+FINLORA_KERNEL("quantizedMatmul", quantized_matmul_kernel)
+FINLORA_KERNEL("dequantize", dequantize_kernel)
+
+}  // namespace finlora

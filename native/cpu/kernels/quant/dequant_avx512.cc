@@ -1,0 +1,133 @@
+// AVX-512 dequantization routines (quant.h). NF4 decoding uses the 16-entry code table
+// as one zmm register: vpermps with 16 indices is exactly a 16-way table lookup, and
+// scaling the table once per block (code * absmax) saves a multiply per value.
+// Compiled with a target attribute; used only when finlora::isa() allows.
+#include "quant.h"
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers start conversions and reductions from _mm512_undefined_*(),
+// which -Wmaybe-uninitialized reports as a use of an uninitialised value.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#define FINLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+namespace finlora {
+namespace quant {
+namespace {
+
+inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1u); }
+
+// 8 packed bytes -> the 16 nibble indices in element order (high nibble first).
+FINLORA_AVX512 inline __m512i nibbles16(const uint8_t* p) {
+  const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m128i hi = _mm_srli_epi16(w, 4);
+  const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15));
+  return _mm512_cvtepu8_epi32(_mm_or_si128(hi, _mm_slli_epi16(lo, 8)));
+}
+
+FINLORA_AVX512 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float* out) {
+  if (f & 1) {
+    *out++ = w.code[w.packed[f >> 1] & 15] * s;
+    ++f;
+    --n;
+  }
+  const uint8_t* p = w.packed + (f >> 1);
+  const __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(w.code), _mm512_set1_ps(s));
+  for (; n >= 16; n -= 16, p += 8, out += 16) _mm512_storeu_ps(out, _mm512_permutexvar_ps(nibbles16(p), lut));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t byte = p[i >> 1];
+    out[i] = w.code[(i & 1) ? (byte & 15) : (byte >> 4)] * s;
+  }
+}
+
+FINLORA_AVX512 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
+  if (w.format == kInt8) {
+    const int8_t* q = w.cb + r * w.cols + c0;
+    const __m512 vs = _mm512_set1_ps(w.scb[r] * (1.0f / 127.0f));
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i));
+      _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
+    }
+    if (i < len) {
+      const __mmask16 m = tail_mask(len - i);
+      const __m128i b = _mm_maskz_loadu_epi8(m, q + i);
+      _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
+    }
+    return;
+  }
+  for_each_block_run(w, r, c0, len, out, [&](int64_t f, int64_t n, float s, float* o) { nf4_run(w, f, n, s, o); });
+}
+
+FINLORA_AVX512 void dot4(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* x = a + m * lda;
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m512 v = _mm512_loadu_ps(x + i);
+      s0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(w[0] + i), s0);
+      s1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(w[1] + i), s1);
+      s2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(w[2] + i), s2);
+      s3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(w[3] + i), s3);
+    }
+    if (i < len) {
+      const __mmask16 k = tail_mask(len - i);
+      const __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+      s0 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w[0] + i), s0);
+      s1 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w[1] + i), s1);
+      s2 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w[2] + i), s2);
+      s3 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w[3] + i), s3);
+    }
+    acc[m * 4 + 0] += _mm512_reduce_add_ps(s0);
+    acc[m * 4 + 1] += _mm512_reduce_add_ps(s1);
+    acc[m * 4 + 2] += _mm512_reduce_add_ps(s2);
+    acc[m * 4 + 3] += _mm512_reduce_add_ps(s3);
+  }
+}
+
+FINLORA_AVX512 void axpy4(const float* coef, int64_t M, const float* const w[4], int64_t len, float* out, int64_t ldo) {
+  for (int64_t m = 0; m < M; ++m) {
+    const __m512 c0 = _mm512_set1_ps(coef[m * 4]), c1 = _mm512_set1_ps(coef[m * 4 + 1]);
+    const __m512 c2 = _mm512_set1_ps(coef[m * 4 + 2]), c3 = _mm512_set1_ps(coef[m * 4 + 3]);
+    float* o = out + m * ldo;
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      __m512 v = _mm512_loadu_ps(o + i);
+      v = _mm512_fmadd_ps(c0, _mm512_loadu_ps(w[0] + i), v);
+      v = _mm512_fmadd_ps(c1, _mm512_loadu_ps(w[1] + i), v);
+      v = _mm512_fmadd_ps(c2, _mm512_loadu_ps(w[2] + i), v);
+      v = _mm512_fmadd_ps(c3, _mm512_loadu_ps(w[3] + i), v);
+      _mm512_storeu_ps(o + i, v);
+    }
+    if (i < len) {
+      const __mmask16 k = tail_mask(len - i);
+      __m512 v = _mm512_maskz_loadu_ps(k, o + i);
+      v = _mm512_fmadd_ps(c0, _mm512_maskz_loadu_ps(k, w[0] + i), v);
+      v = _mm512_fmadd_ps(c1, _mm512_maskz_loadu_ps(k, w[1] + i), v);
+      v = _mm512_fmadd_ps(c2, _mm512_maskz_loadu_ps(k, w[2] + i), v);
+      v = _mm512_fmadd_ps(c3, _mm512_maskz_loadu_ps(k, w[3] + i), v);
+      _mm512_mask_storeu_ps(o + i, k, v);
+    }
+  }
+}
+
+const QuantIsa kAvx512{"avx512", dequant_row, dot4, axpy4};
+
+}  // namespace
+
+const QuantIsa* avx512_quant() { return &kAvx512; }
+
+}  // namespace quant
+}  // namespace finlora
+
+#else
+
+namespace finlora {
+namespace quant {
+const QuantIsa* avx512_quant() { return nullptr; }
+}  // namespace quant
+}  // namespace finlora
+
+#endif

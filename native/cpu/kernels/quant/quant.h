@@ -1,0 +1,94 @@
+// Frozen weights stored in bitsandbytes' formats, as the quantized kernels see them
+// (qmatmul.cc, quantize.cc), and the per-ISA routines that turn a stretch of one row
+// back into f32 (dequant_*.cc). The formats follow bitsandbytes' public source
+// (bitsandbytes/functional.py and backends/default/ops.py):
+//
+//   int8  W [rows, cols] row-major int8 CB with one f32 absmax per row (SCB):
+//         W[r, c] ~ CB[r, c] * SCB[r] / 127                       (int8_vectorwise_dequant)
+//   nf4   the row-major flattening of W cut into blocks of `blocksize` values; value i
+//         is code[nibble i] * absmax[i / blocksize], nibble i lives in byte i / 2, the
+//         HIGH nibble for even i and the low one for odd i      (quantize_4bit: q[::2] << 4 | q[1::2])
+//         With double quantization (compress_statistics) absmax itself is stored as
+//         uint8 codes into a 256-entry map, in blocks of nested_blocksize, plus one
+//         offset (the mean that was subtracted before quantizing):
+//         absmax[b] = nested_code[q[b]] * nested_absmax[b / nested_blocksize] + offset
+//
+// Blocks run along the flattened weight, so when cols is not a multiple of blocksize
+// a block straddles two rows; every routine here works from flat indices.
+#pragma once
+#include <cstdint>
+
+#include "kernel.h"
+
+namespace finlora {
+namespace quant {
+
+enum Format : int64_t { kInt8 = 0, kNf4 = 1 };
+
+struct QWeight {
+  Format format;
+  int64_t rows, cols;
+  // int8
+  const int8_t* cb;
+  const float* scb;
+  // nf4
+  const uint8_t* packed;
+  const float* code;  // 16 entries
+  int64_t blocksize;
+  const float* absmax;     // f32 per block when !nested
+  const uint8_t* qabsmax;  // uint8 per block when nested
+  const float* nested_absmax;
+  const float* nested_code;  // 256 entries
+  int64_t nested_blocksize;
+  float offset;
+  bool nested;
+
+  // The order of operations is bitsandbytes': (code * absmax2) rounded to f32, then
+  // + offset. NOTE: GCC contracts a * b + c into an FMA in C++ by default (one rounding
+  // instead of two, 1 ulp off bitsandbytes); the empty asm makes the product opaque.
+  float block_scale(int64_t b) const {
+    if (!nested) return absmax[b];
+    float s = nested_code[qabsmax[b]] * nested_absmax[b / nested_blocksize];
+#if defined(__x86_64__)
+    asm("" : "+x"(s));
+#endif
+    return s + offset;
+  }
+};
+
+// One instruction-set level's routines.
+struct QuantIsa {
+  const char* name;
+  // out[i] = W[r, c0 + i] for i < len (f32, the dequantized weight).
+  void (*dequant_row)(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out);
+  // acc[m * 4 + j] += sum_i a[m * lda + i] * w[j][i], i < len, j < 4, m < M.
+  void (*dot4)(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc);
+  // out[m * ldo + i] += sum_j coef[m * 4 + j] * w[j][i], j < 4, i < len, m < M.
+  void (*axpy4)(const float* coef, int64_t M, const float* const w[4], int64_t len, float* out, int64_t ldo);
+};
+
+// nullptr when this build has no such level (not x86-64).
+const QuantIsa* avx512_quant();
+const QuantIsa* avx2_quant();
+const QuantIsa* scalar_quant();
+
+// The routines isa() selects.
+const QuantIsa& pick_quant_isa();
+
+// Helpers the per-ISA files share: the flat-index walk over nf4 blocks. `run` is
+// called with (flat index, count, scale, out) for each stretch inside one block.
+template <class Run>
+inline void for_each_block_run(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out, Run run) {
+  int64_t f = r * w.cols + c0;
+  const int64_t end = f + len;
+  while (f < end) {
+    const int64_t b = f / w.blocksize;
+    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
+    run(f, stop - f, w.block_scale(b), out);
+    out += stop - f;
+    f = stop;
+  }
+}
+
+}  // namespace quant
+}  // namespace finlora

@@ -1,0 +1,140 @@
+// Quantization at load time into bitsandbytes' formats, with its reference numerics
+// (bitsandbytes/backends/default/ops.py: int8_vectorwise_quant, quantize_blockwise,
+// quantize_4bit; bitsandbytes/nn/modules.py: Int8Params._quantize).
+//
+// quantizeInt8: w [rows, cols] (f32, bf16 or f16) -> cb int8 [rows, cols], scb f32 [rows].
+//   Each value is first rounded to f16 (Int8Params casts the weight to float16 before
+//   quantizing), scb[r] = max_c |w[r, c]|, cb = round_half_even(w * (127 / scb[r])) in
+//   f32. An all-zero row gives scb 0 and zero codes.
+//   ints: [rows, cols, dtype]   ptrs: [w, cb, scb]
+//
+// quantizeBlockwise: x [n] (f32, bf16 or f16) cut into blocks of `blocksize`; per block
+//   absmax = max |x|; scaled = clamp(x * (1 / max(absmax, 1e-38)), -1, 1) (the last,
+//   partial block divides by its clamped absmax instead and stores that, as
+//   bitsandbytes does); the code index is torch.bucketize(scaled, midpoints of the
+//   sorted code), i.e. the nearest entry with ties going to the lower one.
+//   pack4 = 1 stores two 4-bit indices per byte, element 2i in the high nibble, and
+//   pads an odd count with the index of 0 (bitsandbytes pads `scaled` with a 0);
+//   pack4 = 0 stores one uint8 index per value.
+//   ints: [n, dtype, codeSize, blocksize, pack4]   ptrs: [x, code, q, absmax]
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernel.h"
+
+namespace finlora {
+namespace {
+
+inline float load(const void* p, int64_t dtype, int64_t i) {
+  switch (dtype) {
+    case F32: return static_cast<const float*>(p)[i];
+    case BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+
+bool float_dtype(int64_t d) { return d == F32 || d == BF16 || d == F16; }
+
+void quantize_int8_kernel(const KernelArgs& args) {
+  if (args.ints.size() != 3 || args.ptrs.size() != 3) {
+    args.error = "quantizeInt8: expected 3 ints and 3 buffers";
+    return;
+  }
+  const int64_t rows = args.ints[0], cols = args.ints[1], dtype = args.ints[2];
+  if (rows < 0 || cols < 0 || !float_dtype(dtype)) {
+    args.error = "quantizeInt8: bad size or dtype";
+    return;
+  }
+  const void* w = args.ptrs[0];
+  int8_t* cb = static_cast<int8_t*>(args.ptrs[1]);
+  float* scb = static_cast<float*>(args.ptrs[2]);
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, cols));
+  parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<float> h(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      float absmax = 0.0f;
+      for (int64_t c = 0; c < cols; ++c) {
+        h[c] = f16_to_f32(f32_to_f16(load(w, dtype, r * cols + c)));
+        absmax = std::max(absmax, std::fabs(h[c]));
+      }
+      scb[r] = absmax;
+      int8_t* q = cb + r * cols;
+      if (absmax == 0.0f) {
+        std::fill(q, q + cols, static_cast<int8_t>(0));
+        continue;
+      }
+      const float scale = 127.0f / absmax;
+      for (int64_t c = 0; c < cols; ++c) {
+        const float v = std::nearbyint(h[c] * scale);
+        q[c] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+      }
+    }
+  });
+}
+
+// torch.bucketize(x, bounds, right=False): the number of bounds strictly below x.
+inline int bucket(const float* bounds, int nb, float x) {
+  int lo = 0, hi = nb;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (bounds[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+void quantize_blockwise_kernel(const KernelArgs& args) {
+  if (args.ints.size() != 5 || args.ptrs.size() != 4) {
+    args.error = "quantizeBlockwise: expected 5 ints and 4 buffers";
+    return;
+  }
+  const int64_t n = args.ints[0], dtype = args.ints[1], code_size = args.ints[2], bs = args.ints[3];
+  const bool pack4 = args.ints[4] != 0;
+  if (n < 0 || !float_dtype(dtype) || code_size < 2 || code_size > 256 || bs <= 0 || (pack4 && (code_size > 16 || bs % 2 != 0))) {
+    args.error = "quantizeBlockwise: bad size, dtype, code size or block size";
+    return;
+  }
+  const void* x = args.ptrs[0];
+  const float* code = static_cast<const float*>(args.ptrs[1]);
+  uint8_t* q = static_cast<uint8_t*>(args.ptrs[2]);
+  float* absmax = static_cast<float*>(args.ptrs[3]);
+  const int nb = static_cast<int>(code_size - 1);
+  std::vector<float> bounds(static_cast<size_t>(nb));
+  for (int i = 0; i < nb; ++i) bounds[i] = (code[i] + code[i + 1]) / 2.0f;
+  const int zero_index = bucket(bounds.data(), nb, 0.0f);
+  const int64_t blocks = (n + bs - 1) / bs;
+  const int64_t grain = std::max<int64_t>(1, (1 << 14) / bs);
+  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = b * bs, len = std::min(bs, n - start);
+      float am = 0.0f;
+      for (int64_t i = 0; i < len; ++i) am = std::max(am, std::fabs(load(x, dtype, start + i)));
+      const bool partial = len < bs;
+      const float clamped = std::max(am, 1e-38f);
+      absmax[b] = partial ? clamped : am;
+      const float inv = 1.0f / clamped;
+      for (int64_t i = 0; i < len; ++i) {
+        const float v = load(x, dtype, start + i);
+        float s = partial ? v / clamped : v * inv;
+        s = std::min(1.0f, std::max(-1.0f, s));
+        const int idx = bucket(bounds.data(), nb, s);
+        const int64_t e = start + i;
+        if (!pack4) {
+          q[e] = static_cast<uint8_t>(idx);
+        } else if ((e & 1) == 0) {
+          q[e >> 1] = static_cast<uint8_t>((idx << 4) | zero_index);  // the low nibble is overwritten unless e is last
+        } else {
+          q[e >> 1] = static_cast<uint8_t>((q[e >> 1] & 0xf0) | idx);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+FINLORA_KERNEL("quantizeInt8", quantize_int8_kernel)
+FINLORA_KERNEL("quantizeBlockwise", quantize_blockwise_kernel)
+
+}  // namespace finlora
