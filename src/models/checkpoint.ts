@@ -9,11 +9,11 @@
 // chunk beyond the model's own memory.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { kernel } from '../backend/backend.js';
+import { type Backend, kernel } from '../backend/backend.js';
 import { SafetensorsError, SafetensorsFile, type TensorInfo } from '../io/safetensors.js';
 import { DTYPE_BYTES, type DType } from '../tensor/dtype.js';
 import { formatShape, sameShape } from '../tensor/shape.js';
-import { empty, type Tensor, view } from '../tensor/tensor.js';
+import { empty, keep, type Tensor, view } from '../tensor/tensor.js';
 
 export const WEIGHTS_NAME = 'model.safetensors';
 export const WEIGHTS_INDEX_NAME = 'model.safetensors.index.json';
@@ -37,6 +37,11 @@ interface Shard {
 }
 
 export class Checkpoint {
+  /** One staging buffer per (backend, source dtype), reused by every converting read. */
+  private readonly staging = new Map<string, Tensor>();
+  /** The host side of every read: one chunk, reused. */
+  private host: Uint8Array | null = null;
+
   private constructor(
     readonly dir: string,
     /** The file that lists the weights: model.safetensors or the index. */
@@ -147,37 +152,48 @@ export class Checkpoint {
     const elemBytes = DTYPE_BYTES[src];
     const backend = dst.backend;
     const chunkElems = Math.max(1, Math.floor(CHUNK_BYTES / elemBytes));
-    const host = new Uint8Array(Math.min(info.byteLength, chunkElems * elemBytes));
-    const staging = src === dst.dtype ? null : empty([Math.min(chunkElems, dst.size)], src, backend);
-    try {
-      let done = 0;
-      while (done < info.byteLength) {
-        const want = Math.min(host.length, info.byteLength - done);
-        readFully(shard, name, host, want, info.fileOffset + done, done, info.byteLength);
-        const bytes = host.subarray(0, want);
-        if (staging === null) {
-          backend.write(dst.storage.buffer, dst.byteOffset + done, bytes, src);
-        } else {
-          const n = want / elemBytes;
-          backend.write(staging.storage.buffer, 0, bytes, src);
-          const from = view(staging, [n], [1], 0);
-          const to = view(dst, [n], [1], dst.offset + done / elemBytes);
-          try {
-            kernel(backend, 'copy')(from, to);
-          } finally {
-            from.dispose();
-            to.dispose();
-          }
+    this.host ??= new Uint8Array(CHUNK_BYTES);
+    const host = this.host;
+    const staging = src === dst.dtype ? null : this.stagingFor(backend, src, chunkElems);
+    let done = 0;
+    while (done < info.byteLength) {
+      const want = Math.min(host.length, info.byteLength - done);
+      readFully(shard, name, host, want, info.fileOffset + done, done, info.byteLength);
+      const bytes = host.subarray(0, want);
+      if (staging === null) {
+        backend.write(dst.storage.buffer, dst.byteOffset + done, bytes, src);
+      } else {
+        const n = want / elemBytes;
+        backend.write(staging.storage.buffer, 0, bytes, src);
+        const from = view(staging, [n], [1], 0);
+        const to = view(dst, [n], [1], dst.offset + done / elemBytes);
+        try {
+          kernel(backend, 'copy')(from, to);
+        } finally {
+          from.dispose();
+          to.dispose();
         }
-        done += want;
       }
-    } finally {
-      staging?.dispose();
+      done += want;
     }
+  }
+
+  private stagingFor(backend: Backend, dtype: DType, elems: number): Tensor {
+    const key = `${backend.name}:${dtype}`;
+    let t = this.staging.get(key);
+    if (t === undefined || t.backend !== backend) {
+      t?.dispose();
+      t = keep(empty([elems], dtype, backend));
+      this.staging.set(key, t);
+    }
+    return t;
   }
 
   close(): void {
     for (const s of this.shards.values()) closeShard(s);
+    for (const t of this.staging.values()) t.dispose();
+    this.staging.clear();
+    this.host = null;
   }
 
   private shard(name: string): Shard {
