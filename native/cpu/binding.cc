@@ -1,5 +1,5 @@
-// The N-API surface of the CPU backend: buffers (aligned native memory, freed
-// deterministically by free() with a GC finalizer as a safety net), host<->native
+// The N-API surface of the CPU backend: buffers (aligned native memory named by
+// numeric handles, freed deterministically by free()), host<->native
 // copies, and one generic entry point that runs a registered kernel by id.
 // Nothing else in native/ touches N-API.
 #include <node_api.h>
@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "kernel.h"
 
@@ -18,10 +19,19 @@ using finlora::KernelArgs;
 
 std::atomic<int64_t> g_live_bytes{0};
 
-struct Buffer {
-  void* data;
-  size_t bytes;
+// Buffers are named by numeric handles (slot index + generation * 2^24), not by
+// JS externals: an external carries a GC finalizer that Node runs only when the event
+// loop turns, so a synchronous training loop would pile up pending finalizers. With
+// handles, free() releases everything at once; the JS side registers a
+// FinalizationRegistry entry as the safety net for buffers never freed.
+struct Slot {
+  void* data = nullptr;
+  size_t bytes = 0;
+  uint32_t generation = 0;
 };
+std::vector<Slot> g_slots;
+std::vector<uint32_t> g_free_slots;
+constexpr double kGenerationUnit = 16777216.0;  // 2^24 slots
 
 #define CHECK(call)                                                      \
   do {                                                                   \
@@ -36,34 +46,26 @@ napi_value throw_error(napi_env env, const std::string& msg) {
   return nullptr;
 }
 
-void release(Buffer* b) {
-  if (b->data != nullptr) {
-    std::free(b->data);
-    g_live_bytes -= static_cast<int64_t>(b->bytes);
-    b->data = nullptr;
-  }
-}
-
-void finalize_buffer(napi_env, void* data, void*) {
-  Buffer* b = static_cast<Buffer*>(data);
-  release(b);
-  delete b;
-}
-
-bool get_buffer(napi_env env, napi_value v, Buffer** out) {
-  void* p = nullptr;
-  if (napi_get_value_external(env, v, &p) != napi_ok || p == nullptr) return false;
-  *out = static_cast<Buffer*>(p);
-  return (*out)->data != nullptr;
-}
-
 double get_number(napi_env env, napi_value v) {
   double d = 0;
   napi_get_value_double(env, v, &d);
   return d;
 }
 
-// alloc(bytes) -> external
+// The live slot a handle names, or nullptr when it was freed (or never existed).
+Slot* get_slot(napi_env env, napi_value v) {
+  double h = get_number(env, v);
+  if (!(h >= 0)) return nullptr;
+  uint64_t handle = static_cast<uint64_t>(h);
+  uint64_t index = handle % 16777216u;
+  uint64_t generation = handle / 16777216u;
+  if (index >= g_slots.size()) return nullptr;
+  Slot& s = g_slots[index];
+  if (s.data == nullptr || s.generation != generation) return nullptr;
+  return &s;
+}
+
+// alloc(bytes) -> handle
 napi_value Alloc(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -74,30 +76,51 @@ napi_value Alloc(napi_env env, napi_callback_info info) {
   size_t rounded = ((n == 0 ? 1 : n) + 63) / 64 * 64;
   void* data = std::aligned_alloc(64, rounded);
   if (data == nullptr) return throw_error(env, "alloc: out of memory allocating " + std::to_string(n) + " bytes");
+  uint32_t index;
+  if (!g_free_slots.empty()) {
+    index = g_free_slots.back();
+    g_free_slots.pop_back();
+  } else {
+    if (g_slots.size() >= 16777216u) {
+      std::free(data);
+      return throw_error(env, "alloc: too many live buffers");
+    }
+    index = static_cast<uint32_t>(g_slots.size());
+    g_slots.emplace_back();
+  }
+  Slot& s = g_slots[index];
+  s.data = data;
+  s.bytes = n;
   g_live_bytes += static_cast<int64_t>(n);
-  Buffer* b = new Buffer{data, n};
-  napi_value ext;
-  CHECK(napi_create_external(env, b, finalize_buffer, nullptr, &ext));
-  return ext;
+  napi_value handle;
+  CHECK(napi_create_double(env, static_cast<double>(s.generation) * kGenerationUnit + index, &handle));
+  return handle;
 }
 
-// free(external)
+// free(handle): idempotent; a stale handle is ignored.
 napi_value Free(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  void* p = nullptr;
-  if (napi_get_value_external(env, argv[0], &p) == napi_ok && p != nullptr) release(static_cast<Buffer*>(p));
+  Slot* s = get_slot(env, argv[0]);
+  if (s != nullptr) {
+    std::free(s->data);
+    g_live_bytes -= static_cast<int64_t>(s->bytes);
+    s->data = nullptr;
+    s->bytes = 0;
+    s->generation = (s->generation + 1) % (1u << 28);
+    g_free_slots.push_back(static_cast<uint32_t>(s - g_slots.data()));
+  }
   return nullptr;
 }
 
-// write(external, byteOffset, typedArray)
+// write(handle, byteOffset, typedArray)
 napi_value Write(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
   CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  Buffer* b;
-  if (!get_buffer(env, argv[0], &b)) return throw_error(env, "write: buffer was freed");
+  Slot* b = get_slot(env, argv[0]);
+  if (b == nullptr) return throw_error(env, "write: buffer was freed");
   size_t offset = static_cast<size_t>(get_number(env, argv[1]));
   napi_typedarray_type type;
   size_t length, byte_offset;
@@ -117,13 +140,13 @@ napi_value Write(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-// read(external, byteOffset, byteLength) -> ArrayBuffer (a copy)
+// read(handle, byteOffset, byteLength) -> ArrayBuffer (a copy)
 napi_value Read(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
   CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  Buffer* b;
-  if (!get_buffer(env, argv[0], &b)) return throw_error(env, "read: buffer was freed");
+  Slot* b = get_slot(env, argv[0]);
+  if (b == nullptr) return throw_error(env, "read: buffer was freed");
   size_t offset = static_cast<size_t>(get_number(env, argv[1]));
   size_t n = static_cast<size_t>(get_number(env, argv[2]));
   if (offset + n > b->bytes) return throw_error(env, "read: out of bounds");
@@ -147,7 +170,7 @@ napi_value KernelNames(napi_env env, napi_callback_info) {
   return arr;
 }
 
-// run(id, buffers: external[], byteOffsets: number[], ints: number[], floats: number[])
+// run(id, buffers: handle[], byteOffsets: number[], ints: number[], floats: number[])
 napi_value Run(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -163,9 +186,10 @@ napi_value Run(napi_env env, napi_callback_info info) {
     napi_value v, o;
     CHECK(napi_get_element(env, argv[1], i, &v));
     CHECK(napi_get_element(env, argv[2], i, &o));
-    Buffer* b;
-    if (!get_buffer(env, v, &b))
-      return throw_error(env, std::string(reg[id].name) + ": operand " + std::to_string(i) + " was freed");
+    Slot* b = get_slot(env, v);
+    if (b == nullptr) return throw_error(env, std::string(reg[id].name) + ": operand " + std::to_string(i) + " was freed");
+    if (get_number(env, o) > static_cast<double>(b->bytes))
+      return throw_error(env, std::string(reg[id].name) + ": operand " + std::to_string(i) + " offset is out of bounds");
     args.ptrs[i] = static_cast<char*>(b->data) + static_cast<size_t>(get_number(env, o));
   }
   CHECK(napi_get_array_length(env, argv[3], &n));

@@ -5,7 +5,8 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export type NativeBuffer = object;
+/** A native buffer's handle: a slot number the addon resolves (stale handles are refused). */
+export type NativeBuffer = number;
 
 export interface CpuAddon {
   alloc(bytes: number): NativeBuffer;

@@ -45,11 +45,19 @@ export class CpuBackend implements Backend {
     this.kernels = this.buildKernels();
   }
 
+  // Buffers are freed explicitly (Tensor.dispose, scope); this registry frees the
+  // ones a program forgets, once their CpuBuffer object is garbage collected.
+  private readonly finalizer = new FinalizationRegistry<NativeBuffer>((handle) => this.addon.free(handle));
+
   alloc(bytes: number): BackendBuffer {
-    return new CpuBuffer(this.addon.alloc(bytes), bytes);
+    const buf = new CpuBuffer(this.addon.alloc(bytes), bytes);
+    this.finalizer.register(buf, buf.native, buf);
+    return buf;
   }
   free(buf: BackendBuffer): void {
-    if (buf instanceof CpuBuffer) this.addon.free(buf.native);
+    if (!(buf instanceof CpuBuffer)) return;
+    this.finalizer.unregister(buf);
+    this.addon.free(buf.native);
   }
   write(buf: BackendBuffer, byteOffset: number, data: Uint8Array): void {
     if (!(buf instanceof CpuBuffer)) throw new Error('cpu backend: foreign buffer');
