@@ -22,7 +22,8 @@ function decode(w: QuantizedOperand): Float64Array {
   const scales = blockScalesHost({ absmax, nested });
   const code = read(w.code);
   const idx = unpackNibbles(Uint8Array.from(read(w.packed)), n);
-  return Float64Array.from(idx, (k, i) => code[k] * scales[Math.floor(i / w.blocksize)]);
+  // bitsandbytes' dequantize_4bit multiplies in float32.
+  return Float64Array.from(idx, (k, i) => Math.fround(code[k] * scales[Math.floor(i / w.blocksize)]));
 }
 
 export function quantKernels(): Partial<Kernels> {

@@ -1,0 +1,268 @@
+// The quantized kernels: the cpu backend's quantizedMatmul (forward x·Wᵀ and input
+// gradient dy·W), dequantize and load-time quantization against the reference backend,
+// on odd shapes (blocks straddling rows, odd nibble starts, partial blocks and tiles),
+// both the streaming (few rows) and the blocked path, every SIMD level and uneven
+// thread counts; quantizedLinear's gradient against finite differences.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { backward, noGrad } from '../../src/autograd/tape.js';
+import { kernel } from '../../src/backend/backend.js';
+import { tensor } from '../../src/ops/creation.js';
+import { linear } from '../../src/ops/matmul.js';
+import { quantizeInt8Host } from '../../src/quant/int8.js';
+import { NF4_CODE, quantizeBlockwiseHost, quantizeNf4Host, dynamicMap } from '../../src/quant/nf4.js';
+import { dequantize, quantizedLinear } from '../../src/quant/ops.js';
+import { Int8Weight, Nf4Weight, type QuantizedWeight, quantizeInt8, quantizeNf4 } from '../../src/quant/weight.js';
+import { Rng } from '../../src/tensor/rng.js';
+import { scope, type Tensor } from '../../src/tensor/tensor.js';
+import { forEachIsa, withThreads } from '../ops/nn_helpers.js';
+import { assertClose, gradcheck, randomData, testBackends, values } from '../helpers.js';
+
+const DEVICES = ['reference', ...testBackends()];
+
+function normalData(n: number, seed: number, std = 1): Float32Array {
+  const rng = new Rng(seed);
+  return Float32Array.from({ length: n }, () => rng.normal() * std);
+}
+
+type Variant = 'int8' | 'nf4' | 'nf4-nested' | 'nf4-32';
+
+/** A host-quantized [rows, cols] weight uploaded to each device (the same bytes everywhere). */
+function weights(variant: Variant, rows: number, cols: number, seed: number): Map<string, QuantizedWeight> {
+  const w = normalData(rows * cols, seed, 0.05);
+  const out = new Map<string, QuantizedWeight>();
+  for (const device of DEVICES) {
+    if (variant === 'int8') out.set(device, Int8Weight.fromHost(quantizeInt8Host(w, rows, cols), { device }));
+    else {
+      const blocksize = variant === 'nf4-32' ? 32 : 64;
+      out.set(device, Nf4Weight.fromHost(quantizeNf4Host(w, [rows, cols], { blocksize, doubleQuant: variant !== 'nf4' }), { device }));
+    }
+  }
+  return out;
+}
+
+function disposeAll(ws: Map<string, QuantizedWeight>): void {
+  for (const w of ws.values()) w.dispose();
+}
+
+/**
+ * Runs the kernel directly on the reference backend once; the returned check runs it
+ * on each test backend (at the current SIMD level and thread count) and compares.
+ */
+function productCase(ws: Map<string, QuantizedWeight>, M: number, transW: boolean, accumulate: boolean): (what: string) => void {
+  const ref = ws.get('reference')!;
+  const K = transW ? ref.cols : ref.rows, N = transW ? ref.rows : ref.cols;
+  const a = randomData(M * K, M * 31 + K);
+  const c0 = randomData(M * N, N * 17 + 3);
+  const run = (device: string) =>
+    scope(() => {
+      const at = tensor(a, [M, K], { device });
+      const out = tensor(c0, [M, N], { device });
+      kernel(at.backend, 'quantizedMatmul')(at, ws.get(device)!, out, { transW, accumulate });
+      return values(out);
+    });
+  const expected = run('reference');
+  return (what) => {
+    for (const device of testBackends()) {
+      // f32 accumulation over K terms of size ~0.05 against f64
+      assertClose(run(device), expected, { atol: 2e-5 * Math.sqrt(K + 1), rtol: 1e-4 }, `${what} on ${device}`);
+    }
+  };
+}
+
+// [M, in, out]: the streaming path (M <= 8) and the blocked one; in not a multiple of 64
+// (blocks straddle rows, rows start on odd nibbles); sizes past one kc (256) block, past
+// the micro-tiles (14x32, 6x16, 4x16) and past the streaming path's 512-column chunks.
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [3, 5, 7],
+  [8, 33, 17],
+  [1, 600, 9],
+  [2, 70, 1030],
+  [9, 64, 40],
+  [17, 130, 65],
+  [130, 67, 259],
+  [29, 600, 47],
+  [300, 20, 33],
+];
+
+test('quantizedMatmul matches the reference for int8 and nf4 (nested or not, 32/64 blocks) at every SIMD level', () => {
+  for (const variant of ['int8', 'nf4', 'nf4-nested', 'nf4-32'] as const) {
+    for (const [M, inF, outF] of SHAPES) {
+      const ws = weights(variant, outF, inF, M + inF + outF);
+      try {
+        const Mb = Math.max(1, M - 1);
+        const forward = productCase(ws, M, true, false);
+        const gradient = productCase(ws, Mb, false, false);
+        const accumulated = productCase(ws, M, true, true);
+        forEachIsa((isa) => {
+          const what = `${variant} ${isa} W=[${outF}, ${inF}]`;
+          forward(`${what} M=${M} x·Wᵀ`);
+          gradient(`${what} M=${Mb} dy·W`);
+          accumulated(`${what} M=${M} x·Wᵀ accumulated`);
+        });
+      } finally {
+        disposeAll(ws);
+      }
+    }
+  }
+});
+
+test('quantizedMatmul gives the same result on 1, 2 and 3 threads', () => {
+  for (const variant of ['int8', 'nf4-nested'] as const) {
+    const ws = weights(variant, 300, 257, 5);
+    try {
+      const cases = ([[4, true], [4, false], [70, true], [70, false]] as const).map(([M, transW]) => ({ M, transW, check: productCase(ws, M, transW, false) }));
+      for (const threads of [1, 3]) {
+        withThreads(threads, () => {
+          for (const { M, transW, check } of cases) check(`${variant} threads=${threads} M=${M} transW=${transW}`);
+        });
+      }
+    } finally {
+      disposeAll(ws);
+    }
+  }
+});
+
+test('dequantize matches the reference (bit for bit for nf4) at every SIMD level', () => {
+  for (const variant of ['int8', 'nf4', 'nf4-nested', 'nf4-32'] as const) {
+    for (const [rows, cols] of [[1, 1], [3, 7], [33, 65], [5, 300]]) {
+      const ws = weights(variant, rows, cols, rows * cols);
+      try {
+        const expected = scope(() => values(dequantize(ws.get('reference')!)));
+        forEachIsa((isa) => {
+          for (const device of testBackends()) {
+            const got = scope(() => values(dequantize(ws.get(device)!)));
+            if (variant === 'int8') assertClose(got, expected, { atol: 0, rtol: 2e-7 }, `${variant} ${isa} [${rows}, ${cols}]`);
+            else assert.deepEqual(got, expected, `${variant} ${isa} [${rows}, ${cols}]`);
+          }
+        });
+      } finally {
+        disposeAll(ws);
+      }
+    }
+  }
+});
+
+test('load-time quantization kernels give bitsandbytes codes identical to the reference, from f32, bf16 and f16', () => {
+  for (const dtype of ['f32', 'bf16', 'f16'] as const) {
+    for (const [rows, cols] of [[1, 3], [7, 33], [4, 200], [13, 77]]) {
+      const data = normalData(rows * cols, rows + cols, 0.5);
+      data.fill(0, 0, Math.min(cols, 70)); // an all-zero row / block
+      const run = (device: string) =>
+        scope(() => {
+          const w = tensor(data, [rows, cols], { device, dtype });
+          const i8 = quantizeInt8(w);
+          const n4 = quantizeNf4(w);
+          const n4plain = quantizeNf4(w, { doubleQuant: false, blocksize: 32 });
+          const r = [i8.cb, i8.scb, n4.packed, n4.absmax, n4.nested!.absmax, n4plain.packed, n4plain.absmax].map(values);
+          const offset = n4.nested!.offset;
+          for (const q of [i8, n4, n4plain]) q.dispose();
+          return { r, offset };
+        });
+      const expected = run('reference');
+      for (const device of testBackends()) {
+        const got = run(device);
+        assert.equal(got.offset, expected.offset, `${dtype} [${rows}, ${cols}] nested offset`);
+        got.r.forEach((g, i) => assert.deepEqual(g, expected.r[i], `${dtype} [${rows}, ${cols}] output ${i} on ${device}`));
+      }
+    }
+  }
+});
+
+test('quantizeBlockwise against the dynamic map, unpacked, matches the host definition', () => {
+  const x = normalData(1000, 4);
+  const host = quantizeBlockwiseHost(x, dynamicMap(), 256);
+  for (const device of DEVICES) {
+    scope(() => {
+      const q = tensor(new Uint8Array(1000), [1000], { device, dtype: 'uint8' });
+      const absmax = tensor(new Float32Array(4), [4], { device });
+      kernel(q.backend, 'quantizeBlockwise')(tensor(x, [1000], { device }), tensor(dynamicMap(), [256], { device }), q, absmax, 256, false);
+      assert.deepEqual(Array.from(values(q)), Array.from(host.q), device);
+      assert.deepEqual(Array.from(values(absmax)), Array.from(host.absmax), device);
+    });
+  }
+});
+
+test('quantizedLinear: forward equals linear on the dequantized weight, with bias, for rank 1, 2 and 3 inputs', () => {
+  for (const variant of ['int8', 'nf4-nested'] as const) {
+    const ws = weights(variant, 19, 70, 11);
+    try {
+      for (const device of DEVICES) {
+        for (const shape of [[70], [5, 70], [2, 3, 70], [12, 70]]) {
+          scope(() => {
+            const w = ws.get(device)!;
+            const x = tensor(randomData(shape.reduce((a, b) => a * b, 1), 2), shape, { device });
+            const b = tensor(randomData(19, 3), [19], { device });
+            const y = quantizedLinear(x, w, b);
+            assert.deepEqual(y.shape, [...shape.slice(0, -1), 19]);
+            assertClose(values(y), values(linear(x, dequantize(w), b)), { atol: 1e-5, rtol: 1e-5 }, `${variant} ${device} ${shape}`);
+          });
+        }
+      }
+    } finally {
+      disposeAll(ws);
+    }
+  }
+});
+
+test('quantizedLinear: gradients of x and bias match finite differences; the weight gets none', () => {
+  for (const variant of ['int8', 'nf4', 'nf4-nested'] as const) {
+    const ws = weights(variant, 6, 13, 21);
+    try {
+      const f = (x: Tensor, b: Tensor) => quantizedLinear(x, ws.get(x.backend.name)!, b);
+      gradcheck(f, [{ shape: [4, 13] }, { shape: [6] }]);
+      gradcheck(f, [{ shape: [2, 3, 13], strided: true }, { shape: [6], noGrad: true }]);
+      gradcheck((x: Tensor) => quantizedLinear(x, ws.get(x.backend.name)!), [{ shape: [13] }]);
+      // The blocked path (M > 8) of the input gradient too.
+      gradcheck((x: Tensor) => quantizedLinear(x, ws.get(x.backend.name)!), [{ shape: [11, 13] }]);
+      for (const device of DEVICES) {
+        scope(() => {
+          const w = ws.get(device)!;
+          const x = tensor(randomData(26, 1), [2, 13], { device, requiresGrad: true });
+          backward(quantizedLinear(x, w), tensor(randomData(12, 2), [2, 6], { device }));
+          for (const t of w.tensors()) assert.equal(t.grad, null);
+          assert.ok(x.grad !== null);
+          x.grad.dispose();
+        });
+      }
+    } finally {
+      disposeAll(ws);
+    }
+  }
+});
+
+test('quantizedLinear records nothing under noGrad and refuses mismatched inputs', () => {
+  const ws = weights('int8', 4, 8, 1);
+  try {
+    scope(() => {
+      const w = ws.get('cpu')!;
+      const x = tensor(randomData(8, 1), [1, 8], { requiresGrad: true });
+      assert.equal(noGrad(() => quantizedLinear(x, w)).gradFn, null);
+      assert.throws(() => quantizedLinear(tensor(new Float32Array(7), [1, 7]), w), /has 7 features.*expects 8/);
+      assert.throws(() => quantizedLinear(x, w, tensor(new Float32Array(3), [3])), /bias must be f32 \[4\]/);
+      assert.throws(() => quantizedLinear(tensor(new Float32Array(8), [1, 8], { device: 'reference' }), w), /lives on reference/);
+      assert.throws(() => quantizedLinear(tensor(new Float32Array(8), [1, 8], { dtype: 'bf16' }), w), /x must be f32/);
+    });
+  } finally {
+    disposeAll(ws);
+  }
+});
+
+test('NF4 decoding covers every code: a weight of all 16 codes dequantizes to the table times the block scale', () => {
+  // byte i holds codes (2i mod 16, 2i+1 mod 16): elements run 0..15 in order.
+  const packed = Uint8Array.from({ length: 40 }, (_, i) => (((2 * i) % 16) << 4) | ((2 * i + 1) % 16));
+  const absmax = Float32Array.from([0.5, 2]);
+  for (const device of DEVICES) {
+    forEachIsa(() => {
+      const w = Nf4Weight.fromHost({ shape: [5, 16], blocksize: 64, packed, code: NF4_CODE, absmax, nested: null }, { device });
+      try {
+        const got = scope(() => values(dequantize(w)));
+        const expected = Array.from({ length: 80 }, (_, i) => Math.fround(NF4_CODE[i % 16] * absmax[Math.floor(i / 64)]));
+        assert.deepEqual(Array.from(got), expected, device);
+      } finally {
+        w.dispose();
+      }
+    });
+  }
+});
