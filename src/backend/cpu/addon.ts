@@ -16,6 +16,10 @@ export interface CpuAddon {
   kernelNames(): string[];
   run(id: number, buffers: NativeBuffer[], byteOffsets: number[], ints: number[], floats: number[]): void;
   liveBytes(): number;
+  /** Bytes held by the caching allocator for reuse (not live). */
+  cachedBytes(): number;
+  /** Returns every cached block to the system. */
+  emptyCache(): void;
   isa(): { current: 'avx512' | 'avx2' | 'scalar'; best: 'avx512' | 'avx2' | 'scalar' };
   setIsa(isa: 'avx512' | 'avx2' | 'scalar'): void;
   numThreads(): number;

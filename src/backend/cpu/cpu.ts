@@ -71,6 +71,14 @@ export class CpuBackend implements Backend {
   liveBytes(): number {
     return this.addon.liveBytes();
   }
+  /** Freed bytes the caching allocator keeps for reuse. */
+  cachedBytes(): number {
+    return this.addon.cachedBytes();
+  }
+  /** Returns cached blocks to the system (e.g. before measuring memory). */
+  emptyCache(): void {
+    this.addon.emptyCache();
+  }
   /** The SIMD level kernels use; tests lower it to cover every code path. */
   get isa(): { current: string; best: string } {
     return this.addon.isa();
