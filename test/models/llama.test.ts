@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { noGrad } from '../../src/autograd/tape.js';
+import { backward, noGrad } from '../../src/autograd/tape.js';
 import type { Backend } from '../../src/backend/backend.js';
 import { getBackend } from '../../src/backend/registry.js';
 import { SafetensorsError, withSafetensors, writeSafetensors } from '../../src/io/safetensors.js';
@@ -19,6 +19,7 @@ import { LlamaForCausalLM, type LoadOptions } from '../../src/models/llama/model
 import { causalLmLoss } from '../../src/models/loss.js';
 import { greedyGenerate } from '../../src/models/generate.js';
 import { tensor } from '../../src/ops/creation.js';
+import { assign } from '../../src/ops/inplace.js';
 import { cast } from '../../src/ops/view.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose } from '../helpers.js';
@@ -329,5 +330,40 @@ test('forward refuses sequences longer than a sliding window, and malformed inpu
     assert.throws(() => model.forward(tensor([1, 2, 3], [1, 3])), /input ids must be int32 \[batch, seq\]/);
     assert.throws(() => model.forward(idTensor([[1, 2]]), { keyMask: tensor([1, 1, 1], [1, 3]) }), /keyMask must be \[1, 2\]/);
   }));
+  model.dispose();
+});
+
+test('gradients flow through the model: a norm weight and a projection weight match central differences of the loss', () => {
+  const model = load('llama3_gqa');
+  const ids = reference('llama3_gqa').inputIds;
+  const layer = model.model.layers.at(1);
+  const targets: [Tensor, number[]][] = [[layer.input_layernorm.weight, [0, 17, 63]], [model.model.layers.at(0).self_attn.k_proj.weight, [5, 700, 2047]]];
+  const loss = () => scope(() => {
+    const t = idTensor(ids);
+    return causalLmLoss(model.forward(t), t).item();
+  });
+  for (const [w] of targets) w.requiresGrad = true;
+  scope(() => {
+    const t = idTensor(ids);
+    backward(causalLmLoss(model.forward(t), t));
+  });
+  for (const [w, entries] of targets) {
+    const grad = w.grad;
+    assert.ok(grad !== null, 'no gradient reached the weight');
+    const g = grad.toArray();
+    const values = Float32Array.from(w.toArray());
+    for (const i of entries) {
+      const h = 1e-2;
+      const at = (x: number) => {
+        const v = Float32Array.from(values);
+        v[i] = x;
+        assign(w, tensor(v, w.shape, { device: cpu }));
+        return noGrad(loss);
+      };
+      const fd = (at(values[i] + h) - at(values[i] - h)) / (2 * h);
+      assert.ok(Math.abs(g[i] - fd) <= 2e-4 + 1e-2 * Math.abs(fd), `d loss / d ${w.name}[${i}]: backward ${g[i]}, central difference ${fd}`);
+    }
+    assign(w, tensor(values, w.shape, { device: cpu }));
+  }
   model.dispose();
 });
