@@ -70,7 +70,8 @@ function productCase(ws: Map<string, QuantizedWeight>, M: number, transW: boolea
   };
 }
 
-// [M, in, out]: the streaming path (M <= 8) and the blocked one; in not a multiple of 64
+// [M, in, out]: the streaming paths (M <= 32 forward, <= 16 gradient) and the blocked
+// ones; in not a multiple of 64
 // (blocks straddle rows, rows start on odd nibbles); sizes past one kc (256) block, past
 // the micro-tiles (14x32, 6x16, 4x16) and past the streaming path's 512-column chunks.
 const SHAPES: [number, number, number][] = [
@@ -83,6 +84,7 @@ const SHAPES: [number, number, number][] = [
   [17, 130, 65],
   [130, 67, 259],
   [29, 600, 47],
+  [45, 100, 70],
   [300, 20, 33],
 ];
 
@@ -214,8 +216,8 @@ test('quantizedLinear: gradients of x and bias match finite differences; the wei
       gradcheck(f, [{ shape: [4, 13] }, { shape: [6] }]);
       gradcheck(f, [{ shape: [2, 3, 13], strided: true }, { shape: [6], noGrad: true }]);
       gradcheck((x: Tensor) => quantizedLinear(x, ws.get(x.backend.name)!), [{ shape: [13] }]);
-      // The blocked path (M > 8) of the input gradient too.
-      gradcheck((x: Tensor) => quantizedLinear(x, ws.get(x.backend.name)!), [{ shape: [11, 13] }]);
+      // The blocked paths (M > 32) too.
+      gradcheck((x: Tensor) => quantizedLinear(x, ws.get(x.backend.name)!), [{ shape: [40, 13] }]);
       for (const device of DEVICES) {
         scope(() => {
           const w = ws.get(device)!;

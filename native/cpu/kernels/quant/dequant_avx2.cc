@@ -7,6 +7,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #define FINLORA_AVX2 __attribute__((target("avx2,fma")))
@@ -63,6 +64,47 @@ FINLORA_AVX2 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t l
   for_each_block_run(w, r, c0, len, out, [&](int64_t f, int64_t n, float s, float* o) { nf4_run(w, f, n, s, o); });
 }
 
+// 8 x 8 transpose in registers: r[i][j] -> r[j][i].
+FINLORA_AVX2 inline void transpose8(__m256 r[8]) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // s[4h + c], lane L: column 4L + c of rows 4h..4h+3
+    s[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+    s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xee);
+    s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xee);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+  }
+}
+
+FINLORA_AVX2 void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                                  float* scratch) {
+  if (nr % 8 != 0) return pack_transposed_scalar(w, r0, rows, c0, len, nr, dst, scratch);
+  const int64_t ld = (len + 7) / 8 * 8;
+  for (int j = 0; j < rows; ++j) {
+    float* s = scratch + j * ld;
+    dequant_row(w, r0 + j, c0, len, s);
+    for (int64_t k = len; k < ld; ++k) s[k] = 0.0f;
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  for (int jg = 0; jg < nr; jg += 8) {
+    const int live = std::min(8, std::max(0, rows - jg));
+    for (int64_t k0 = 0; k0 < len; k0 += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = i < live ? _mm256_loadu_ps(scratch + (jg + i) * ld + k0) : zero;
+      if (live > 0) transpose8(r);
+      const int64_t kn = std::min<int64_t>(8, len - k0);
+      for (int64_t i = 0; i < kn; ++i) _mm256_storeu_ps(dst + (k0 + i) * nr + jg, r[i]);
+    }
+  }
+}
+
 FINLORA_AVX2 inline float hsum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -113,7 +155,7 @@ FINLORA_AVX2 void axpy4(const float* coef, int64_t M, const float* const w[4], i
   }
 }
 
-const QuantIsa kAvx2{"avx2", dequant_row, dot4, axpy4};
+const QuantIsa kAvx2{"avx2", dequant_row, pack_transposed, dot4, axpy4};
 
 }  // namespace
 

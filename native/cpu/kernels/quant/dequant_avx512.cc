@@ -4,6 +4,8 @@
 // Compiled with a target attribute; used only when finlora::isa() allows.
 #include "quant.h"
 
+#include <algorithm>
+
 #if defined(__x86_64__)
 // GCC 12's AVX-512 headers start conversions and reductions from _mm512_undefined_*(),
 // which -Wmaybe-uninitialized reports as a use of an uninitialised value.
@@ -60,6 +62,58 @@ FINLORA_AVX512 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t
   for_each_block_run(w, r, c0, len, out, [&](int64_t f, int64_t n, float s, float* o) { nf4_run(w, f, n, s, o); });
 }
 
+// 16 x 16 transpose in registers: r[i][j] -> r[j][i]. Pairs of rows interleave
+// (unpack ps), then pairs of pairs (unpack pd) leave each 128-bit lane holding four rows
+// of one column; two rounds of lane shuffles finish the 4 x 4 transpose of lanes.
+FINLORA_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m512 u[16];  // u[4g + c], lane L: column 4L + c of rows 4g..4g+3
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xee);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xee);
+    r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+    r[8 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+  }
+}
+
+FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                                    float* scratch) {
+  if (nr % 16 != 0) return pack_transposed_scalar(w, r0, rows, c0, len, nr, dst, scratch);
+  const int64_t ld = (len + 15) / 16 * 16;
+  for (int j = 0; j < rows; ++j) {
+    float* s = scratch + j * ld;
+    dequant_row(w, r0 + j, c0, len, s);
+    for (int64_t k = len; k < ld; ++k) s[k] = 0.0f;
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  for (int jg = 0; jg < nr; jg += 16) {
+    const int live = std::min(16, std::max(0, rows - jg));
+    for (int64_t k0 = 0; k0 < len; k0 += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = i < live ? _mm512_loadu_ps(scratch + (jg + i) * ld + k0) : zero;
+      if (live > 0) transpose16(r);
+      const int64_t kn = std::min<int64_t>(16, len - k0);
+      for (int64_t i = 0; i < kn; ++i) _mm512_storeu_ps(dst + (k0 + i) * nr + jg, r[i]);
+    }
+  }
+}
+
 FINLORA_AVX512 void dot4(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc) {
   for (int64_t m = 0; m < M; ++m) {
     const float* x = a + m * lda;
@@ -113,7 +167,7 @@ FINLORA_AVX512 void axpy4(const float* coef, int64_t M, const float* const w[4],
   }
 }
 
-const QuantIsa kAvx512{"avx512", dequant_row, dot4, axpy4};
+const QuantIsa kAvx512{"avx512", dequant_row, pack_transposed, dot4, axpy4};
 
 }  // namespace
 

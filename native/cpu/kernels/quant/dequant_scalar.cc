@@ -46,9 +46,21 @@ void axpy4(const float* coef, int64_t M, const float* const w[4], int64_t len, f
   }
 }
 
-const QuantIsa kScalar{"scalar", dequant_row, dot4, axpy4};
+const QuantIsa kScalar{"scalar", dequant_row, pack_transposed_scalar, dot4, axpy4};
 
 }  // namespace
+
+void pack_transposed_scalar(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                            float* scratch) {
+  const QuantIsa& qi = pick_quant_isa();
+  for (int j = 0; j < rows; ++j) qi.dequant_row(w, r0 + j, c0, len, scratch + j * len);
+  for (int64_t k = 0; k < len; ++k) {
+    float* d = dst + k * nr;
+    const float* s = scratch + k;
+    for (int j = 0; j < rows; ++j) d[j] = s[j * len];
+    for (int j = rows; j < nr; ++j) d[j] = 0.0f;
+  }
+}
 
 const QuantIsa* scalar_quant() { return &kScalar; }
 

@@ -61,11 +61,21 @@ struct QuantIsa {
   const char* name;
   // out[i] = W[r, c0 + i] for i < len (f32, the dequantized weight).
   void (*dequant_row)(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out);
+  // A GEMM B panel from rows of W laid across (a Linear's forward, op(W) = Wᵀ):
+  // dst[k * nr + j] = W[r0 + j, c0 + k] for k < len, j < rows, and 0 for rows <= j < nr.
+  // scratch holds at least nr * (len rounded up to 16) floats.
+  void (*pack_transposed)(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                          float* scratch);
   // acc[m * 4 + j] += sum_i a[m * lda + i] * w[j][i], i < len, j < 4, m < M.
   void (*dot4)(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc);
   // out[m * ldo + i] += sum_j coef[m * 4 + j] * w[j][i], j < 4, i < len, m < M.
   void (*axpy4)(const float* coef, int64_t M, const float* const w[4], int64_t len, float* out, int64_t ldo);
 };
+
+// The portable pack_transposed: decode each row stretch, then lay it across element by
+// element. The SIMD levels fall back to it when nr is not a multiple of their width.
+void pack_transposed_scalar(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                            float* scratch);
 
 // nullptr when this build has no such level (not x86-64).
 const QuantIsa* avx512_quant();

@@ -1,0 +1,155 @@
+// Quantized-matmul benchmark: the cpu backend's quantizedMatmul on int8 and NF4
+// (double-quantized) weights against its f32 GEMM (`matmul`) on the same shapes, in
+// the same run: a Linear's forward y = x·Wᵀ and its input gradient dx = dy·W, for
+// prefill-sized products (M = 512 tokens) and a decode step (M = 1). Each product is
+// first checked against f64 dot products with the dequantized weight at sampled
+// entries, then timed; the three variants take turns run by run, so they see the same
+// machine load, and the best run of each is reported with the median.
+//
+// `npm run bench` runs this after the GEMM benchmark; benchQuant() is exported too.
+import { pathToFileURL } from 'node:url';
+import { CpuBackend } from '../src/backend/cpu/cpu.js';
+import { getBackend } from '../src/backend/registry.js';
+import { tensor } from '../src/ops/creation.js';
+import { matmul } from '../src/ops/matmul.js';
+import { dequantize } from '../src/quant/ops.js';
+import { kernel } from '../src/backend/backend.js';
+import { type QuantizedWeight, quantizeInt8, quantizeNf4 } from '../src/quant/weight.js';
+import { Rng } from '../src/tensor/rng.js';
+import { empty, scope, type Tensor } from '../src/tensor/tensor.js';
+
+export interface QuantCase {
+  /** Rows of x (tokens). */
+  readonly M: number;
+  /** in_features. */
+  readonly K: number;
+  /** out_features. */
+  readonly N: number;
+}
+
+export const DEFAULT_CASES: readonly QuantCase[] = [
+  { M: 512, K: 2048, N: 2048 },
+  { M: 512, K: 2048, N: 8192 },
+  { M: 1, K: 2048, N: 8192 },
+];
+
+type Variant = 'f32' | 'int8' | 'nf4';
+const VARIANTS: readonly Variant[] = ['f32', 'int8', 'nf4'];
+
+export interface QuantRow extends QuantCase {
+  readonly direction: 'x·Wᵀ' | 'dy·W';
+  /** Best and median seconds per variant. */
+  readonly times: Readonly<Record<Variant, { bestS: number; medianS: number }>>;
+  readonly maxError: number;
+}
+
+function randomMatrix(n: number, rng: Rng, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (rng.next() - 0.5) * scale;
+  return out;
+}
+
+/** The largest error at sampled entries relative to the sum of |terms| (a float32 accumulation's scale). */
+function checkSamples(a: Float32Array, W: Float32Array, out: Float32Array, M: number, N: number, K: number, transW: boolean, rng: Rng): number {
+  let worst = 0;
+  for (let s = 0; s < 64; s++) {
+    const i = Math.floor(rng.next() * M), j = Math.floor(rng.next() * N);
+    let acc = 0, mag = 0;
+    for (let k = 0; k < K; k++) {
+      const t = a[i * K + k] * (transW ? W[j * K + k] : W[k * N + j]);
+      acc += t;
+      mag += Math.abs(t);
+    }
+    worst = Math.max(worst, Math.abs(out[i * N + j] - acc) / mag);
+  }
+  return worst;
+}
+
+function timeOnce(fn: () => void): number {
+  const t0 = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+function summarize(times: number[]): { bestS: number; medianS: number } {
+  const s = [...times].sort((x, y) => x - y);
+  return { bestS: s[0], medianS: s[Math.floor(s.length / 2)] };
+}
+
+function benchCase(c: QuantCase, reps: number, rng: Rng): QuantRow[] {
+  return scope(() => {
+    const { M, K, N } = c;
+    const w = tensor(randomMatrix(N * K, rng, 0.1), [N, K]);
+    const q: Record<'int8' | 'nf4', QuantizedWeight> = { int8: quantizeInt8(w), nf4: quantizeNf4(w) };
+    try {
+      const rows: QuantRow[] = [];
+      for (const transW of [true, false]) {
+        // forward: x [M, K] · Wᵀ -> [M, N]; gradient: dy [M, N] · W -> [M, K]
+        const inner = transW ? K : N, outer = transW ? N : K;
+        const aHost = randomMatrix(M * inner, rng);
+        const a = tensor(aHost, [M, inner]);
+        const outs: Record<'int8' | 'nf4', Tensor> = { int8: empty([M, outer], 'f32', a.backend), nf4: empty([M, outer], 'f32', a.backend) };
+        const run: Record<Variant, () => void> = {
+          f32: () => scope(() => void matmul(a, w, { transB: transW })),
+          int8: () => kernel(a.backend, 'quantizedMatmul')(a, q.int8, outs.int8, { transW, accumulate: false }),
+          nf4: () => kernel(a.backend, 'quantizedMatmul')(a, q.nf4, outs.nf4, { transW, accumulate: false }),
+        };
+        let maxError = 0;
+        for (const v of ['int8', 'nf4'] as const) {
+          run[v]();
+          const W = Float32Array.from(scope(() => dequantize(q[v]).toArray()));
+          maxError = Math.max(maxError, checkSamples(aHost, W, Float32Array.from(outs[v].toArray()), M, outer, inner, transW, new Rng(7)));
+        }
+        if (!(maxError < 1e-5)) throw new Error(`quantized matmul ${M}x${K}x${N}: result differs from the f64 reference (relative error ${maxError})`);
+        for (const v of VARIANTS) run[v]();
+        const times: Record<Variant, number[]> = { f32: [], int8: [], nf4: [] };
+        for (let r = 0; r < reps; r++) for (const v of VARIANTS) times[v].push(timeOnce(run[v]));
+        rows.push({
+          ...c,
+          direction: transW ? 'x·Wᵀ' : 'dy·W',
+          times: { f32: summarize(times.f32), int8: summarize(times.int8), nf4: summarize(times.nf4) },
+          maxError,
+        });
+      }
+      return rows;
+    } finally {
+      q.int8.dispose();
+      q.nf4.dispose();
+    }
+  });
+}
+
+/** Runs the benchmark and prints a table; returns the rows. */
+export function benchQuant(cases: readonly QuantCase[] = DEFAULT_CASES, reps = 7, log: (s: string) => void = console.log): QuantRow[] {
+  const cpu = getBackend('cpu');
+  const isa = cpu instanceof CpuBackend ? `${cpu.isa.current} (best ${cpu.isa.best}), ${cpu.numThreads} threads` : cpu.name;
+  log(`finlora cpu quantized matmul vs f32 GEMM: ${isa}`);
+  const rng = new Rng(4321);
+  const rows = cases.flatMap((c) => benchCase(c, reps, rng));
+  const gf = (r: QuantRow, s: number) => (2 * r.M * r.N * r.K) / s / 1e9;
+  const header = ['M x K x N', 'product', 'f32 GFLOP/s', 'int8 GFLOP/s', 'int8/f32', 'nf4 GFLOP/s', 'nf4/f32', 'medians f32/int8/nf4 ms', 'max rel err'];
+  const table = rows.map((r) => [
+    `${r.M} x ${r.K} x ${r.N}`,
+    r.direction,
+    gf(r, r.times.f32.bestS).toFixed(1),
+    gf(r, r.times.int8.bestS).toFixed(1),
+    (r.times.f32.bestS / r.times.int8.bestS).toFixed(2),
+    gf(r, r.times.nf4.bestS).toFixed(1),
+    (r.times.f32.bestS / r.times.nf4.bestS).toFixed(2),
+    VARIANTS.map((v) => (r.times[v].medianS * 1e3).toFixed(2)).join(' / '),
+    r.maxError.toExponential(1),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
+  const fmt = (cells: string[]) => cells.map((s, i) => (i < 2 ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join('  ');
+  log('');
+  log(fmt(header));
+  log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const row of table) log(fmt(row));
+  log(`\nbest of ${reps} interleaved runs after warm-up; int8/f32 and nf4/f32 = quantized throughput / f32 throughput`);
+  log('weights: W [N, K] = [out_features, in_features]; x·Wᵀ is a Linear forward, dy·W its input gradient; nf4 is double-quantized (bitsandbytes defaults)');
+  return rows;
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  benchQuant();
+}
