@@ -12,5 +12,5 @@ export { LlamaForCausalLM, type LoadOptions, type ForwardOptions, type WeightDTy
 export { readLlamaConfig, parseLlamaConfig, ConfigError, type LlamaConfig } from './models/llama/config.js';
 export { Checkpoint, CheckpointError } from './models/checkpoint.js';
 export { KVCache } from './models/kv_cache.js';
-export { greedyGenerate, type GreedyOptions } from './models/generate.js';
+export { generate, greedyGenerate, leftPad, samplingCandidates, drawToken, type GreedyOptions, type GenerateOptions, type GenerateResult, type SamplingOptions, type FinishReason, type Candidates } from './models/generate.js';
 export { causalLmLoss } from './models/loss.js';
