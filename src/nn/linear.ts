@@ -7,13 +7,17 @@
 // Linear's place by replacing that one method while keeping the parameter names
 // (q_proj.weight) that checkpoints use.
 import type { KernelName } from '../backend/backend.js';
+import { full } from '../ops/creation.js';
 import { linear } from '../ops/matmul.js';
+import { quantizedLinear } from '../quant/ops.js';
+import type { QuantizedWeight } from '../quant/weight.js';
 import { formatShape } from '../tensor/shape.js';
-import type { Tensor } from '../tensor/tensor.js';
+import { type Tensor, view } from '../tensor/tensor.js';
 import { Module } from './module.js';
 
 export class Linear extends Module {
-  readonly weight: Tensor;
+  private dense: Tensor;
+  private quant: QuantizedWeight | null = null;
   readonly bias: Tensor | null;
 
   constructor(weight: Tensor, bias: Tensor | null = null) {
@@ -22,8 +26,18 @@ export class Linear extends Module {
     if (bias !== null && (bias.rank !== 1 || bias.shape[0] !== weight.shape[0])) {
       throw new Error(`Linear: bias ${formatShape(bias.shape)} does not match weight ${formatShape(weight.shape)}`);
     }
-    this.weight = this.registerParameter('weight', weight);
+    this.dense = this.registerParameter('weight', weight);
     this.bias = bias === null ? null : this.registerParameter('bias', bias);
+  }
+
+  /** The frozen weight [out, in]; a placeholder of NaN when it is held quantized (setQuantizedWeight). */
+  get weight(): Tensor {
+    return this.dense;
+  }
+
+  /** The weight in a bitsandbytes format (src/quant/) when the layer holds it quantized, else null. */
+  get quantized(): QuantizedWeight | null {
+    return this.quant;
   }
 
   get inFeatures(): number {
@@ -34,13 +48,52 @@ export class Linear extends Module {
     return this.weight.shape[0];
   }
 
+  /**
+   * Hangs an adapter's sub-module under this layer (src/adapters/lora: lora_A, lora_B,
+   * lora_magnitude_vector), so namedParameters() lists its parameters with PEFT's names
+   * (q_proj.lora_A.weight); null takes it off again. The adapter replaces forward().
+   */
+  setAdapterModule(name: string, m: Module | null): void {
+    if (m === null) this.unregisterModule(name);
+    else this.registerModule(name, m);
+  }
+
   /** x [..., in_features] -> f32 [..., out_features]. */
   forward(x: Tensor): Tensor {
-    return linear(x, this.weight, this.bias);
+    return this.quant !== null ? quantizedLinear(x, this.quant, this.bias) : linear(x, this.dense, this.bias);
   }
 
   protected override ownOps(): KernelName[] {
     // matmul forward and backward; the bias adds (binary) and its gradient sums (reduce).
+    if (this.quant !== null) return this.bias === null ? ['quantizedMatmul', 'copy'] : ['quantizedMatmul', 'copy', 'reduce'];
     return this.bias === null ? ['matmul', 'copy'] : ['matmul', 'copy', 'binary', 'reduce'];
+  }
+
+  /**
+   * Holds the frozen weight quantized from now on (int8 or NF4, src/quant/): forward()
+   * decodes it on the fly, and the dense tensor is disposed. `weight` stays a parameter
+   * of the same shape and device, one NaN broadcast by zero strides, so shapes and the
+   * device still read from it while any use of its values shows as NaN; code that needs
+   * W asks `quantized` (dequantize(), or the quantized kernels).
+   */
+  setQuantizedWeight(q: QuantizedWeight): void {
+    if (q.rows !== this.outFeatures || q.cols !== this.inFeatures) {
+      throw new Error(`Linear: quantized weight [${q.rows}, ${q.cols}] does not match weight ${formatShape(this.dense.shape)}`);
+    }
+    const device = this.dense.backend;
+    if (q.backend !== device) throw new Error(`Linear: the quantized weight lives on ${q.backend.name}, the layer on ${device.name}`);
+    const one = full([1], NaN, { device });
+    const placeholder = view(one, this.dense.shape, [0, 0], 0);
+    one.dispose();
+    placeholder.name = this.dense.name;
+    this.replaceParameter('weight', placeholder);
+    this.dense = placeholder;
+    if (this.quant !== null && this.quant !== q) this.quant.dispose();
+    this.quant = q;
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.quant?.dispose();
   }
 }

@@ -20,6 +20,11 @@ export abstract class Module {
     return m;
   }
 
+  /** Takes a sub-module out of the tree (its parameters are the caller's to keep or dispose). */
+  protected unregisterModule(name: string): void {
+    if (!this.children.delete(name)) throw new Error(`no module '${name}'`);
+  }
+
   /** Replaces a registered parameter (disposing the old one unless told not to). */
   protected replaceParameter(name: string, t: Tensor, disposeOld = true): void {
     const old = this.params.get(name);
