@@ -31,7 +31,7 @@ function direct(attrs: MatmulAttrs) {
 }
 
 // [M, K, N]: tiny, odd, not multiples of any micro-tile (14x32, 6x16, 4x16), K past
-// one kc block (256), M past one mc block, N past one nc block (4096).
+// one kc block (512 or 256), M past one mc block, N past one nc block (4096).
 const shapes: [number, number, number][] = [
   [1, 1, 1],
   [3, 5, 7],
@@ -152,29 +152,47 @@ test('matmul: empty and K = 0 products', () => {
   checkAgainstReference((a, b) => matmul(a, b), [{ shape: [2, 0, 3, 5] }, { shape: [5, 4] }]);
 });
 
-test('multithreaded and single-threaded GEMM give identical results', () => {
+test('multithreaded and single-threaded GEMM give identical results on every SIMD level', () => {
+  // Threads split the output, never a dot product, so the sums are bit-identical.
   const be = cpu();
   const threads = be.numThreads;
   if (threads < 2) return;
-  const run = (M: number, K: number, N: number, batch: number, transB: boolean) =>
-    scope(() => {
-      const a = tensor(randomData(batch * M * K, 5), [batch, M, K], { device: be });
-      const b = tensor(randomData(K * N, 6), transB ? [N, K] : [K, N], { device: be });
-      return Float32Array.from(matmul(a, b, { transB }).toArray());
-    });
-  const shapesT: [number, number, number, number, boolean][] = [
-    [257, 300, 333, 1, false], // split along N
-    [512, 256, 8, 1, true], // LoRA-like N = 8: split along M
-    [8, 512, 2048, 1, false], // a few rows: split along N
-    [45, 300, 130, 3, true], // odd batch over two threads
+  const saved = be.isa.current;
+  const order = ['scalar', 'avx2', 'avx512'] as const;
+  const best = order.indexOf(be.isa.best as (typeof order)[number]);
+  // A multiplicative hash instead of the seeded generator: the largest case needs 4.5M values.
+  const data = (n: number, seed: number) => {
+    const d = new Float32Array(n);
+    for (let i = 0; i < n; i++) d[i] = (Math.imul(i + seed, 0x9e3779b1) >>> 8) / 2 ** 24 - 0.5;
+    return d;
+  };
+  const cases: [number, number, number, number, boolean][] = [
+    [257, 300, 333, 1, false], // column slabs sharing packed A
+    [512, 256, 8, 1, true], // LoRA-like N = 8: row slabs
+    [8, 512, 2048, 1, false], // a few rows, many columns
+    [45, 300, 130, 3, true], // an odd batch: each product split in turn
+    [40, 300, 70, 5, false], // a larger batch: whole products per thread
+    [300, 15000, 100, 1, false], // packed A over 16 MiB: two row bands
   ];
-  for (const [M, K, N, batch, transB] of shapesT) {
+  try {
+    for (const [M, K, N, batch, transB] of cases) {
+      scope(() => {
+        const a = tensor(data(batch * M * K, 5), [batch, M, K], { device: be });
+        const b = tensor(data(K * N, 6), transB ? [N, K] : [K, N], { device: be });
+        const run = (n: number) => {
+          be.setNumThreads(n);
+          return scope(() => Float32Array.from(matmul(a, b, { transB }).toArray()));
+        };
+        for (const level of order.slice(0, best + 1)) {
+          if (level === 'scalar' && K > 1000) continue; // slow there, and nothing level-specific
+          be.setIsa(level);
+          assert.deepEqual(run(threads), run(1), `${level} ${batch}x${M}x${K}x${N}`);
+        }
+      });
+    }
+  } finally {
     be.setNumThreads(threads);
-    const many = run(M, K, N, batch, transB);
-    be.setNumThreads(1);
-    const one = run(M, K, N, batch, transB);
-    be.setNumThreads(threads);
-    assert.deepEqual(many, one, `${batch}x${M}x${K}x${N}`);
+    be.setIsa(saved as (typeof order)[number]);
   }
 });
 
