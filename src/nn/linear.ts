@@ -1,6 +1,7 @@
 // Linear layer with PyTorch's layout: y = x @ weightᵀ + bias, weight [out_features,
 // in_features], bias [out_features] or none. The frozen base weight may be stored as
-// f32 or bf16; the output is f32.
+// f32 or bf16, or quantized in a bitsandbytes format (setQuantizedWeight, src/quant/);
+// the output is f32.
 //
 // forward() is the layer's single entry point: every model calls a projection through
 // it and nothing else, so an adapter (LoRA, DoRA) or a quantized layer can take a

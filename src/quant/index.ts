@@ -5,3 +5,4 @@ export * from './nf4.js';
 export * from './weight.js';
 export * from './ops.js';
 export * from './checkpoint.js';
+export * from './model.js';
