@@ -101,6 +101,12 @@ test('kernel: alpha and accumulate, batch stride 0, bf16 b', () => {
         { shape: [2, 9, 21], dtype: 'bf16' },
         { shape: [2, 13, 9] },
       ], loose);
+      // a batch of one broadcasts over the output's batch
+      checkAgainstReference(direct({ transA: false, transB: false, alpha, accumulate }), [
+        { shape: [1, 13, 21] },
+        { shape: [3, 21, 9] },
+        { shape: [3, 13, 9] },
+      ], loose);
     }
   }
 });

@@ -118,7 +118,8 @@ export class CpuBackend implements Backend {
         const M = out.shape[out.rank - 2], N = out.shape[out.rank - 1];
         const K = transA ? a.shape[ra - 2] : a.shape[ra - 1];
         const batch = out.rank === 3 ? out.shape[0] : 1;
-        const abs = a.rank === 3 ? a.strides[0] : 0, bbs = b.rank === 3 ? b.strides[0] : 0;
+        // A batch of one broadcasts (as in the reference), whatever its stride says.
+        const abs = a.rank === 3 && a.shape[0] !== 1 ? a.strides[0] : 0, bbs = b.rank === 3 && b.shape[0] !== 1 ? b.strides[0] : 0;
         const [ars, acs] = transA ? [a.strides[ra - 1], a.strides[ra - 2]] : [a.strides[ra - 2], a.strides[ra - 1]];
         const [brs, bcs] = transB ? [b.strides[rb - 1], b.strides[rb - 2]] : [b.strides[rb - 2], b.strides[rb - 1]];
         this.run('matmul', [a, b, out], [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate ? 1 : 0, DTYPE_CODE[b.dtype]], [alpha]);
