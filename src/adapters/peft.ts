@@ -409,8 +409,14 @@ export interface SaveAdapterOptions {
   readonly baseModelNameOrPath?: string | null;
 }
 
+/** What saving needs from an adapter (a LoraModel is one). */
+export interface SavableAdapter {
+  readonly config: LoraConfig;
+  readonly layers: ReadonlyMap<string, { namedTensors(): Iterable<[string, Tensor]> }>;
+}
+
 /** The tensors of an adapter under PEFT's keys (what adapter_model.safetensors holds). */
-export function peftStateDict(lm: LoraModel): Map<string, Tensor> {
+export function peftStateDict(lm: SavableAdapter): Map<string, Tensor> {
   const out = new Map<string, Tensor>();
   for (const [name, layer] of lm.layers) {
     for (const [k, t] of layer.namedTensors()) {
@@ -426,7 +432,7 @@ export function peftStateDict(lm: LoraModel): Map<string, Tensor> {
  * Writes `lm` as a PEFT adapter directory. A DoRA adapter without its magnitudes is
  * refused (PEFT would load it as a different model, silently). Atomic: see writeAdapterFiles.
  */
-export function savePeftAdapter(dir: string, lm: LoraModel, opts: SaveAdapterOptions = {}): void {
+export function savePeftAdapter(dir: string, lm: SavableAdapter, opts: SaveAdapterOptions = {}): void {
   const config: LoraConfig = opts.baseModelNameOrPath === undefined ? lm.config : { ...lm.config, base_model_name_or_path: opts.baseModelNameOrPath };
   const tensors = peftStateDict(lm);
   for (const [name, layer] of lm.layers) {

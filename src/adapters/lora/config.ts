@@ -138,15 +138,16 @@ function listMatches(list: readonly string[], name: string): boolean {
 }
 
 /**
- * Whether PEFT would put an adapter on the module called `name`. `isOutputHead` tells
- * "all-linear" which module to leave out (PEFT skips the model's output embeddings).
+ * Whether PEFT would put an adapter on the module called `name`. "all-linear" selects
+ * Linear modules (`isLinear`) except the output head (PEFT skips the model's output
+ * embeddings).
  */
-export function isTargeted(config: LoraConfig, name: string, isOutputHead = false): boolean {
+export function isTargeted(config: LoraConfig, name: string, isOutputHead = false, isLinear = true): boolean {
   const ex = config.exclude_modules;
   if (ex !== null && (typeof ex === 'string' ? pythonRegex(ex, 'full', 'exclude_modules').test(name) : listMatches(ex, name))) return false;
   const t = config.target_modules;
   if (typeof t === 'string') {
-    if (t.toLowerCase() === ALL_LINEAR) return !isOutputHead;
+    if (t.toLowerCase() === ALL_LINEAR) return isLinear && !isOutputHead;
     return pythonRegex(t, 'full', 'target_modules').test(name);
   }
   return listMatches(t, name);

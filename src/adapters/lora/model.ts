@@ -59,7 +59,7 @@ export class LoraModel {
     const { linears, head } = linearModules(model);
     const picked: [string, Linear][] = [];
     for (const [name, m] of model.namedModules()) {
-      if (name === '' || !isTargeted(config, name, name === head)) continue;
+      if (name === '' || !isTargeted(config, name, name === head, m instanceof Linear)) continue;
       if (!(m instanceof Linear)) {
         // PEFT refuses a matched module it has no layer for; so do we.
         throw new LoraConfigError(`target_modules selects ${name} (${m.constructor.name}), but LoRA adapters go on Linear layers only`);
