@@ -5,6 +5,7 @@
 // atomically, so a failure leaves no file.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { AdapterError, loadPeftAdapter } from '../../adapters/peft.js';
 import { noGrad } from '../../autograd/tape.js';
 import { SafetensorsError, writeSafetensors } from '../../io/safetensors.js';
 import { CheckpointError } from '../../models/checkpoint.js';
@@ -23,6 +24,7 @@ const HELP = `finlora forward — run a model on token ids and save its logits
 Usage:
   finlora forward --model DIR --input-ids '[[1, 306, 4658], [1, 450, 2107]]' --out logits.safetensors [--labels]
 
+                  [--adapter DIR [--merge]]
 Options:
   --model DIR         a Hugging Face model directory (config.json, model.safetensors or
                       model.safetensors.index.json with its shards)
@@ -37,6 +39,11 @@ Options:
   -h, --help          this text
 
 Exit codes: 0 success, 1 bad input or failure, 2 bad usage.
+  --adapter DIR       apply a PEFT LoRA / DoRA adapter directory (adapter_config.json,
+                      adapter_model.safetensors) to the model
+  --merge             with --adapter: fold the adapter into the weights first (the
+                      logits of a merged model; they differ from the unmerged ones
+                      by rounding only)
 `;
 
 const OPTIONS = {
@@ -48,6 +55,8 @@ const OPTIONS = {
 } as const;
 
 /** Parses --input-ids: a non-empty JSON array of equal-length rows of non-negative integers. */
+  adapter: { type: 'string' },
+  merge: { type: 'boolean' },
 export function parseInputIds(text: string): number[][] {
   let value: unknown;
   try {
@@ -95,6 +104,17 @@ function load(dir: string, dtype: WeightDType): LlamaForCausalLM {
 export const command: Command = {
   name: 'forward',
   help: HELP,
+/** Puts a PEFT adapter on the model (and merges it with --merge), turning adapter problems into user errors. */
+function applyAdapter(model: LlamaForCausalLM, dir: string, merge: boolean): void {
+  try {
+    const lm = loadPeftAdapter(dir, model);
+    if (merge) lm.merge();
+  } catch (e) {
+    if (e instanceof AdapterError || e instanceof SafetensorsError) throw new UserError(e.message);
+    throw e;
+  }
+}
+
   run(argv, out) {
     const { values } = parseCommandArgs('forward', { args: [...argv], options: OPTIONS, allowPositionals: false });
     if (values.model === undefined) throw new UsageError('--model DIR is required');
@@ -110,10 +130,12 @@ export const command: Command = {
     if (!fs.existsSync(path.dirname(path.resolve(outFile)))) throw new UserError(`${outFile}: its directory does not exist`);
 
     const model = load(values.model, dtype);
+    if (values.merge === true && values.adapter === undefined) throw new UsageError('--merge needs --adapter DIR');
     try {
       const V = model.config.vocabSize;
       rows.forEach((row, i) =>
         row.forEach((id, j) => {
+      if (values.adapter !== undefined) applyAdapter(model, values.adapter, values.merge === true);
           if (id >= V) throw new UserError(`--input-ids: row ${i}, position ${j} is ${id}, outside the vocabulary of ${V} in ${values.model}`);
         }),
       );
