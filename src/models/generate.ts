@@ -234,19 +234,24 @@ export function leftPad(prompts: readonly (readonly number[])[], padTokenId: num
   };
 }
 
-/** Where settled text ends: before a trailing replacement character, white space, or the start of a stop string. */
+/**
+ * Where settled text ends: before trailing replacement characters and white space, and
+ * then before the start of a stop string that the held-back tail may complete.
+ */
 function settledLength(text: string, stops: readonly string[]): number {
   let end = text.length;
   while (end > 0 && (text[end - 1] === '\uFFFD' || /\s/.test(text[end - 1]))) end--;
+  const settled = text.slice(0, end);
+  let cut = end;
   for (const stop of stops) {
-    for (let k = Math.min(stop.length - 1, text.length); k > 0; k--) {
-      if (text.endsWith(stop.slice(0, k))) {
-        end = Math.min(end, text.length - k);
+    for (let k = Math.min(stop.length - 1, end); k > 0; k--) {
+      if (settled.endsWith(stop.slice(0, k))) {
+        cut = Math.min(cut, end - k);
         break;
       }
     }
   }
-  return end;
+  return cut;
 }
 
 /** The earliest occurrence of any stop string in text, or -1. */

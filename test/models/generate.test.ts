@@ -249,6 +249,17 @@ describe('generation on a fixture model', () => {
     const r = generate(model, [long], { maxNewTokens: 24, decode, onText: (_, text) => pieces.push(text), sampling: { seed: 5 }, ...noEos });
     assert.equal(pieces.join(''), r.texts![0]);
     pieces.slice(0, -1).forEach((p) => assert.ok(!/[\s\uFFFD]$/.test(p), `piece ${JSON.stringify(p)} ends unsettled`));
+
+    // A stop string whose last letter is still a replacement character when its first
+    // letter arrives: that first letter must not be streamed.
+    const t = r.texts![0];
+    let i = 1;
+    while (i < t.length && !(t[i] === 'X' && t[i - 1] === 'y' && t.indexOf(t.slice(i - 1, i + 1)) === i - 1)) i++;
+    assert.ok(i < t.length, `no usable stop string in ${t}`);
+    const stopped: string[] = [];
+    const s = generate(model, [long], { maxNewTokens: 24, decode, stopStrings: [t.slice(i - 1, i + 1)], onText: (_, text) => stopped.push(text), sampling: { seed: 5 }, ...noEos });
+    assert.equal(s.texts![0], t.slice(0, i - 1));
+    assert.equal(stopped.join(''), s.texts![0]);
   });
 
   test('zero new tokens; bad options', () => {
