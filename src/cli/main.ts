@@ -15,6 +15,7 @@ interface Entry {
 const COMMANDS = new Map<string, Entry>([
   ['decompose', { summary: "Split a weight matrix into DoRA's magnitude vector and unit-norm direction matrix", load: async () => (await import('./commands/decompose.js')).command }],
   ['forward', { summary: 'Run a model on token ids and save its logits (and loss) to safetensors', load: async () => (await import('./commands/forward.js')).command }],
+  ['generate', { summary: 'Continue a prompt with a model (greedy or sampled), streaming the text', load: async () => (await import('./commands/generate.js')).command }],
   ['merge', { summary: 'Fold a LoRA / DoRA adapter into its base model and write a model directory', load: async () => (await import('./commands/merge.js')).command }],
 ]);
 

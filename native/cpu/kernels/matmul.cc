@@ -9,16 +9,22 @@
 // floats: [alpha]
 // ptrs:   [a, b, out]
 //
-// Structure (Goto & van de Geijn 2008; BLIS's five loops): the output is cut into
-// one rectangle per task, and each task runs the blocked loop nest on its rectangle
-// with its own packing buffers, so threads never wait on each other:
-//   jc over nc columns  -> pack a kc x nc block of B into nr-wide micro-panels (L3)
-//   pc over kc depth
-//   ic over mc rows     -> pack an mc x kc block of A into mr-high micro-panels (L2)
+// Structure (Goto & van de Geijn 2008; BLIS's five loops):
+//   jc over nc columns  -> B's kc x nc block, packed into nr-wide micro-panels just
+//   pc over kc depth       before their first use
+//   ic over mc rows     -> an mc x kc block of A packed into mr-high micro-panels (L2)
 //   jr, ir              -> micro-kernel on one A and one B micro-panel (registers, L1)
-// The micro-kernel (kernels/gemm/) is picked at run time from finlora::isa().
-// Rectangles are split so that each task packs as little as possible: a short,
-// wide product (M = 8 rows) is split along N, a LoRA-style skinny one (N = 8) along M.
+// The micro-kernel and its blocking (kernels/gemm/) are picked at run time from
+// finlora::isa().
+//
+// Threads (one fork per product, or per row band of a very tall one, and no barrier
+// inside): a wide product is cut into column slabs that share one packing of A,
+// packed block by block by whichever thread needs a block first (the others work on
+// blocks that are ready meanwhile); a narrow one (LoRA's N = 8) into row slabs; a
+// large batch into whole products. Slabs are taken from a shared counter, so a thread that
+// loses its core to another process for a while simply takes fewer of them. Every
+// output element is summed in the same order whatever the thread count, so results
+// do not depend on it.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -122,7 +128,7 @@ void gemm_rect(const MicroKernel& uk, const Operands& o, const float* a, const T
   const int mr = uk.mr, nr = uk.nr;
   const int64_t rows = m1 - m0, cols = n1 - n0;
   if (rows <= 0 || cols <= 0) return;
-  // Even blocks: K = 2100 with kc 256 runs 9 blocks of 234, not 8 of 256 and one of 52.
+  // Even blocks: K = 2100 with kc 512 runs 5 blocks of 420, not 4 of 512 and one of 52.
   const int64_t kblocks = ceil_div(o.K, uk.kc);
   const int64_t kc_max = ceil_div(o.K, kblocks);
   const int64_t mblocks = ceil_div(rows, uk.mc);
