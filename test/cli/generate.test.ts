@@ -2,7 +2,7 @@
 // llama3_gqa transformers fixture, given a byte-fallback tokenizer that covers its 256
 // ids (byte_tokenizer.ts): stdout is exactly the text that the library's generate()
 // decodes for the same settings (greedy, sampled with a seed, a batch with stop strings,
-// --chat), streamed in pieces; bad input gives one line on stderr, the right exit code
+// --chat, --adapter with a PEFT fixture), streamed in pieces; bad input gives one line on stderr, the right exit code
 // and nothing on stdout. Then hub ids: a 127.0.0.1 server serves the model as a hub
 // repository, `--model org/tiny` downloads it into HF_HOME and generates the same text
 // as the local directory, and works with HF_HUB_OFFLINE=1 afterwards, as does
@@ -17,6 +17,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { loadPeftAdapter } from '../../src/adapters/peft.js';
 import { getBackend } from '../../src/backend/registry.js';
 import { command } from '../../src/cli/commands/generate.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
@@ -76,14 +77,14 @@ interface Settings {
 }
 
 /** What the library generates for these prompts: the texts, and stdout as the CLI should print it. */
-function expected(prompts: string[], s: Settings): { texts: string[]; stdout: string; tokens: number[][] } {
+function expected(prompts: string[], s: Settings, lm: LlamaForCausalLM = model): { texts: string[]; stdout: string; tokens: number[][] } {
   const ids = prompts.map((p) => {
     if (s.chat === undefined) return tokenizer.encode(p);
     const system = s.chat.system === undefined ? [] : [{ role: 'system', content: s.chat.system }];
     return tokenizer.encode(tokenizer.applyChatTemplate([...system, { role: 'user', content: p }], { addGenerationPrompt: true }), { addSpecialTokens: false });
   });
   const batch = leftPad(ids, tokenizer.padId!);
-  const r = generate(model, batch.ids, {
+  const r = generate(lm, batch.ids, {
     maxNewTokens: s.maxNewTokens,
     attentionMask: batch.attentionMask,
     eosTokenIds: tokenizer.eosIds,
@@ -152,6 +153,19 @@ test('--chat renders the chat template (with --system) and opens the assistant t
   assert.match(r.stderr, new RegExp(`prompt ${tokenizer.encode(prompt, { addSpecialTokens: false }).length} tokens`));
 });
 
+test('--adapter applies a PEFT adapter: the text of the adapted model', async () => {
+  const adapter = fileURLToPath(new URL('../../../test/fixtures/adapters/dora_qkv/adapter', import.meta.url));
+  const args = ['generate', '--model', MODEL, '--prompt', 'Revenue rose', '--max-new-tokens', '12'];
+  const adapted = LlamaForCausalLM.fromPretrained(MODEL, { device: getBackend('cpu') });
+  loadPeftAdapter(adapter, adapted);
+  const want = expected(['Revenue rose'], { maxNewTokens: 12 }, adapted);
+  adapted.dispose();
+  const r = await finlora([...args, '--adapter', adapter]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, want.stdout);
+  assert.notEqual(r.stdout, expected(['Revenue rose'], { maxNewTokens: 12 }).stdout);
+});
+
 test('the text streams in pieces as it is decoded, rows in order', async () => {
   const pieces: string[] = [];
   const args = ['--model', MODEL, '--prompt', 'Revenue rose', '--prompt', 'Net', '--max-new-tokens', '16', '--seed', '9'];
@@ -185,7 +199,7 @@ test('bad input: one line naming the problem, the right exit code, nothing on st
     [['--model', MODEL, ...p, '--system', 'x'], 2, /--system needs --chat/],
     [['--model', MODEL, ...p, '--bogus'], 2, /Unknown option '--bogus'.*see finlora generate --help/],
     [['--model', MODEL, ...p, 'stray'], 2, /Unexpected argument 'stray'/],
-    [['--model', MODEL, ...p, '--adapter', path.join(tmp, 'adapter')], 2, /--adapter is not supported yet/],
+    [['--model', MODEL, ...p, '--adapter', path.join(tmp, 'adapter')], 1, /adapter\/adapter_config\.json: missing/],
     [['--model', noTokenizer, ...p], 1, /no tokenizer\.json in .*no-tokenizer/],
     [['--model', brokenTokenizer, ...p], 1, /broken-tokenizer\/tokenizer\.json is not valid JSON/],
     [['--model', noChat, ...p, '--chat'], 1, /no-chat has no chat template/],

@@ -18,16 +18,19 @@ import { formatShape } from '../../tensor/shape.js';
 import { scope } from '../../tensor/tensor.js';
 import type { Command } from '../command.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
+import { modelDir } from '../model_arg.js';
 
 const HELP = `finlora forward — run a model on token ids and save its logits
 
 Usage:
   finlora forward --model DIR --input-ids '[[1, 306, 4658], [1, 450, 2107]]' --out logits.safetensors [--labels]
-
                   [--adapter DIR [--merge]]
+
 Options:
   --model DIR         a Hugging Face model directory (config.json, model.safetensors or
-                      model.safetensors.index.json with its shards)
+                      model.safetensors.index.json with its shards), or a hub id
+                      org/name[@revision], found in or downloaded to the Hugging Face
+                      cache (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN)
   --input-ids JSON    token ids, one array per sequence; every row must have the same
                       length (this command does no padding)
   --out FILE          safetensors file to write: "logits", f32 [batch, seq, vocab]
@@ -36,14 +39,14 @@ Options:
                       model(input_ids, labels=input_ids).loss)
   --dtype f32|bf16    storage dtype of the weights in memory (default f32); compute
                       is f32 either way
-  -h, --help          this text
-
-Exit codes: 0 success, 1 bad input or failure, 2 bad usage.
   --adapter DIR       apply a PEFT LoRA / DoRA adapter directory (adapter_config.json,
                       adapter_model.safetensors) to the model
   --merge             with --adapter: fold the adapter into the weights first (the
                       logits of a merged model; they differ from the unmerged ones
                       by rounding only)
+  -h, --help          this text
+
+Exit codes: 0 success, 1 bad input or failure, 2 bad usage.
 `;
 
 const OPTIONS = {
@@ -52,11 +55,11 @@ const OPTIONS = {
   out: { type: 'string' },
   labels: { type: 'boolean' },
   dtype: { type: 'string' },
+  adapter: { type: 'string' },
+  merge: { type: 'boolean' },
 } as const;
 
 /** Parses --input-ids: a non-empty JSON array of equal-length rows of non-negative integers. */
-  adapter: { type: 'string' },
-  merge: { type: 'boolean' },
 export function parseInputIds(text: string): number[][] {
   let value: unknown;
   try {
@@ -101,9 +104,6 @@ function load(dir: string, dtype: WeightDType): LlamaForCausalLM {
   }
 }
 
-export const command: Command = {
-  name: 'forward',
-  help: HELP,
 /** Puts a PEFT adapter on the model (and merges it with --merge), turning adapter problems into user errors. */
 function applyAdapter(model: LlamaForCausalLM, dir: string, merge: boolean): void {
   try {
@@ -115,7 +115,10 @@ function applyAdapter(model: LlamaForCausalLM, dir: string, merge: boolean): voi
   }
 }
 
-  run(argv, out) {
+export const command: Command = {
+  name: 'forward',
+  help: HELP,
+  async run(argv, out) {
     const { values } = parseCommandArgs('forward', { args: [...argv], options: OPTIONS, allowPositionals: false });
     if (values.model === undefined) throw new UsageError('--model DIR is required');
     if (values['input-ids'] === undefined) throw new UsageError('--input-ids JSON is required');
@@ -127,15 +130,15 @@ function applyAdapter(model: LlamaForCausalLM, dir: string, merge: boolean): voi
     const T = rows[0].length;
     if (withLoss && T < 2) throw new UsageError('--labels needs at least 2 ids per row (each position predicts the next)');
     const outFile = values.out;
+    if (values.merge === true && values.adapter === undefined) throw new UsageError('--merge needs --adapter DIR');
     if (!fs.existsSync(path.dirname(path.resolve(outFile)))) throw new UserError(`${outFile}: its directory does not exist`);
 
-    const model = load(values.model, dtype);
-    if (values.merge === true && values.adapter === undefined) throw new UsageError('--merge needs --adapter DIR');
+    const model = load(await modelDir(values.model), dtype);
     try {
+      if (values.adapter !== undefined) applyAdapter(model, values.adapter, values.merge === true);
       const V = model.config.vocabSize;
       rows.forEach((row, i) =>
         row.forEach((id, j) => {
-      if (values.adapter !== undefined) applyAdapter(model, values.adapter, values.merge === true);
           if (id >= V) throw new UserError(`--input-ids: row ${i}, position ${j} is ${id}, outside the vocabulary of ${V} in ${values.model}`);
         }),
       );

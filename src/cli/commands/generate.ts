@@ -7,6 +7,7 @@
 // model is loaded. --chat follows transformers' apply_chat_template(...,
 // add_generation_prompt=True) and encodes the rendered text without adding special
 // tokens, as transformers does.
+import { AdapterError, loadPeftAdapter } from '../../adapters/peft.js';
 import { SafetensorsError } from '../../io/safetensors.js';
 import { type ChatMessage, Tokenizer } from '../../io/tokenizer.js';
 import { CheckpointError } from '../../models/checkpoint.js';
@@ -42,7 +43,8 @@ Options:
   --stop STR             stop a row when its text contains STR (cut from the output);
                          may be repeated. Rows also stop at the tokenizer's EOS tokens
   --dtype f32|bf16       storage dtype of the weights in memory (default f32)
-  --adapter DIR          a PEFT adapter (not supported yet)
+  --adapter DIR          apply a PEFT LoRA / DoRA adapter directory (adapter_config.json,
+                         adapter_model.safetensors) to the model
   -h, --help             this text
 
 Without --temperature, --top-p, --top-k or --seed decoding is greedy (the largest
@@ -117,6 +119,16 @@ function loadModel(dir: string, dtype: WeightDType): LlamaForCausalLM {
   }
 }
 
+/** Puts a PEFT adapter on the model, unmerged (PEFT's PeftModel.from_pretrained), turning adapter problems into user errors. */
+function applyAdapter(model: LlamaForCausalLM, dir: string): void {
+  try {
+    loadPeftAdapter(dir, model);
+  } catch (e) {
+    if (e instanceof AdapterError || e instanceof SafetensorsError) throw new UserError(e.message);
+    throw e;
+  }
+}
+
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 
 export const command: Command = {
@@ -134,7 +146,6 @@ export const command: Command = {
     const dtype = parseDtype(values.dtype);
     const stops = values.stop ?? [];
     if (stops.includes('')) throw new UsageError('--stop needs a non-empty string');
-    if (values.adapter !== undefined) throw new UsageError('--adapter is not supported yet by finlora generate (PEFT adapters arrive with the adapters work); run without it');
 
     const started = performance.now();
     const dir = await modelDir(values.model);
@@ -159,6 +170,7 @@ export const command: Command = {
 
     const model = loadModel(dir, dtype);
     try {
+      if (values.adapter !== undefined) applyAdapter(model, values.adapter);
       const V = model.config.vocabSize;
       encoded.forEach((ids, i) => {
         const bad = ids.find((id) => id >= V);
