@@ -1,17 +1,18 @@
-// Quantized-matmul benchmark: the cpu backend's quantizedMatmul on int8 and NF4
-// (double-quantized) weights against its f32 GEMM (`matmul`) on the same shapes, in
+// Quantized-matmul benchmark: the cpu backend's quantizedMatmul kernel on int8 and NF4
+// (double-quantized) weights against its f32 GEMM kernel (`matmul`, the same weight in
+// f32, transposed by strides as linear() passes it) on the same shapes, in
 // the same run: a Linear's forward y = x·Wᵀ and its input gradient dx = dy·W, for
 // prefill-sized products (M = 512 tokens) and a decode step (M = 1). Each product is
 // first checked against f64 dot products with the dequantized weight at sampled
-// entries, then timed; the three variants take turns run by run, so they see the same
-// machine load, and the best run of each is reported with the median.
+// entries, then timed into preallocated outputs; the three variants take turns run by
+// run, so they see the same machine load, and the best run of each is reported with
+// the median.
 //
 // `npm run bench` runs this after the GEMM benchmark; benchQuant() is exported too.
 import { pathToFileURL } from 'node:url';
 import { CpuBackend } from '../src/backend/cpu/cpu.js';
 import { getBackend } from '../src/backend/registry.js';
 import { tensor } from '../src/ops/creation.js';
-import { matmul } from '../src/ops/matmul.js';
 import { dequantize } from '../src/quant/ops.js';
 import { kernel } from '../src/backend/backend.js';
 import { type QuantizedWeight, quantizeInt8, quantizeNf4 } from '../src/quant/weight.js';
@@ -88,9 +89,9 @@ function benchCase(c: QuantCase, reps: number, rng: Rng): QuantRow[] {
         const inner = transW ? K : N, outer = transW ? N : K;
         const aHost = randomMatrix(M * inner, rng);
         const a = tensor(aHost, [M, inner]);
-        const outs: Record<'int8' | 'nf4', Tensor> = { int8: empty([M, outer], 'f32', a.backend), nf4: empty([M, outer], 'f32', a.backend) };
+        const outs: Record<Variant, Tensor> = { f32: empty([M, outer], 'f32', a.backend), int8: empty([M, outer], 'f32', a.backend), nf4: empty([M, outer], 'f32', a.backend) };
         const run: Record<Variant, () => void> = {
-          f32: () => scope(() => void matmul(a, w, { transB: transW })),
+          f32: () => kernel(a.backend, 'matmul')(a, w, outs.f32, { transA: false, transB: transW, alpha: 1, accumulate: false }),
           int8: () => kernel(a.backend, 'quantizedMatmul')(a, q.int8, outs.int8, { transW, accumulate: false }),
           nf4: () => kernel(a.backend, 'quantizedMatmul')(a, q.nf4, outs.nf4, { transW, accumulate: false }),
         };
@@ -127,16 +128,18 @@ export function benchQuant(cases: readonly QuantCase[] = DEFAULT_CASES, reps = 7
   const rng = new Rng(4321);
   const rows = cases.flatMap((c) => benchCase(c, reps, rng));
   const gf = (r: QuantRow, s: number) => (2 * r.M * r.N * r.K) / s / 1e9;
-  const header = ['M x K x N', 'product', 'f32 GFLOP/s', 'int8 GFLOP/s', 'int8/f32', 'nf4 GFLOP/s', 'nf4/f32', 'medians f32/int8/nf4 ms', 'max rel err'];
+  const header = ['M x K x N', 'product', 'f32 GFLOP/s', 'int8 GFLOP/s', 'int8/f32 best', 'int8/f32 median', 'nf4 GFLOP/s', 'nf4/f32 best', 'nf4/f32 median', 'max rel err'];
+  const ratio = (r: QuantRow, v: 'int8' | 'nf4', k: 'bestS' | 'medianS') => (r.times.f32[k] / r.times[v][k]).toFixed(2);
   const table = rows.map((r) => [
     `${r.M} x ${r.K} x ${r.N}`,
     r.direction,
     gf(r, r.times.f32.bestS).toFixed(1),
     gf(r, r.times.int8.bestS).toFixed(1),
-    (r.times.f32.bestS / r.times.int8.bestS).toFixed(2),
+    ratio(r, 'int8', 'bestS'),
+    ratio(r, 'int8', 'medianS'),
     gf(r, r.times.nf4.bestS).toFixed(1),
-    (r.times.f32.bestS / r.times.nf4.bestS).toFixed(2),
-    VARIANTS.map((v) => (r.times[v].medianS * 1e3).toFixed(2)).join(' / '),
+    ratio(r, 'nf4', 'bestS'),
+    ratio(r, 'nf4', 'medianS'),
     r.maxError.toExponential(1),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
@@ -145,7 +148,7 @@ export function benchQuant(cases: readonly QuantCase[] = DEFAULT_CASES, reps = 7
   log(fmt(header));
   log(widths.map((w) => '-'.repeat(w)).join('  '));
   for (const row of table) log(fmt(row));
-  log(`\nbest of ${reps} interleaved runs after warm-up; int8/f32 and nf4/f32 = quantized throughput / f32 throughput`);
+  log(`\n${reps} interleaved runs after warm-up; GFLOP/s of the best run; int8/f32 and nf4/f32 = quantized throughput / f32 throughput, of the best runs and of the medians`);
   log('weights: W [N, K] = [out_features, in_features]; x·Wᵀ is a Linear forward, dy·W its input gradient; nf4 is double-quantized (bitsandbytes defaults)');
   return rows;
 }

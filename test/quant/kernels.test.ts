@@ -71,9 +71,10 @@ function productCase(ws: Map<string, QuantizedWeight>, M: number, transW: boolea
 }
 
 // [M, in, out]: the streaming paths (M <= 32 forward, <= 16 gradient) and the blocked
-// ones; in not a multiple of 64
-// (blocks straddle rows, rows start on odd nibbles); sizes past one kc (256) block, past
-// the micro-tiles (14x32, 6x16, 4x16) and past the streaming path's 512-column chunks.
+// ones; in not a multiple of 64 (blocks straddle rows, rows start on odd nibbles) or a
+// multiple of 16 (NF4 decoded straight into registers, also past a kc block of 512);
+// sizes past one kc block, past the micro-tiles (14x32, 6x16, 4x16) and past the
+// streaming path's column chunks.
 const SHAPES: [number, number, number][] = [
   [1, 1, 1],
   [3, 5, 7],
@@ -85,6 +86,8 @@ const SHAPES: [number, number, number][] = [
   [130, 67, 259],
   [29, 600, 47],
   [45, 100, 70],
+  [40, 96, 50],
+  [36, 1024, 40],
   [300, 20, 33],
 ];
 

@@ -20,9 +20,10 @@
 // nested), nested absmax (f32), nested code (f32 [256]) — the last two unused when not
 // nested.
 //
-// Structure: the blocked loop nest of kernels/matmul.cc (Goto & van de Geijn; BLIS's
-// five loops) around the same register micro-kernels (gemm/gemm.h), with B's panels
-// packed from the quantized weight instead of copied from f32. For a Linear's forward
+// Structure: the blocked loop nest and thread scheduling of kernels/matmul.cc (Goto &
+// van de Geijn; BLIS's five loops; column slabs sharing one packing of A) around the
+// same register micro-kernels and A packers (gemm/gemm.h), with B's panels packed from
+// the quantized weight instead of copied from f32. For a Linear's forward
 // a panel holds nr rows of W laid across, so each row stretch is decoded with SIMD and
 // then transposed into the panel; for the input gradient the rows of W are the rows of
 // the panel and decode straight into it. Products with few rows (decoding, short
@@ -30,9 +31,11 @@
 // column stretch of four rows (gradient) into L1 and taking dot products / axpys
 // against every row of a, so each weight byte is read once whatever M is.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <memory>
+#include <thread>
 
 #include "gemm/gemm.h"
 #include "kernel.h"
@@ -149,15 +152,19 @@ void pack_b(const Problem& p, int64_t pc, int64_t kc, int64_t n0, int ncols, int
     // Columns of the panel are rows of W: decode each row stretch, then lay it across.
     p.qi->pack_transposed(w, n0, ncols, pc, kc, nr, dst, scratch);
   } else {
-    for (int64_t k = 0; k < kc; ++k) {
-      float* d = dst + k * nr;
-      p.qi->dequant_row(w, pc + k, n0, ncols, d);
-      for (int j = ncols; j < nr; ++j) d[j] = 0.0f;
-    }
+    p.qi->pack_rows(w, pc, kc, n0, ncols, nr, dst);
   }
 }
 
-// The blocked loop nest over rows [m0, m1) and columns [n0, n1) of the output.
+// An mc x kc block of a, rows from ic and depth from pc, into micro-panels: the
+// micro-kernel's own packer (a SIMD transpose) where it has one.
+void pack_a_block(const MicroKernel& uk, const Problem& p, int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* dst) {
+  const float* src = p.a + ic * p.K + pc;
+  if (uk.pack_a == nullptr || !uk.pack_a(src, p.K, 1, mc, kc, dst)) pack_a(p, ic, mc, pc, kc, uk.mr, dst);
+}
+
+// The blocked loop nest over rows [m0, m1) and columns [n0, n1) of the output, with
+// its own packing of A: one thread's whole product, or a row slab of a narrow one.
 void gemm_rect(const MicroKernel& uk, const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int mr = uk.mr, nr = uk.nr;
   const int64_t rows = m1 - m0, cols = n1 - n0;
@@ -178,7 +185,7 @@ void gemm_rect(const MicroKernel& uk, const Problem& p, int64_t m0, int64_t m1, 
       const bool add = pc > 0 || p.accumulate;
       for (int64_t ic = m0; ic < m1; ic += mc_max) {
         const int64_t mc = std::min(mc_max, m1 - ic);
-        pack_a(p, ic, mc, pc, kc, mr, pa);
+        pack_a_block(uk, p, ic, mc, pc, kc, pa);
         for (int64_t jr = 0; jr < nc; jr += nr) {
           const int ncols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
           float* bp = pb + jr * kc;
@@ -195,55 +202,124 @@ void gemm_rect(const MicroKernel& uk, const Problem& p, int64_t m0, int64_t m1, 
 }
 
 constexpr double kMinFlopsPerTask = 4.0e6;
+// The threading of kernels/matmul.cc's parallel_product, with the same constants:
+// column slabs of at most kMaxSlab columns (kTasksPerThread per thread) taken from a
+// counter, all sharing one packing of A per row band. Each slab's columns of W are
+// decoded once, by the thread that takes it, so no weight is decoded twice.
+constexpr int64_t kTasksPerThread = 4;
+constexpr int64_t kMaxSlab = 256;
+constexpr int64_t kSharedAFloats = int64_t{1} << 22;
+constexpr int64_t kMaxBandBlocks = 64;
 
-inline void split_range(int64_t total, int64_t unit, int64_t parts, int64_t index, int64_t& begin, int64_t& end) {
-  const int64_t units = ceil_div(total, unit);
-  begin = std::min(total, units * index / parts * unit);
-  end = std::min(total, units * (index + 1) / parts * unit);
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
 }
 
-// Cuts the output into tm x tn rectangles for q threads. Every rectangle decodes the
-// weight columns it covers, so splitting along M repeats decoding work: the column
-// term weighs more than in matmul.cc's split.
-void choose_grid(const MicroKernel& uk, int64_t M, int64_t N, int64_t q, int64_t& tm_out, int64_t& tn_out) {
-  const int64_t pm = ceil_div(M, uk.mr), pn = ceil_div(N, uk.nr);
-  double best = -1;
-  tm_out = 1;
-  tn_out = 1;
-  for (int64_t tm = 1; tm <= q; ++tm) {
-    if (q % tm != 0) continue;
-    const int64_t tn = q / tm;
-    if (tm > pm || tn > pn) continue;
-    const double rows = static_cast<double>(ceil_div(pm, tm) * uk.mr);
-    const double cols = static_cast<double>(ceil_div(pn, tn) * uk.nr);
-    const double cost = rows * cols / 32.0 + rows * 0.5 + cols * 2.0;
-    if (best < 0 || cost < best) {
-      best = cost;
-      tm_out = tm;
-      tn_out = tn;
+// Blocks of A for one row band, packed once by whichever thread first needs each
+// (state 0 -> 1 packing -> 2 ready) and read by all.
+struct SharedA {
+  float* data;
+  std::atomic<int>* state;
+  int64_t kblocks, mblocks, kc_max, mc_max;
+  float* block(int64_t p, int64_t i) const { return data + (p * mblocks + i) * mc_max * kc_max; }
+};
+
+// Columns [n0, n1) of rows [m0, m1): per depth block, decode this slab of W, then run
+// it against the A blocks in whatever order they become ready.
+void column_slab(const MicroKernel& uk, const Problem& p, const SharedA& sa, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int mr = uk.mr, nr = uk.nr;
+  const int64_t cols = n1 - n0;
+  float* pb = t_pack_b.get(static_cast<size_t>(ceil_div(cols, nr) * nr * sa.kc_max));
+  float* scratch = t_scratch.get(static_cast<size_t>(nr * ((sa.kc_max + 15) / 16 * 16)));
+  bool done[kMaxBandBlocks];
+  for (int64_t pb_i = 0; pb_i < sa.kblocks; ++pb_i) {
+    const int64_t pc = pb_i * sa.kc_max, kc = std::min(sa.kc_max, p.K - pc);
+    const bool add = pc > 0 || p.accumulate;
+    for (int64_t i = 0; i < sa.mblocks && i < kMaxBandBlocks; ++i) done[i] = false;
+    int64_t remaining = sa.mblocks;
+    bool b_packed = false;
+    int spins = 0;
+    while (remaining > 0) {
+      bool progressed = false;
+      for (int64_t i = 0; i < sa.mblocks; ++i) {
+        if (done[i]) continue;
+        const int64_t ic = m0 + i * sa.mc_max, mc = std::min(sa.mc_max, m1 - ic);
+        std::atomic<int>& st = sa.state[pb_i * sa.mblocks + i];
+        int s = st.load(std::memory_order_acquire);
+        if (s == 0 && st.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) {
+          pack_a_block(uk, p, ic, mc, pc, kc, sa.block(pb_i, i));
+          st.store(2, std::memory_order_release);
+          s = 2;
+        }
+        if (s != 2) continue;  // another thread is packing it: come back later
+        const float* pa = sa.block(pb_i, i);
+        for (int64_t jr = 0; jr < cols; jr += nr) {
+          const int ncols = static_cast<int>(std::min<int64_t>(nr, cols - jr));
+          float* bp = pb + jr * kc;
+          if (!b_packed) pack_b(p, pc, kc, n0 + jr, ncols, nr, bp, scratch);
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
+            uk.run(kc, pa + ir * kc, bp, p.c + (ic + ir) * p.N + n0 + jr, p.N, nrows, ncols, 1.0f, add);
+          }
+        }
+        b_packed = true;
+        done[i] = true;
+        --remaining;
+        progressed = true;
+      }
+      if (!progressed) {
+        if (++spins < 64) cpu_relax();
+        else std::this_thread::yield();
+      }
     }
   }
 }
+
+thread_local Buffer t_shared_a;
+thread_local std::unique_ptr<std::atomic<int>[]> t_states;
+thread_local int64_t t_states_size = 0;
 
 void run_blocked(const Problem& p) {
   const MicroKernel& uk = pick_micro_kernel();
   const double flops = 2.0 * static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K);
   const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
-  int64_t tm = 1, tn = 1;
-  int64_t q = threads;
-  choose_grid(uk, p.M, p.N, q, tm, tn);
-  while (tm * tn != q && q > 1) choose_grid(uk, p.M, p.N, --q, tm, tn);
-  const int64_t tasks = tm * tn;
-  auto task = [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      int64_t m0, m1, n0, n1;
-      split_range(p.M, uk.mr, tm, t / tn, m0, m1);
-      split_range(p.N, uk.nr, tn, t % tn, n0, n1);
-      gemm_rect(uk, p, m0, m1, n0, n1);
+  if (threads <= 1) return gemm_rect(uk, p, 0, p.M, 0, p.N);
+  const int64_t pm = ceil_div(p.M, uk.mr), pn = ceil_div(p.N, uk.nr);
+  const int64_t want = kTasksPerThread * threads;
+  std::atomic<int64_t> next{0};
+  if (pn < 2 * threads && pn < pm) {
+    // Narrow output: row slabs, each packing its own rows of A and decoding the small W.
+    const int64_t h = ceil_div(pm, want) * uk.mr;
+    const int64_t tasks = ceil_div(p.M, h);
+    parallel_for(threads, 1, [&](int64_t, int64_t) {
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) gemm_rect(uk, p, t * h, std::min(p.M, (t + 1) * h), 0, p.N);
+    });
+    return;
+  }
+  const int64_t w = std::min(kMaxSlab, ceil_div(pn, want) * uk.nr);
+  const int64_t tasks = ceil_div(p.N, w);
+  const int64_t kblocks = ceil_div(p.K, uk.kc), kc_max = ceil_div(p.K, kblocks);
+  int64_t band = std::max<int64_t>(uk.mc, kSharedAFloats / std::max<int64_t>(p.K, 1) / uk.mr * uk.mr);
+  band = std::min(band, kMaxBandBlocks * uk.mc);
+  for (int64_t m0 = 0; m0 < p.M; m0 += band) {
+    const int64_t m1 = std::min(p.M, m0 + band), rows = m1 - m0;
+    const int64_t mblocks = ceil_div(rows, uk.mc);
+    const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), uk.mr) * uk.mr;
+    const int64_t nstates = kblocks * mblocks;
+    float* data = t_shared_a.get(static_cast<size_t>(nstates * mc_max * kc_max));
+    if (nstates > t_states_size) {
+      t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
+      t_states_size = nstates;
     }
-  };
-  if (tasks <= 1) task(0, 1);
-  else parallel_for(tasks, 1, task);
+    for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
+    const SharedA sa{data, t_states.get(), kblocks, mblocks, kc_max, mc_max};
+    next.store(0);
+    parallel_for(threads, 1, [&](int64_t, int64_t) {
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) column_slab(uk, p, sa, m0, m1, t * w, std::min(p.N, (t + 1) * w));
+    });
+  }
 }
 
 // Up to this many rows of a, streaming W (no packing) beats the blocked path: measured

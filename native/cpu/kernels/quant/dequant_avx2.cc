@@ -155,7 +155,7 @@ FINLORA_AVX2 void axpy4(const float* coef, int64_t M, const float* const w[4], i
   }
 }
 
-const QuantIsa kAvx2{"avx2", dequant_row, pack_transposed, dot4, axpy4};
+const QuantIsa kAvx2{"avx2", dequant_row, pack_transposed, pack_rows_scalar, dot4, axpy4};
 
 }  // namespace
 

@@ -92,9 +92,58 @@ FINLORA_AVX512 inline void transpose16(__m512 r[16]) {
   }
 }
 
+// Decodes 16 values of each of `live` rows (the rest zero) straight into registers:
+// int8 converted (scaled after the transpose, one row scale per lane), NF4 looked up in
+// the table scaled by each row's block absmax. NF4 needs the 16 values inside one
+// block and byte-aligned, which holds when cols, c0, k0 and the block size are all
+// multiples of 16; the caller checks.
+FINLORA_AVX512 inline void load_rows16(const QWeight& w, int64_t r, int live, int64_t col, __mmask16 m, __m512 lut,
+                                       __m512 r16[16]) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    if (i >= live) {
+      r16[i] = zero;
+    } else if (w.format == kInt8) {
+      const __m128i b = _mm_maskz_loadu_epi8(m, w.cb + (r + i) * w.cols + col);
+      r16[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+    } else {
+      const int64_t f = (r + i) * w.cols + col;
+      const __m512 lut_s = _mm512_mul_ps(lut, _mm512_set1_ps(w.block_scale(f / w.blocksize)));
+      const __mmask16 bytes = static_cast<__mmask16>((1u << ((_mm_popcnt_u32(m) + 1) / 2)) - 1u);
+      const __m128i raw = _mm_maskz_loadu_epi8(bytes, w.packed + (f >> 1));
+      const __m128i wide = _mm_cvtepu8_epi16(raw);
+      const __m128i hi = _mm_srli_epi16(wide, 4);
+      const __m128i lo = _mm_and_si128(wide, _mm_set1_epi16(15));
+      r16[i] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_or_si128(hi, _mm_slli_epi16(lo, 8))), lut_s);
+    }
+  }
+}
+
 FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
                                     float* scratch) {
   if (nr % 16 != 0) return pack_transposed_scalar(w, r0, rows, c0, len, nr, dst, scratch);
+  const bool direct = w.format == kInt8 || (w.cols % 16 == 0 && c0 % 16 == 0 && w.blocksize % 16 == 0);
+  if (direct) {
+    const __m512 lut = w.format == kNf4 ? _mm512_loadu_ps(w.code) : _mm512_setzero_ps();
+    for (int jg = 0; jg < nr; jg += 16) {
+      const int live = std::min(16, std::max(0, rows - jg));
+      alignas(64) float sc[16] = {};
+      if (w.format == kInt8)
+        for (int i = 0; i < live; ++i) sc[i] = w.scb[r0 + jg + i] * (1.0f / 127.0f);
+      const __m512 vs = _mm512_load_ps(sc);
+      for (int64_t k0 = 0; k0 < len; k0 += 16) {
+        const int64_t kn = std::min<int64_t>(16, len - k0);
+        __m512 r[16];
+        load_rows16(w, r0 + jg, live, c0 + k0, tail_mask(kn), lut, r);
+        if (live > 0) transpose16(r);
+        for (int64_t t = 0; t < kn; ++t) {
+          const __m512 v = w.format == kInt8 ? _mm512_mul_ps(r[t], vs) : r[t];
+          _mm512_storeu_ps(dst + (k0 + t) * nr + jg, v);
+        }
+      }
+    }
+    return;
+  }
   const int64_t ld = (len + 15) / 16 * 16;
   for (int j = 0; j < rows; ++j) {
     float* s = scratch + j * ld;
@@ -110,6 +159,24 @@ FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int6
       if (live > 0) transpose16(r);
       const int64_t kn = std::min<int64_t>(16, len - k0);
       for (int64_t i = 0; i < kn; ++i) _mm512_storeu_ps(dst + (k0 + i) * nr + jg, r[i]);
+    }
+  }
+}
+
+FINLORA_AVX512 void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst) {
+  if (w.format != kInt8) return pack_rows_scalar(w, r0, kc, c0, cols, nr, dst);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const int8_t* q = w.cb + (r0 + k) * w.cols + c0;
+    const __m512 vs = _mm512_set1_ps(w.scb[r0 + k] * (1.0f / 127.0f));
+    float* d = dst + k * nr;
+    for (int j = 0; j < nr; j += 16) {
+      if (j >= cols) {
+        _mm512_storeu_ps(d + j, zero);
+        continue;
+      }
+      const __m128i b = _mm_maskz_loadu_epi8(tail_mask(cols - j), q + j);
+      _mm512_storeu_ps(d + j, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
     }
   }
 }
@@ -167,7 +234,7 @@ FINLORA_AVX512 void axpy4(const float* coef, int64_t M, const float* const w[4],
   }
 }
 
-const QuantIsa kAvx512{"avx512", dequant_row, pack_transposed, dot4, axpy4};
+const QuantIsa kAvx512{"avx512", dequant_row, pack_transposed, pack_rows, dot4, axpy4};
 
 }  // namespace
 

@@ -46,9 +46,18 @@ void axpy4(const float* coef, int64_t M, const float* const w[4], int64_t len, f
   }
 }
 
-const QuantIsa kScalar{"scalar", dequant_row, pack_transposed_scalar, dot4, axpy4};
+const QuantIsa kScalar{"scalar", dequant_row, pack_transposed_scalar, pack_rows_scalar, dot4, axpy4};
 
 }  // namespace
+
+void pack_rows_scalar(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst) {
+  const QuantIsa& qi = pick_quant_isa();
+  for (int64_t k = 0; k < kc; ++k) {
+    float* d = dst + k * nr;
+    qi.dequant_row(w, r0 + k, c0, cols, d);
+    for (int j = cols; j < nr; ++j) d[j] = 0.0f;
+  }
+}
 
 void pack_transposed_scalar(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
                             float* scratch) {

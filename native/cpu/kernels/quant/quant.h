@@ -66,6 +66,9 @@ struct QuantIsa {
   // scratch holds at least nr * (len rounded up to 16) floats.
   void (*pack_transposed)(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
                           float* scratch);
+  // A GEMM B panel from rows of W as they are (a Linear's input gradient, op(W) = W):
+  // dst[k * nr + j] = W[r0 + k, c0 + j] for k < kc, j < cols, and 0 for cols <= j < nr.
+  void (*pack_rows)(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst);
   // acc[m * 4 + j] += sum_i a[m * lda + i] * w[j][i], i < len, j < 4, m < M.
   void (*dot4)(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc);
   // out[m * ldo + i] += sum_j coef[m * 4 + j] * w[j][i], j < 4, i < len, m < M.
@@ -76,6 +79,9 @@ struct QuantIsa {
 // element. The SIMD levels fall back to it when nr is not a multiple of their width.
 void pack_transposed_scalar(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
                             float* scratch);
+
+// The portable pack_rows: one dequant_row per row of the panel.
+void pack_rows_scalar(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst);
 
 // nullptr when this build has no such level (not x86-64).
 const QuantIsa* avx512_quant();
