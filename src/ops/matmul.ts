@@ -279,11 +279,18 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   return record(y, 'linear', inputs, (g) => {
     const g2 = x.rank === 1 ? reshapeView(g, [1, outF]) : g;
     const xs = x.rank === 1 ? reshapeView(x, [1, inF]) : x;
-    const grads: (Tensor | null)[] = [
-      x.requiresGrad ? gradA(g2, xs, weight, false, true) : null,
-      weight.requiresGrad ? gradB(g2, xs, weight, false, true) : null,
-    ];
-    if (x.rank === 1 && grads[0] !== null) grads[0] = reshapeView(grads[0], x.shape);
+    let dx = x.requiresGrad ? gradA(g2, xs, weight, false, true) : null;
+    const dw = weight.requiresGrad ? gradB(g2, xs, weight, false, true) : null;
+    if (x.rank === 1) {
+      if (dx !== null) {
+        const flat = reshapeView(dx, x.shape);
+        dx.dispose();
+        dx = flat;
+      }
+      g2.dispose();
+      xs.dispose();
+    }
+    const grads: (Tensor | null)[] = [dx, dw];
     if (b !== null) grads.push(b.requiresGrad ? sumTo(g, b.shape) : null);
     return grads;
   });

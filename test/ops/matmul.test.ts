@@ -7,6 +7,7 @@ import { kernel } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/cpu.js';
 import type { MatmulAttrs } from '../../src/backend/kernels.js';
 import { backward } from '../../src/autograd/tape.js';
+import { add } from '../../src/ops/binary.js';
 import { ones, tensor } from '../../src/ops/creation.js';
 import { linear, matmul } from '../../src/ops/matmul.js';
 import { clone, permute, slice } from '../../src/ops/view.js';
@@ -272,10 +273,12 @@ test('a scope frees every temporary of forward and backward', () => {
   scope(() => {
     const x = tensor(randomData(2 * 3 * 4, 1), [2, 3, 4], { requiresGrad: true });
     const w = tensor(randomData(20, 2), [5, 4], { requiresGrad: true });
-    const v = tensor(randomData(20, 3), [4, 5], { requiresGrad: true });
-    const y = matmul(linear(x, w), v, { transB: true });
+    const v = tensor(randomData(25, 3), [5, 5], { requiresGrad: true });
+    const x1 = tensor(randomData(4, 4), [4], { requiresGrad: true });
+    const bias = tensor(randomData(5, 5), [5], { requiresGrad: true });
+    const y = add(matmul(linear(x, w), v, { transB: true }), linear(x1, w, bias));
     backward(y, ones(y.shape));
-    assert.ok(x.grad !== null && w.grad !== null && v.grad !== null);
+    assert.ok(x.grad !== null && w.grad !== null && v.grad !== null && x1.grad !== null && bias.grad !== null);
   });
   assert.equal(be.liveBytes(), before);
 });
