@@ -14,3 +14,8 @@ export { Checkpoint, CheckpointError } from './models/checkpoint.js';
 export { KVCache } from './models/kv_cache.js';
 export { generate, greedyGenerate, leftPad, samplingCandidates, drawToken, type GreedyOptions, type GenerateOptions, type GenerateResult, type SamplingOptions, type FinishReason, type Candidates } from './models/generate.js';
 export { causalLmLoss } from './models/loss.js';
+export { Int8Weight, Nf4Weight, type QuantizedWeight, type QuantFormat, quantizeWeight, quantizeInt8, quantizeNf4, formatForBits, isQuantizedWeight } from './quant/weight.js';
+export { quantizedLinear, dequantize } from './quant/ops.js';
+export { readQuantizedWeight, quantizedFormatOf, bnbStateDict, QuantizedCheckpointError, type TensorSource } from './quant/checkpoint.js';
+export { quantizeModel, quantizedFrozenWeight, frozenWeightOfQuantized, type QuantizeModelOptions } from './quant/model.js';
+export { NF4_CODE, dynamicMap, type Nf4Options } from './quant/nf4.js';
