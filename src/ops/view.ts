@@ -190,7 +190,8 @@ export function sumTo(g: Tensor, shape: Shape): Tensor {
       out = next;
     }
   }
-  const result = out === g ? g : reshapeNoGrad(out, shape);
+  // Leading axes of size 1 need no sum but must still go: [1, m, n] -> [m, n].
+  const result = out === g && lead === 0 ? g : reshapeNoGrad(out, shape);
   for (const t of owned) if (t !== result) t.dispose();
   return result;
 }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { tensor } from '../../src/ops/creation.js';
-import { clone, contiguous, expand, permute, reshape, slice, squeeze, transpose, unsqueeze } from '../../src/ops/view.js';
+import { clone, contiguous, expand, permute, reshape, slice, squeeze, sumTo, transpose, unsqueeze } from '../../src/ops/view.js';
+import { linear } from '../../src/ops/matmul.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, values } from '../helpers.js';
 
@@ -125,4 +126,12 @@ test('gradients flow through views', () => {
   gradcheck((x) => squeeze(unsqueeze(x, 1), 1), [{ shape: [2, 3] }]);
   gradcheck((x) => contiguous(slice(x, 0, 0, 4, 2)), [{ shape: [4, 3], strided: true }]);
   gradcheck((x: Tensor) => clone(x), [{ shape: [2, 5] }]);
+});
+
+test('sumTo drops leading axes of size 1 (a weight gradient from a batch of one)', () => {
+  const g = tensor(iota(6), [1, 2, 3]);
+  const r = sumTo(g, [2, 3]);
+  assert.deepEqual(r.shape, [2, 3]);
+  assertClose(r.toArray(), iota(6), { atol: 0, rtol: 0 });
+  gradcheck((x, w) => linear(x, w), [{ shape: [1, 4, 3] }, { shape: [2, 3] }]);
 });
