@@ -16,6 +16,12 @@ export { generate, greedyGenerate, leftPad, samplingCandidates, drawToken, type 
 export { causalLmLoss } from './models/loss.js';
 export { Int8Weight, Nf4Weight, type QuantizedWeight, type QuantFormat, quantizeWeight, quantizeInt8, quantizeNf4, formatForBits, isQuantizedWeight } from './quant/weight.js';
 export { quantizedLinear, dequantize } from './quant/ops.js';
-export { readQuantizedWeight, quantizedFormatOf, bnbStateDict, QuantizedCheckpointError, type TensorSource } from './quant/checkpoint.js';
+export { readQuantizedWeight, quantizedFormatOf, bnbStateDict, checkpointSource, QuantizedCheckpointError, type TensorSource } from './quant/checkpoint.js';
 export { quantizeModel, quantizedFrozenWeight, frozenWeightOfQuantized, type QuantizeModelOptions } from './quant/model.js';
 export { NF4_CODE, dynamicMap, type Nf4Options } from './quant/nf4.js';
+export { loraConfig, isTargeted, layerHyperparameters, LoraConfigError, LORA_DEFAULTS, type LoraConfig, type LoraConfigInput, type DropoutSemantics } from './adapters/lora/config.js';
+export { LoraLayer, denseFrozenWeight, loraLayerOf, type FrozenWeight, type LoraVariant } from './adapters/lora/layer.js';
+export { DoraVariant, doraWeightNorm, NORM_FALLBACK_RATIO } from './adapters/lora/dora.js';
+export { LoraModel, type InjectOptions } from './adapters/lora/model.js';
+export { loadPeftAdapter, savePeftAdapter, readAdapterConfig, checkPeftAdapter, llamaLinearShapes, AdapterError, ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME } from './adapters/peft.js';
+export { mergeAdapter, MergeError, type MergeReport } from './adapters/merge.js';

@@ -26,7 +26,7 @@
 // does not match the absmax count, an unsupported quant type or layout) throws a
 // QuantizedCheckpointError naming the tensor.
 import type { Backend } from '../backend/backend.js';
-import type { HostTensor, TensorInfo } from '../io/safetensors.js';
+import { type HostTensor, SafetensorsFile, type TensorInfo } from '../io/safetensors.js';
 import { resolveBackend } from '../ops/creation.js';
 import { type DType } from '../tensor/dtype.js';
 import { formatShape, numel } from '../tensor/shape.js';
@@ -39,6 +39,32 @@ export interface TensorSource {
   has(name: string): boolean;
   info(name: string): TensorInfo;
   readBytes(name: string): Uint8Array;
+}
+
+/**
+ * A TensorSource over a checkpoint that knows which file holds each tensor (a sharded
+ * models/checkpoint.ts Checkpoint, say): files are opened on first use and kept open
+ * until close().
+ */
+export function checkpointSource(ckpt: { has(name: string): boolean; info(name: string): TensorInfo; fileOf(name: string): string }): TensorSource & { close(): void } {
+  const open = new Map<string, SafetensorsFile>();
+  return {
+    has: (name) => ckpt.has(name),
+    info: (name) => ckpt.info(name),
+    readBytes: (name) => {
+      const file = ckpt.fileOf(name);
+      let f = open.get(file);
+      if (f === undefined) {
+        f = SafetensorsFile.open(file);
+        open.set(file, f);
+      }
+      return f.readBytes(name);
+    },
+    close: () => {
+      for (const f of open.values()) f.close();
+      open.clear();
+    },
+  };
 }
 
 export class QuantizedCheckpointError extends Error {

@@ -11,7 +11,8 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
 import { tensor } from '../../src/ops/creation.js';
-import { bnbStateDict, quantizedFormatOf, readQuantizedWeight, type TensorSource } from '../../src/quant/checkpoint.js';
+import { Checkpoint } from '../../src/models/checkpoint.js';
+import { bnbStateDict, checkpointSource, quantizedFormatOf, readQuantizedWeight, type TensorSource } from '../../src/quant/checkpoint.js';
 import { dequantizeInt8Host, quantizeInt8Host, roundHalfEven } from '../../src/quant/int8.js';
 import { blockScalesHost, dequantizeNf4Host, doubleQuantizeHost, dynamicMap, NF4_CODE, quantizeNf4Host } from '../../src/quant/nf4.js';
 import { dequantize } from '../../src/quant/ops.js';
@@ -242,6 +243,31 @@ test('reads a hand-built double-quantized NF4 checkpoint and dequantizes code[ni
     assert.equal(w.nested?.offset, 0.25);
     assert.deepEqual(dequantized(w), expected, device);
     w.dispose();
+  }
+});
+
+test('reads quantized weights through a sharded checkpoint (models/checkpoint.ts) with checkpointSource', () => {
+  const sub = fs.mkdtempSync(path.join(dir, 'sharded-'));
+  const entries = nestedEntries();
+  const names = Object.keys(entries);
+  const half = Math.ceil(names.length / 2);
+  const shards = [names.slice(0, half), names.slice(half)];
+  const weightMap: Record<string, string> = {};
+  shards.forEach((part, i) => {
+    const file = `model-0000${i + 1}-of-00002.safetensors`;
+    writeRaw(path.join(path.basename(sub), file), Object.fromEntries(part.map((n) => [n, entries[n]])));
+    for (const n of part) weightMap[n] = file;
+  });
+  fs.writeFileSync(path.join(sub, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  const ckpt = Checkpoint.open(sub);
+  const src = checkpointSource(ckpt);
+  try {
+    const w = readQuantizedWeight(src, 'model.layers.1.mlp.up_proj')!;
+    assert.deepEqual(dequantized(w), Array.from({ length: 128 }, (_, i) => f(NF4_CODE[i % 16] * (i < 64 ? 0.75 : 0.25))));
+    w.dispose();
+  } finally {
+    src.close();
+    ckpt.close();
   }
 });
 
