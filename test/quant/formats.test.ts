@@ -16,7 +16,7 @@ import { bnbStateDict, checkpointSource, quantizedFormatOf, readQuantizedWeight,
 import { dequantizeInt8Host, quantizeInt8Host, roundHalfEven } from '../../src/quant/int8.js';
 import { blockScalesHost, dequantizeNf4Host, doubleQuantizeHost, dynamicMap, NF4_CODE, quantizeNf4Host } from '../../src/quant/nf4.js';
 import { dequantize } from '../../src/quant/ops.js';
-import { formatForBits, type Int8Weight, type Nf4Weight, quantizeInt8, quantizeNf4, type QuantizedWeight } from '../../src/quant/weight.js';
+import { formatForBits, Int8Weight, Nf4Weight, quantizeInt8, quantizeNf4, type QuantizedWeight } from '../../src/quant/weight.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope } from '../../src/tensor/tensor.js';
 import { values } from '../helpers.js';
@@ -91,6 +91,18 @@ function withFile<T>(file: string, fn: (src: SafetensorsFile) => T): T {
 
 function read(file: string, module: string, device = 'cpu'): QuantizedWeight | null {
   return withFile(file, (src) => readQuantizedWeight(src, module, { device }));
+}
+
+function readInt8(file: string, module: string, device: string): Int8Weight {
+  const w = read(file, module, device);
+  assert.ok(w instanceof Int8Weight, `${module} did not read as int8`);
+  return w;
+}
+
+function readNf4(file: string, module: string, device: string): Nf4Weight {
+  const w = read(file, module, device);
+  assert.ok(w instanceof Nf4Weight, `${module} did not read as nf4`);
+  return w;
 }
 
 function dequantized(w: QuantizedWeight): number[] {
@@ -205,7 +217,7 @@ test('reads a hand-built int8 checkpoint (weight + SCB + weight_format) and dequ
     assert.equal(quantizedFormatOf(src, 'model.layers.0.self_attn.k_proj'), null);
   });
   for (const device of ['cpu', 'reference']) {
-    const w = read(file, 'model.layers.0.self_attn.q_proj', device) as Int8Weight;
+    const w = readInt8(file, 'model.layers.0.self_attn.q_proj', device);
     assert.equal(w.format, 'int8');
     assert.deepEqual(w.shape, [3, 4]);
     const d = dequantized(w);
@@ -235,7 +247,7 @@ test('reads a hand-built double-quantized NF4 checkpoint and dequantizes code[ni
   const file = writeRaw('nf4-nested.safetensors', nestedEntries());
   const expected = Array.from({ length: 128 }, (_, i) => f(NF4_CODE[i % 16] * (i < 64 ? 0.75 : 0.25)));
   for (const device of ['cpu', 'reference']) {
-    const w = read(file, 'model.layers.1.mlp.up_proj', device) as Nf4Weight;
+    const w = readNf4(file, 'model.layers.1.mlp.up_proj', device);
     assert.equal(w.format, 'nf4');
     assert.deepEqual(w.shape, [2, 64]);
     assert.equal(w.dtype, 'bf16');
@@ -284,7 +296,7 @@ test('reads a hand-built plain NF4 checkpoint with an odd shape, a partial block
     [`${m}.quant_state.bitsandbytes__nf4`]: { dtype: 'U8', shape: [state.length], bytes: utf8(state) },
   });
   for (const device of ['cpu', 'reference']) {
-    const w = read(file, 'lm_head', device) as Nf4Weight;
+    const w = readNf4(file, 'lm_head', device);
     assert.equal(w.nested, null);
     assert.equal(w.dtype, 'f16');
     assert.deepEqual(dequantized(w), codes.map((c) => f(NF4_CODE[c] * 2)), device);
@@ -299,16 +311,16 @@ test('round trip: quantize, write in bitsandbytes layout, read back — identica
   const data = Float32Array.from({ length: 40 * 72 }, () => rng.normal() * 0.02);
   scope(() => {
     const w = tensor(data, [40, 72], { dtype: 'bf16' });
+    const k = quantizeNf4(w);
     const made: [string, QuantizedWeight][] = [
       ['a.q_proj', quantizeInt8(w)],
-      ['a.k_proj', quantizeNf4(w)],
+      ['a.k_proj', k],
       ['a.v_proj', quantizeNf4(w, { doubleQuant: false, blocksize: 128 })],
     ];
     const file = path.join(dir, 'roundtrip.safetensors');
     writeSafetensors(file, Object.assign({}, ...made.map(([m, q]) => bnbStateDict(m, q))));
     withFile(file, (src) => {
       const state = new TextDecoder().decode(src.readBytes('a.k_proj.weight.quant_state.bitsandbytes__nf4'));
-      const k = made[1][1] as Nf4Weight;
       assert.equal(state, `{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [40, 72], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": ${k.nested!.offset}}`);
       assert.deepEqual(src.info('a.k_proj.weight').shape, [40 * 36, 1]);
       assert.equal(src.info('a.q_proj.weight_format').format, 'U8');

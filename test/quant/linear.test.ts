@@ -83,13 +83,13 @@ test('the frozen weight an adapter sees: products through the quantized kernel, 
       const w = dequantize(q);
       assertClose(values(frozen.apply(x)), values(linear(x, w)), { atol: 1e-6, rtol: 1e-6 });
       const before = cpu.liveBytes();
-      let inside: Tensor | null = null;
+      const inside: Tensor[] = [];
       const norm = frozen.withDense((d) => {
-        inside = d;
+        inside.push(d);
         assert.deepEqual(values(d), values(w));
         return tensor([values(d).reduce((s, v) => s + v * v, 0)], [1]);
       });
-      assert.ok(inside !== null && (inside as Tensor).isDisposed, 'the dense copy is freed after withDense');
+      assert.ok(inside.length === 1 && inside[0].isDisposed, 'the dense copy is freed after withDense');
       assert.equal(cpu.liveBytes() - before, 4, 'only the returned tensor remains');
       assert.ok(norm.item() > 0);
     });
