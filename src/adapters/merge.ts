@@ -23,7 +23,7 @@ import { WEIGHTS_INDEX_NAME } from '../models/checkpoint.js';
 import { LlamaForCausalLM } from '../models/llama/model.js';
 import { tensor } from '../ops/creation.js';
 import { cast } from '../ops/view.js';
-import { DTYPE_BYTES, type DType } from '../tensor/dtype.js';
+import { DTYPE_BYTES } from '../tensor/dtype.js';
 import { Rng } from '../tensor/rng.js';
 import { scope, type Tensor } from '../tensor/tensor.js';
 import type { LoraModel } from './lora/model.js';

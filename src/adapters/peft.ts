@@ -109,6 +109,7 @@ export function parseAdapterConfig(text: string, file: string): LoraConfig {
     base_model_name_or_path: get('base_model_name_or_path', null),
   };
   try {
+    // loraConfig checks the type of every value at run time: the file's values are unknown here.
     return loraConfig(input as LoraConfigInput);
   } catch (e) {
     if (e instanceof LoraConfigError) throw new AdapterError(file, e.message);
@@ -123,7 +124,7 @@ export function readAdapterConfig(dir: string): LoraConfig {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
+    const code = isRecord(e) && typeof e.code === 'string' ? e.code : '';
     throw new AdapterError(file, code === 'ENOENT' ? 'missing (is this a PEFT adapter directory?)' : `cannot read: ${e instanceof Error ? e.message : String(e)}`);
   }
   return parseAdapterConfig(text, file);
