@@ -41,6 +41,11 @@ const shapes: [number, number, number][] = [
   [29, 600, 47],
   [300, 20, 33],
   [2, 3, 4100],
+  // narrow op(B) (N <= 16) with K >= 64: dot products over a row-major a on AVX-512
+  [37, 300, 8],
+  [5, 70, 16],
+  [4, 65, 1],
+  [2, 100, 13],
 ];
 
 function checkShapes(label: string): void {
@@ -101,6 +106,17 @@ test('kernel: alpha and accumulate, batch stride 0, bf16 b', () => {
         { shape: [21, 13] },
         { shape: [2, 9, 21], dtype: 'bf16' },
         { shape: [2, 13, 9] },
+      ], loose);
+      // narrow b (the dot-product path on AVX-512), shared or batched
+      checkAgainstReference(direct({ transA: false, transB: false, alpha, accumulate }), [
+        { shape: [3, 13, 80] },
+        { shape: [80, 9], dtype: 'bf16' },
+        { shape: [3, 13, 9] },
+      ], loose);
+      checkAgainstReference(direct({ transA: false, transB: true, alpha, accumulate }), [
+        { shape: [3, 13, 80] },
+        { shape: [3, 9, 80] },
+        { shape: [3, 13, 9] },
       ], loose);
       // a batch of one broadcasts over the output's batch
       checkAgainstReference(direct({ transA: false, transB: false, alpha, accumulate }), [

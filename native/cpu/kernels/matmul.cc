@@ -26,6 +26,7 @@
 // output element is summed in the same order whatever the thread count, so results
 // do not depend on it.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -215,12 +216,12 @@ void column_slab(const MicroKernel& uk, const Operands& o, const float* a, const
   const int64_t cols = n1 - n0;
   float* pb = t_pack_b.get(static_cast<size_t>(ceil_div(cols, nr) * nr * sa.kc_max));
   if (pb == nullptr) std::abort();
-  bool done[kMaxBandBlocks];
+  std::array<bool, kMaxBandBlocks> done;
   for (int64_t p = 0; p < sa.kblocks; ++p) {
     const int64_t pc = p * sa.kc_max, kc = std::min(sa.kc_max, o.K - pc);
     const bool add = pc > 0 || o.accumulate;
     const TB* bsrc = b + pc * o.brs + n0 * o.bcs;
-    std::fill(done, done + sa.mblocks, false);
+    done.fill(false);
     int64_t remaining = sa.mblocks;
     bool b_packed = false;
     int spins = 0;
@@ -313,6 +314,46 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
   }
 }
 
+thread_local PackBuffer t_narrow_b;
+
+// A narrow op(B) times a row-major A goes to the micro-kernel set's dot-product
+// routine (gemm.h) when it has one: op(B)ᵀ is packed once ([N, K] per distinct b),
+// A is read in place, and threads take row slabs. Returns false when the product does
+// not qualify. The choice never depends on the thread count, so neither do results.
+template <typename TB>
+bool run_narrow(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, int64_t batch,
+                int64_t abs, int64_t bbs, int64_t threads) {
+  if (uk.narrow == nullptr || o.N > gemm::kNarrowMaxN || o.acs != 1 || o.K < 64) return false;
+  const int64_t nb = bbs == 0 ? 1 : batch;
+  if (nb * o.N * o.K > kSharedAFloats) return false;
+  float* bt = t_narrow_b.get(static_cast<size_t>(nb * o.N * o.K));
+  if (bt == nullptr) std::abort();
+  for (int64_t q = 0; q < nb; ++q) {
+    for (int64_t j = 0; j < o.N; ++j) {
+      const TB* src = b + q * bbs + j * o.bcs;
+      float* dst = bt + (q * o.N + j) * o.K;
+      for (int64_t k = 0; k < o.K; ++k) dst[k] = to_f32(src[k * o.brs]);
+    }
+  }
+  const int64_t per_product = std::max<int64_t>(1, ceil_div(kTasksPerThread * threads, batch));
+  const int64_t h = ceil_div(ceil_div(o.M, per_product), 3) * 3;
+  const int64_t slabs = ceil_div(o.M, h), tasks = batch * slabs;
+  auto task = [&](int64_t t) {
+    const int64_t p = t / slabs, m0 = (t % slabs) * h, m1 = std::min(o.M, m0 + h);
+    uk.narrow(a + p * abs + m0 * o.ars, o.ars, bt + (bbs == 0 ? 0 : p) * o.N * o.K, o.K, o.N, c + (p * o.M + m0) * o.N,
+              o.N, m1 - m0, o.alpha, o.accumulate);
+  };
+  if (threads <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  } else {
+    std::atomic<int64_t> next{0};
+    parallel_for(threads, 1, [&](int64_t, int64_t) {
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) task(t);
+    });
+  }
+  return true;
+}
+
 template <typename TB>
 void run_batched(const KernelArgs& args, const Operands& o, int64_t batch, int64_t abs, int64_t bbs) {
   const float* a = static_cast<const float*>(args.ptrs[0]);
@@ -322,6 +363,7 @@ void run_batched(const KernelArgs& args, const Operands& o, int64_t batch, int64
   const double flops = 2.0 * static_cast<double>(o.M) * static_cast<double>(o.N) * static_cast<double>(o.K) *
                        static_cast<double>(batch);
   const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
+  if (run_narrow<TB>(uk, o, a, b, c, batch, abs, bbs, threads)) return;
   if (threads <= 1) {
     for (int64_t p = 0; p < batch; ++p) gemm_rect<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N, 0, o.M, 0, o.N);
   } else if (batch >= 2 * threads) {

@@ -79,7 +79,7 @@ FINLORA_AVX2 void run(int64_t kc, const float* a, const float* b, float* c, int6
   else dispatch_rows<1>(kc, a, b, c, ldc, rows, cols, alpha, add);
 }
 
-const MicroKernel kKernel{"avx2 6x16", MR, NR, 144, 256, 4096, run, nullptr, nullptr, nullptr};
+const MicroKernel kKernel{"avx2 6x16", MR, NR, 144, 256, 4096, run, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 

@@ -31,6 +31,15 @@ using PackAFn = bool (*)(const float* a, int64_t rs, int64_t cs, int64_t mc, int
 using PackBF32Fn = bool (*)(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst);
 using PackBBf16Fn = bool (*)(const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst);
 
+// Optional product for a narrow op(B) (N <= kNarrowMaxN, LoRA's rank) and a row-major
+// A (unit column stride), computed as dot products along K with no packing of A:
+// there each element of A meets at most N columns, so transposing A into panels would
+// cost as much as the arithmetic. bt is op(B)ᵀ, [N, K] contiguous. Rows [0, rows):
+//   c[i, j] = alpha * sum_k a[i * lda + k] * bt[j * K + k]  (+ c[i, j] when add)
+constexpr int64_t kNarrowMaxN = 16;
+using NarrowFn = void (*)(const float* a, int64_t lda, const float* bt, int64_t K, int64_t N, float* c, int64_t ldc,
+                          int64_t rows, float alpha, bool add);
+
 struct MicroKernel {
   const char* name;
   int mr, nr;           // register tile: rows of C by columns of C
@@ -39,6 +48,7 @@ struct MicroKernel {
   PackAFn pack_a;       // each may be nullptr
   PackBF32Fn pack_b_f32;
   PackBBf16Fn pack_b_bf16;
+  NarrowFn narrow;
 };
 
 // Each returns nullptr when this build has no such kernel (not x86-64).

@@ -43,7 +43,7 @@ void run(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int 
   }
 }
 
-const MicroKernel kKernel{"scalar 4x16", MR, NR, 128, 256, 4096, run, nullptr, nullptr, nullptr};
+const MicroKernel kKernel{"scalar 4x16", MR, NR, 128, 256, 4096, run, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 
