@@ -2,7 +2,8 @@
 // direct form and an f64 truth (random, long rows, bf16 W, and rows built to cancel so
 // that the identity alone would be wrong), the layer's gradients against central finite
 // differences on the reference backend with the norm held constant (DoRA §4.3),
-// PEFT's initialisation, both dropout semantics, and the eval-mode norm cache.
+// PEFT's initialisation, both dropout semantics, the eval-mode norm cache, and a
+// quantized base (the norm from the dequantized W).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { directRowNorms, doraCombine, doraCombinePeft, DoraVariant, doraWeightNorm, lowRankNormSquared, NORM_FALLBACK_RATIO, weightNormSquared } from '../../src/adapters/lora/dora.js';
@@ -15,6 +16,8 @@ import { assign } from '../../src/ops/inplace.js';
 import { linear } from '../../src/ops/matmul.js';
 import { sum } from '../../src/ops/reduce.js';
 import { Linear } from '../../src/nn/linear.js';
+import { dequantize, quantizedLinear } from '../../src/quant/ops.js';
+import { quantizeInt8 } from '../../src/quant/weight.js';
 import { roundTo } from '../../src/tensor/dtype.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
@@ -356,4 +359,29 @@ test('eval mode caches the norm; a training forward, invalidate() and merge reco
   assertClose(noGrad(() => values(target.forward(x))), y2, { atol: 1e-5, rtol: 1e-5 }, 'unmerged forward');
   assert.ok(layer.variant !== null && (layer.variant as DoraVariant).lastFallbackRows.length === 0);
   assert.ok(layer.lora_A instanceof AdapterWeight);
+});
+
+test('a quantized base: the norm uses the dequantized W, the base output the quantized kernel; no merge into it', () => {
+  const target = new Linear(tensor(W, [OUT, IN]), tensor(BIAS, [OUT]));
+  target.setQuantizedWeight(quantizeInt8(target.weight));
+  const q = target.quantized!;
+  const wdq = scope(() => values(dequantize(q)));
+  assert.ok(wdq.some((v, i) => v !== Math.fround(W[i])), 'int8 rounding changes W');
+  const layer = new LoraLayer('proj', target, { hyper: { r: R, lora_alpha: S * R, scaling: S }, lora_dropout: 0, dropoutSemantics: 'finlora', rng: new Rng(5), dropout: null, variant: (l) => new DoraVariant(l) });
+  const m = layer.variant!.modules.get('lora_magnitude_vector')!.weight;
+  assertClose(values(m), truthNorms(wdq, values(layer.lora_A.weight), new Float32Array(OUT * R), OUT, IN, R, S), { atol: 0, rtol: 1e-6 }, 'm = ‖dequantized W‖');
+  setAdapter(layer, 71);
+  const [got, want] = noGrad(() =>
+    scope(() => {
+      const x = tensor(randomData(3 * IN, 72), [3, IN]);
+      const n = tensor(truthNorms(wdq, values(layer.lora_A.weight), values(layer.lora_B.weight), OUT, IN, R, S), [OUT]);
+      const expected = doraCombine(quantizedLinear(x, q, target.bias), linear(linear(x, layer.lora_A.weight), layer.lora_B.weight), m, n, S, target.bias);
+      return [values(target.forward(x)), values(expected)];
+    }),
+  );
+  assert.ok(got.every(Number.isFinite), 'the NaN placeholder weight is never read');
+  assertClose(got, want, { atol: 1e-6, rtol: 1e-5 }, 'DoRA on an int8 base');
+  assert.throws(() => layer.merge(), /proj: its base weight cannot be written \(quantized\?\)/);
+  layer.unload();
+  target.dispose();
 });

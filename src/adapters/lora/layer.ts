@@ -23,6 +23,7 @@ import { linear, matmul } from '../../ops/matmul.js';
 import { cast } from '../../ops/view.js';
 import type { Linear } from '../../nn/linear.js';
 import { Module } from '../../nn/module.js';
+import { quantizedFrozenWeight } from '../../quant/model.js';
 import type { Rng } from '../../tensor/rng.js';
 import { scope, type Tensor } from '../../tensor/tensor.js';
 import type { DropoutSemantics, LayerHyperparameters } from './config.js';
@@ -42,6 +43,15 @@ export interface FrozenWeight {
   withDense<T>(fn: (w: Tensor) => T): T;
   /** Overwrites W with f32 values [out, in] (merge, unmerge); absent when W cannot be written. */
   readonly assign?: (w: Tensor) => void;
+}
+
+/**
+ * The frozen weight of a Linear as it holds it: quantized (src/quant/: products through
+ * the quantized kernel, W dequantized for the norm only) or dense.
+ */
+export function frozenWeightOf(target: Linear): FrozenWeight {
+  const q = target.quantized;
+  return q === null ? denseFrozenWeight(target) : quantizedFrozenWeight(q);
 }
 
 /** The FrozenWeight of a Linear whose weight is a dense f32 or bf16 tensor. */
@@ -96,7 +106,7 @@ export interface LoraLayerOptions {
   /** Dropout masks while training; required when lora_dropout > 0. */
   readonly dropout: DropoutGenerator | null;
   readonly variant: VariantFactory | null;
-  /** The frozen weight; default: the Linear's dense weight. */
+  /** The frozen weight; default: frozenWeightOf(target). */
   readonly frozen?: FrozenWeight;
 }
 
@@ -134,7 +144,7 @@ export class LoraLayer {
     this.lora_dropout = opts.lora_dropout;
     this.dropoutSemantics = opts.dropoutSemantics;
     this.dropoutGen = opts.dropout;
-    this.frozen = opts.frozen ?? denseFrozenWeight(target);
+    this.frozen = opts.frozen ?? frozenWeightOf(target);
     const { outFeatures: out, inFeatures: inF } = this.frozen;
     const device = target.weight.backend;
     // PEFT: nn.init.kaiming_uniform_(lora_A, a=√5): gain √(2/(1+5)), bound gain·√(3/in) = 1/√in.
