@@ -18,8 +18,9 @@
 //
 // Everything is checked before the model is touched: the config, every key, shape and
 // dtype against the modules the config selects. An error names the file and the module.
-// Saving writes both files into a fresh directory that is renamed into place, so a
-// crash leaves the old adapter or the new one (see writeAdapterFiles).
+// Saving writes both files into a fresh directory that is renamed into place, or
+// replaces only the weights file when the config is unchanged, so a crash leaves the old
+// adapter or the new one (writeAdapterFiles states the one narrow exception).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SafetensorsError, SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
