@@ -158,16 +158,22 @@ export function checkNf4Options(opts: Nf4Options, what = 'nf4'): { blocksize: nu
 /** The mean subtracted before double quantization: absmax.mean() in float32. */
 export function nestedOffset(absmax: Float32Array): number {
   let s = 0;
-  for (const v of absmax) s += v;
+  for (let i = 0; i < absmax.length; i++) s += absmax[i];
   return f(absmax.length === 0 ? 0 : s / absmax.length);
+}
+
+/** absmax - offset in float32, the values double quantization quantizes. */
+export function centredAbsmax(absmax: Float32Array, offset: number): Float32Array {
+  const out = new Float32Array(absmax.length);
+  for (let i = 0; i < absmax.length; i++) out[i] = absmax[i] - offset;
+  return out;
 }
 
 /** Double quantization of float32 absmaxes (quantize_blockwise(absmax - offset, blocksize=256)). */
 export function doubleQuantizeHost(absmax: Float32Array): { q: Uint8Array; nested: NonNullable<Nf4Host['nested']> } {
   const offset = nestedOffset(absmax);
   const code = dynamicMap();
-  const centred = Float32Array.from(absmax, (v) => f(v - offset));
-  const r = quantizeBlockwiseHost(centred, code, NESTED_BLOCKSIZE);
+  const r = quantizeBlockwiseHost(centredAbsmax(absmax, offset), code, NESTED_BLOCKSIZE);
   return { q: r.q, nested: { absmax: r.absmax, code, blocksize: NESTED_BLOCKSIZE, offset } };
 }
 

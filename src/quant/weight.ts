@@ -16,7 +16,7 @@ import { type DType, DTYPE_BYTES, encode, isFloat } from '../tensor/dtype.js';
 import { formatShape } from '../tensor/shape.js';
 import { empty, keep, type Tensor } from '../tensor/tensor.js';
 import type { Int8Host } from './int8.js';
-import { checkNf4Options, dynamicMap, NESTED_BLOCKSIZE, NF4_CODE, type Nf4Host, type Nf4Options, nestedOffset } from './nf4.js';
+import { centredAbsmax, checkNf4Options, dynamicMap, NESTED_BLOCKSIZE, NF4_CODE, type Nf4Host, type Nf4Options, nestedOffset } from './nf4.js';
 
 export type QuantFormat = 'int8' | 'nf4';
 
@@ -235,9 +235,11 @@ export function quantizeNf4(w: Tensor, opts: Nf4Options = {}): Nf4Weight {
     if (n > 0) kernel(backend, 'quantizeBlockwise')(wc, code, packed, absmax, blocksize, true);
     if (!doubleQuant) return new Nf4Weight(rows, cols, blocksize, packed, code, absmax, null, w.dtype);
     // Double quantization (compress_statistics): the absmaxes minus their mean, in blocks of 256 against the dynamic map.
-    const host = Float32Array.from(absmax.toArray());
+    const read = absmax.toArray();
+    const host = read instanceof Float32Array ? read : Float32Array.from(read);
     const offset = nestedOffset(host);
-    const centred = make(hostTensor(host.map((v) => Math.fround(v - offset)), [blocks], 'f32', backend));
+    const c = centredAbsmax(host, offset);
+    const centred = make(tensorFromBytes(new Uint8Array(c.buffer, c.byteOffset, c.byteLength), [blocks], 'f32', backend));
     const code2 = make(hostTensor(dynamicMap(), [256], 'f32', backend));
     const qabs = make(empty([blocks], 'uint8', backend));
     const abs2 = make(empty([Math.ceil(blocks / NESTED_BLOCKSIZE)], 'f32', backend));

@@ -149,9 +149,9 @@ test('dequantize matches the reference (bit for bit for nf4) at every SIMD level
   }
 });
 
-test('load-time quantization kernels give bitsandbytes codes identical to the reference, from f32, bf16 and f16', () => {
+test('load-time quantization kernels give bitsandbytes codes identical to the reference, from f32, bf16 and f16, at every SIMD level', () => {
   for (const dtype of ['f32', 'bf16', 'f16'] as const) {
-    for (const [rows, cols] of [[1, 3], [7, 33], [4, 200], [13, 77]]) {
+    for (const [rows, cols] of [[1, 3], [7, 33], [4, 200], [13, 77], [3, 128]]) {
       const data = normalData(rows * cols, rows + cols, 0.5);
       data.fill(0, 0, Math.min(cols, 70)); // an all-zero row / block
       const run = (device: string) =>
@@ -166,11 +166,13 @@ test('load-time quantization kernels give bitsandbytes codes identical to the re
           return { r, offset };
         });
       const expected = run('reference');
-      for (const device of testBackends()) {
-        const got = run(device);
-        assert.equal(got.offset, expected.offset, `${dtype} [${rows}, ${cols}] nested offset`);
-        got.r.forEach((g, i) => assert.deepEqual(g, expected.r[i], `${dtype} [${rows}, ${cols}] output ${i} on ${device}`));
-      }
+      forEachIsa((isa) => {
+        for (const device of testBackends()) {
+          const got = run(device);
+          assert.equal(got.offset, expected.offset, `${dtype} [${rows}, ${cols}] nested offset (${isa})`);
+          got.r.forEach((g, i) => assert.deepEqual(g, expected.r[i], `${dtype} [${rows}, ${cols}] output ${i} on ${device} (${isa})`));
+        }
+      });
     }
   }
 });

@@ -17,11 +17,15 @@
 //   pads an odd count with the index of 0 (bitsandbytes pads `scaled` with a 0);
 //   pack4 = 0 stores one uint8 index per value.
 //   ints: [n, dtype, codeSize, blocksize, pack4]   ptrs: [x, code, q, absmax]
+//
+// With AVX-512, int8 rows and full 4-bit blocks go through quant/quantize_avx512.cc,
+// which gives the same codes.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "kernel.h"
+#include "quant/quant.h"
 
 namespace finlora {
 namespace {
@@ -50,9 +54,11 @@ void quantize_int8_kernel(const KernelArgs& args) {
   int8_t* cb = static_cast<int8_t*>(args.ptrs[1]);
   float* scb = static_cast<float*>(args.ptrs[2]);
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, cols));
+  const bool avx512 = isa() == Isa::Avx512;
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> h(static_cast<size_t>(cols));
     for (int64_t r = r0; r < r1; ++r) {
+      if (avx512 && quant::quantize_int8_row_avx512(w, dtype, r * cols, cols, cb + r * cols, scb + r, h.data())) continue;
       float absmax = 0.0f;
       for (int64_t c = 0; c < cols; ++c) {
         h[c] = f16_to_f32(f32_to_f16(load(w, dtype, r * cols + c)));
@@ -105,9 +111,11 @@ void quantize_blockwise_kernel(const KernelArgs& args) {
   const int zero_index = bucket(bounds.data(), nb, 0.0f);
   const int64_t blocks = (n + bs - 1) / bs;
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / bs);
+  const bool fast4 = isa() == Isa::Avx512 && pack4 && code_size == 16;
   parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t start = b * bs, len = std::min(bs, n - start);
+      if (fast4 && len == bs && quant::quantize_block4_avx512(x, dtype, start, bs, bounds.data(), q, absmax + b)) continue;
       float am = 0.0f;
       for (int64_t i = 0; i < len; ++i) am = std::max(am, std::fabs(load(x, dtype, start + i)));
       const bool partial = len < bs;

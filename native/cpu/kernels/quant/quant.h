@@ -88,6 +88,14 @@ const QuantIsa* avx512_quant();
 const QuantIsa* avx2_quant();
 const QuantIsa* scalar_quant();
 
+// AVX-512 load-time quantizers (quantize_avx512.cc) for kernels/quantize.cc, which calls
+// them when isa() allows; false leaves the case to its portable loop. One int8 row
+// (tmp holds cols floats); one full 4-bit block of a 16-entry code's 15 midpoints.
+bool quantize_int8_row_avx512(const void* w, int64_t dtype, int64_t offset, int64_t cols, int8_t* q, float* absmax,
+                              float* tmp);
+bool quantize_block4_avx512(const void* x, int64_t dtype, int64_t start, int64_t bs, const float* bounds,
+                            uint8_t* packed, float* absmax);
+
 // The routines isa() selects.
 const QuantIsa& pick_quant_isa();
 
