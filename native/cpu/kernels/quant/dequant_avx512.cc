@@ -92,6 +92,17 @@ FINLORA_AVX512 inline void transpose16(__m512 r[16]) {
   }
 }
 
+// The NF4 values at flat indices f .. f+15 (the first popcount(m) of them), f even and
+// all 16 inside one block: one masked load of the bytes, one table lookup.
+FINLORA_AVX512 inline __m512 nf4_16(const QWeight& w, int64_t f, __mmask16 m, __m512 lut) {
+  const __m512 lut_s = _mm512_mul_ps(lut, _mm512_set1_ps(w.block_scale(f / w.blocksize)));
+  const __mmask16 bytes = static_cast<__mmask16>((1u << ((_mm_popcnt_u32(m) + 1) / 2)) - 1u);
+  const __m128i wide = _mm_cvtepu8_epi16(_mm_maskz_loadu_epi8(bytes, w.packed + (f >> 1)));
+  const __m128i hi = _mm_srli_epi16(wide, 4);
+  const __m128i lo = _mm_and_si128(wide, _mm_set1_epi16(15));
+  return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_or_si128(hi, _mm_slli_epi16(lo, 8))), lut_s);
+}
+
 // Decodes 16 values of each of `live` rows (the rest zero) straight into registers:
 // int8 converted (scaled after the transpose, one row scale per lane), NF4 looked up in
 // the table scaled by each row's block absmax. NF4 needs the 16 values inside one
@@ -107,14 +118,7 @@ FINLORA_AVX512 inline void load_rows16(const QWeight& w, int64_t r, int live, in
       const __m128i b = _mm_maskz_loadu_epi8(m, w.cb + (r + i) * w.cols + col);
       r16[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
     } else {
-      const int64_t f = (r + i) * w.cols + col;
-      const __m512 lut_s = _mm512_mul_ps(lut, _mm512_set1_ps(w.block_scale(f / w.blocksize)));
-      const __mmask16 bytes = static_cast<__mmask16>((1u << ((_mm_popcnt_u32(m) + 1) / 2)) - 1u);
-      const __m128i raw = _mm_maskz_loadu_epi8(bytes, w.packed + (f >> 1));
-      const __m128i wide = _mm_cvtepu8_epi16(raw);
-      const __m128i hi = _mm_srli_epi16(wide, 4);
-      const __m128i lo = _mm_and_si128(wide, _mm_set1_epi16(15));
-      r16[i] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_or_si128(hi, _mm_slli_epi16(lo, 8))), lut_s);
+      r16[i] = nf4_16(w, (r + i) * w.cols + col, m, lut);
     }
   }
 }
@@ -164,8 +168,19 @@ FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int6
 }
 
 FINLORA_AVX512 void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst) {
-  if (w.format != kInt8) return pack_rows_scalar(w, r0, kc, c0, cols, nr, dst);
   const __m512 zero = _mm512_setzero_ps();
+  if (w.format == kNf4) {
+    if (nr % 16 != 0 || w.cols % 16 != 0 || c0 % 16 != 0 || w.blocksize % 16 != 0) return pack_rows_scalar(w, r0, kc, c0, cols, nr, dst);
+    const __m512 lut = _mm512_loadu_ps(w.code);
+    for (int64_t k = 0; k < kc; ++k) {
+      float* d = dst + k * nr;
+      for (int j = 0; j < nr; j += 16) {
+        const __mmask16 m = j < cols ? tail_mask(cols - j) : 0;
+        _mm512_storeu_ps(d + j, m == 0 ? zero : _mm512_maskz_mov_ps(m, nf4_16(w, (r0 + k) * w.cols + c0 + j, m, lut)));
+      }
+    }
+    return;
+  }
   for (int64_t k = 0; k < kc; ++k) {
     const int8_t* q = w.cb + (r0 + k) * w.cols + c0;
     const __m512 vs = _mm512_set1_ps(w.scb[r0 + k] * (1.0f / 127.0f));
