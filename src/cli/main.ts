@@ -13,6 +13,7 @@ interface Entry {
 
 // Loaded on demand: `finlora --help` should not load the native backend.
 const COMMANDS = new Map<string, Entry>([
+  ['data', { summary: "Download FinLoRA's public JSONL data files (data fetch)", load: async () => (await import('./commands/data.js')).command }],
   ['decompose', { summary: "Split a weight matrix into DoRA's magnitude vector and unit-norm direction matrix", load: async () => (await import('./commands/decompose.js')).command }],
   ['eval', { summary: "Score a model (and adapter) on a FinLoRA test set: accuracy, weighted F1, confusion matrix", load: async () => (await import('./commands/eval.js')).command }],
   ['finetune', { summary: "Fine-tune a run of FinLoRA's finetune_configs.json with LoRA or DoRA", load: async () => (await import('./commands/finetune.js')).command }],
