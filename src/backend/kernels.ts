@@ -37,6 +37,50 @@ export interface AttentionAttrs {
   readonly causal: boolean;
 }
 
+/**
+ * A frozen weight W [rows, cols] in one of bitsandbytes' formats (src/quant/), as the
+ * quantized kernels see it.
+ */
+export type QuantizedOperand = Int8Operand | Nf4Operand;
+
+export interface Int8Operand {
+  readonly format: 'int8';
+  readonly rows: number;
+  readonly cols: number;
+  /** int8 [rows, cols]: round(W · 127 / scb[row]). */
+  readonly cb: Tensor;
+  /** f32 [rows]: each row's absmax; W ≈ cb · scb / 127. */
+  readonly scb: Tensor;
+}
+
+export interface Nf4Operand {
+  readonly format: 'nf4';
+  readonly rows: number;
+  readonly cols: number;
+  /** Values per absmax block of the row-major flattened weight. */
+  readonly blocksize: number;
+  /** uint8 [ceil(rows·cols / 2)]: element 2i in the high nibble of byte i, 2i+1 in the low. */
+  readonly packed: Tensor;
+  /** f32 [16]: the value of each 4-bit code (bitsandbytes' quant_map). */
+  readonly code: Tensor;
+  /** f32 [blocks] when nested is null; uint8 [blocks] codes into nested.code otherwise. */
+  readonly absmax: Tensor;
+  /** Double quantization: absmax[b] = nested.code[q[b]] · nested.absmax[b / nested.blocksize] + nested.offset. */
+  readonly nested: {
+    readonly absmax: Tensor;
+    readonly code: Tensor;
+    readonly blocksize: number;
+    readonly offset: number;
+  } | null;
+}
+
+export interface QuantizedMatmulAttrs {
+  /** true: out = a · Wᵀ (a Linear's forward); false: out = a · W (its input gradient). */
+  readonly transW: boolean;
+  /** Add to out instead of overwriting it. */
+  readonly accumulate: boolean;
+}
+
 export interface Kernels {
   /**
    * out = x, element by element: any strides on both sides (x may broadcast with
@@ -116,4 +160,22 @@ export interface Kernels {
    * bit); seed is a uint32, 0 <= offset and offset + out.size <= 2^53; out f32 contiguous.
    */
   dropoutMask(out: Tensor, p: number, seed: number, offset: number): void;
+  /**
+   * out (+)= a · op(W) with W quantized and decoded on the fly (no f32 copy of W):
+   * a [M, K], out [M, N] contiguous f32; transW: K = cols, N = rows; else K = rows, N = cols.
+   */
+  quantizedMatmul(a: Tensor, w: QuantizedOperand, out: Tensor, attrs: QuantizedMatmulAttrs): void;
+  /** out f32 [rows, cols] = the dequantized W. */
+  dequantize(w: QuantizedOperand, out: Tensor): void;
+  /**
+   * bitsandbytes' int8 row quantization: w [rows, cols] (f32, bf16 or f16), each value
+   * first rounded to f16; scb f32 [rows] = row absmax; cb int8 = round-half-even(w · (127 / scb)).
+   */
+  quantizeInt8(w: Tensor, cb: Tensor, scb: Tensor): void;
+  /**
+   * bitsandbytes' blockwise quantization of x (any shape, f32, bf16 or f16, flattened)
+   * against a sorted code table (f32, 2..256 entries): absmax f32 [ceil(n / blocksize)];
+   * q uint8 [n], or [ceil(n / 2)] two indices per byte (high nibble first) when pack4.
+   */
+  quantizeBlockwise(x: Tensor, code: Tensor, q: Tensor, absmax: Tensor, blocksize: number, pack4: boolean): void;
 }
