@@ -41,11 +41,13 @@ const shapes: [number, number, number][] = [
   [29, 600, 47],
   [300, 20, 33],
   [2, 3, 4100],
-  // narrow op(B) (N <= 16) with K >= 64: dot products over a row-major a on AVX-512
+  // a narrow side (N or M <= 16) with K >= 64: dot products along K on AVX-512
   [37, 300, 8],
   [5, 70, 16],
   [4, 65, 1],
   [2, 100, 13],
+  [8, 100, 70],
+  [16, 64, 33],
 ];
 
 function checkShapes(label: string): void {
@@ -117,6 +119,17 @@ test('kernel: alpha and accumulate, batch stride 0, bf16 b', () => {
         { shape: [3, 13, 80] },
         { shape: [3, 9, 80] },
         { shape: [3, 13, 9] },
+      ], loose);
+      // a few rows against a Linear-layout weight, f32 or bf16, shared or batched
+      checkAgainstReference(direct({ transA: false, transB: true, alpha, accumulate }), [
+        { shape: [3, 5, 90] },
+        { shape: [40, 90], dtype: 'bf16' },
+        { shape: [3, 5, 40] },
+      ], loose);
+      checkAgainstReference(direct({ transA: true, transB: true, alpha, accumulate }), [
+        { shape: [3, 90, 5] },
+        { shape: [3, 40, 90] },
+        { shape: [3, 5, 40] },
       ], loose);
       // a batch of one broadcasts over the output's batch
       checkAgainstReference(direct({ transA: false, transB: false, alpha, accumulate }), [

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 
 #include "gemm/gemm.h"
 #include "kernel.h"
@@ -314,34 +315,70 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
   }
 }
 
-thread_local PackBuffer t_narrow_b;
+thread_local PackBuffer t_narrow;
 
-// A narrow op(B) times a row-major A goes to the micro-kernel set's dot-product
-// routine (gemm.h) when it has one: op(B)ᵀ is packed once ([N, K] per distinct b),
-// A is read in place, and threads take row slabs. Returns false when the product does
-// not qualify. The choice never depends on the thread count, so neither do results.
+// Products with a narrow side (gemm.h's NarrowFn) go to the micro-kernel set's
+// dot-product routine when it has one: LoRA's x @ Aᵀ and dY @ B (N = r), and a few
+// rows against a Linear weight (M <= 16, weight [out, in], f32 or bf16). The wide
+// operand is read once, in place; the narrow one is packed as rows along K only when
+// it is not laid out so already. Threads take slabs of the wide side's rows. Returns
+// false when the product does not qualify; the choice never depends on the thread
+// count, so neither do results.
 template <typename TB>
 bool run_narrow(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, int64_t batch,
                 int64_t abs, int64_t bbs, int64_t threads) {
-  if (uk.narrow == nullptr || o.N > gemm::kNarrowMaxN || o.acs != 1 || o.K < 64) return false;
-  const int64_t nb = bbs == 0 ? 1 : batch;
-  if (nb * o.N * o.K > kSharedAFloats) return false;
-  float* bt = t_narrow_b.get(static_cast<size_t>(nb * o.N * o.K));
-  if (bt == nullptr) std::abort();
-  for (int64_t q = 0; q < nb; ++q) {
-    for (int64_t j = 0; j < o.N; ++j) {
-      const TB* src = b + q * bbs + j * o.bcs;
-      float* dst = bt + (q * o.N + j) * o.K;
-      for (int64_t k = 0; k < o.K; ++k) dst[k] = to_f32(src[k * o.brs]);
+  if (uk.narrow == nullptr || o.K < 64) return false;
+  const bool by_n = o.N <= gemm::kNarrowMaxN && o.acs == 1;  // x = A's rows, y = op(B)ᵀ
+  const bool by_m = !by_n && o.M <= gemm::kNarrowMaxN && o.brs == 1;  // x = op(B)ᵀ's rows, y = A
+  if (!by_n && !by_m) return false;
+  const int64_t n = by_n ? o.N : o.M, rows = by_n ? o.M : o.N;
+  // y: n rows along K, in place when they already are (and f32).
+  const float* y_in_place = nullptr;
+  int64_t ldy = o.K, y_batch = 0;
+  if (by_m && o.acs == 1) {
+    y_in_place = a;
+    ldy = o.ars;
+    y_batch = abs;
+  }
+  if constexpr (std::is_same_v<TB, float>) {
+    if (by_n && o.brs == 1) {
+      y_in_place = b;
+      ldy = o.bcs;
+      y_batch = bbs;
     }
   }
+  if (y_in_place == nullptr) {
+    const int64_t src_batch = by_n ? bbs : abs;
+    const int64_t copies = src_batch == 0 ? 1 : batch;
+    if (copies * n * o.K > kSharedAFloats) return false;
+    float* buf = t_narrow.get(static_cast<size_t>(copies * n * o.K));
+    if (buf == nullptr) std::abort();
+    for (int64_t q = 0; q < copies; ++q) {
+      for (int64_t j = 0; j < n; ++j) {
+        float* dst = buf + (q * n + j) * o.K;
+        if (by_n) {
+          const TB* src = b + q * bbs + j * o.bcs;
+          for (int64_t k = 0; k < o.K; ++k) dst[k] = to_f32(src[k * o.brs]);
+        } else {
+          const float* src = a + q * abs + j * o.ars;
+          for (int64_t k = 0; k < o.K; ++k) dst[k] = src[k * o.acs];
+        }
+      }
+    }
+    y_in_place = buf;
+    y_batch = src_batch == 0 ? 0 : n * o.K;
+  }
+  const int64_t c_rs = by_n ? o.N : 1, c_cs = by_n ? 1 : o.N;
+  const int64_t ldx = by_n ? o.ars : o.bcs;
+  const bool x_bf16 = by_m && std::is_same_v<TB, uint16_t>;
   const int64_t per_product = std::max<int64_t>(1, ceil_div(kTasksPerThread * threads, batch));
-  const int64_t h = ceil_div(ceil_div(o.M, per_product), 3) * 3;
-  const int64_t slabs = ceil_div(o.M, h), tasks = batch * slabs;
+  const int64_t h = ceil_div(ceil_div(rows, per_product), 3) * 3;
+  const int64_t slabs = ceil_div(rows, h), tasks = batch * slabs;
   auto task = [&](int64_t t) {
-    const int64_t p = t / slabs, m0 = (t % slabs) * h, m1 = std::min(o.M, m0 + h);
-    uk.narrow(a + p * abs + m0 * o.ars, o.ars, bt + (bbs == 0 ? 0 : p) * o.N * o.K, o.K, o.N, c + (p * o.M + m0) * o.N,
-              o.N, m1 - m0, o.alpha, o.accumulate);
+    const int64_t p = t / slabs, r0 = (t % slabs) * h, r1 = std::min(rows, r0 + h);
+    const void* x = by_n ? static_cast<const void*>(a + p * abs + r0 * ldx) : static_cast<const void*>(b + p * bbs + r0 * ldx);
+    uk.narrow(x, x_bf16, ldx, y_in_place + p * y_batch, ldy, o.K, n, c + p * o.M * o.N + r0 * c_rs, c_rs, c_cs, r1 - r0,
+              o.alpha, o.accumulate);
   };
   if (threads <= 1) {
     for (int64_t t = 0; t < tasks; ++t) task(t);

@@ -201,13 +201,13 @@ FINLORA_AVX512 bool pack_b_bf16(const uint16_t* b, int64_t rs, int64_t cs, int64
   return pack_b(b, rs, cs, kc, cols, dst);
 }
 
-// ------------------------------------------------------------------ narrow B
-// R rows of A against J columns of op(B): R x J accumulators of 16 partial sums each,
-// R + J loads per 16-deep step for R * J FMAs (3 x 8: 11 loads, 24 FMAs).
+// ------------------------------------------------------------------ narrow products
+// R rows of x against J rows of y: R x J accumulators of 16 partial sums each, R + J
+// loads per 16-deep step for R * J FMAs (3 x 8: 11 loads, 24 FMAs).
 
-template <int R, int J>
-FINLORA_AVX512 void narrow_block(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t kn, float* c,
-                                 int64_t ldc, float alpha, bool add) {
+template <typename TX, int R, int J>
+FINLORA_AVX512 void narrow_block(const TX* x, int64_t ldx, const float* y, int64_t ldy, int64_t kn, float* c,
+                                 int64_t c_rs, int64_t c_cs, float alpha, bool add) {
   // Every loop over r and j is unrolled so that the accumulators stay in registers.
   __m512 acc[R][J];
 #pragma GCC unroll 3
@@ -216,14 +216,14 @@ FINLORA_AVX512 void narrow_block(const float* a, int64_t lda, const float* bt, i
     for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kn; k += 16) {
     const __mmask16 m = first_lanes(kn - k);
-    __m512 av[R];
+    __m512 xv[R];
 #pragma GCC unroll 3
-    for (int r = 0; r < R; ++r) av[r] = _mm512_maskz_loadu_ps(m, a + r * lda + k);
+    for (int r = 0; r < R; ++r) xv[r] = load16(x + r * ldx + k, m);
 #pragma GCC unroll 8
     for (int j = 0; j < J; ++j) {
-      const __m512 bv = _mm512_maskz_loadu_ps(m, bt + j * ldb + k);
+      const __m512 yv = _mm512_maskz_loadu_ps(m, y + j * ldy + k);
 #pragma GCC unroll 3
-      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], bv, acc[r][j]);
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(xv[r], yv, acc[r][j]);
     }
   }
 #pragma GCC unroll 3
@@ -231,34 +231,44 @@ FINLORA_AVX512 void narrow_block(const float* a, int64_t lda, const float* bt, i
 #pragma GCC unroll 8
     for (int j = 0; j < J; ++j) {
       const float s = alpha * _mm512_reduce_add_ps(acc[r][j]);
-      float* o = c + r * ldc + j;
+      float* o = c + r * c_rs + j * c_cs;
       *o = add ? *o + s : s;
     }
   }
 }
 
-using NarrowBlockFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, float, bool);
+template <typename TX>
+using NarrowBlockFn = void (*)(const TX*, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t, float, bool);
 
-template <int R>
-constexpr NarrowBlockFn kNarrowRow[8] = {narrow_block<R, 1>, narrow_block<R, 2>, narrow_block<R, 3>, narrow_block<R, 4>,
-                                         narrow_block<R, 5>, narrow_block<R, 6>, narrow_block<R, 7>, narrow_block<R, 8>};
+template <typename TX, int R>
+constexpr NarrowBlockFn<TX> kNarrowRow[8] = {narrow_block<TX, R, 1>, narrow_block<TX, R, 2>, narrow_block<TX, R, 3>,
+                                             narrow_block<TX, R, 4>, narrow_block<TX, R, 5>, narrow_block<TX, R, 6>,
+                                             narrow_block<TX, R, 7>, narrow_block<TX, R, 8>};
 
-FINLORA_AVX512 void narrow(const float* a, int64_t lda, const float* bt, int64_t K, int64_t N, float* c, int64_t ldc,
-                           int64_t rows, float alpha, bool add) {
-  // K in chunks whose slice of bt (N x chunk) stays in L1 while every row passes it.
-  const int64_t chunk = std::max<int64_t>(256, 8192 / N / 16 * 16);
+template <typename TX>
+FINLORA_AVX512 void narrow_typed(const TX* x, int64_t ldx, const float* y, int64_t ldy, int64_t K, int64_t n, float* c,
+                                 int64_t c_rs, int64_t c_cs, int64_t rows, float alpha, bool add) {
+  // K in chunks whose slice of y (n x chunk) stays in L1 while every row of x passes it.
+  const int64_t chunk = std::max<int64_t>(256, 8192 / n / 16 * 16);
   for (int64_t k0 = 0; k0 < K; k0 += chunk) {
     const int64_t kn = std::min(chunk, K - k0);
     const bool add_here = add || k0 > 0;
     for (int64_t i = 0; i < rows; i += 3) {
       const int64_t r = std::min<int64_t>(3, rows - i);
-      for (int64_t j = 0; j < N; j += 8) {
-        const int64_t jn = std::min<int64_t>(8, N - j);
-        const NarrowBlockFn f = r == 3 ? kNarrowRow<3>[jn - 1] : r == 2 ? kNarrowRow<2>[jn - 1] : kNarrowRow<1>[jn - 1];
-        f(a + i * lda + k0, lda, bt + j * K + k0, K, kn, c + i * ldc + j, ldc, alpha, add_here);
+      for (int64_t j = 0; j < n; j += 8) {
+        const int64_t jn = std::min<int64_t>(8, n - j);
+        const NarrowBlockFn<TX> f =
+            r == 3 ? kNarrowRow<TX, 3>[jn - 1] : r == 2 ? kNarrowRow<TX, 2>[jn - 1] : kNarrowRow<TX, 1>[jn - 1];
+        f(x + i * ldx + k0, ldx, y + j * ldy + k0, ldy, kn, c + i * c_rs + j * c_cs, c_rs, c_cs, alpha, add_here);
       }
     }
   }
+}
+
+FINLORA_AVX512 void narrow(const void* x, bool x_bf16, int64_t ldx, const float* y, int64_t ldy, int64_t K, int64_t n,
+                           float* c, int64_t c_rs, int64_t c_cs, int64_t rows, float alpha, bool add) {
+  if (x_bf16) narrow_typed(static_cast<const uint16_t*>(x), ldx, y, ldy, K, n, c, c_rs, c_cs, rows, alpha, add);
+  else narrow_typed(static_cast<const float*>(x), ldx, y, ldy, K, n, c, c_rs, c_cs, rows, alpha, add);
 }
 
 // kc = 512 halves the passes over C that 256 needs and measured faster on Zen 5; the

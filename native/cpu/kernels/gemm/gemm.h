@@ -31,14 +31,16 @@ using PackAFn = bool (*)(const float* a, int64_t rs, int64_t cs, int64_t mc, int
 using PackBF32Fn = bool (*)(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst);
 using PackBBf16Fn = bool (*)(const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst);
 
-// Optional product for a narrow op(B) (N <= kNarrowMaxN, LoRA's rank) and a row-major
-// A (unit column stride), computed as dot products along K with no packing of A:
-// there each element of A meets at most N columns, so transposing A into panels would
-// cost as much as the arithmetic. bt is op(B)ᵀ, [N, K] contiguous. Rows [0, rows):
-//   c[i, j] = alpha * sum_k a[i * lda + k] * bt[j * K + k]  (+ c[i, j] when add)
+// Optional dot-product routine for products where one side is narrow (at most
+// kNarrowMaxN = 16 rows or columns: LoRA's rank, a few decoding rows) and both
+// operands run contiguously along K. There each element of the wide operand meets at
+// most 16 of the other, so transposing it into panels would cost as much as the
+// arithmetic; it is read once, in place:
+//   c[i * c_rs + j * c_cs] = alpha * sum_k x[i * ldx + k] * y[j * ldy + k]  (+ c when add)
+// for i < rows, j < n <= kNarrowMaxN. x is f32 or bf16 (x_bf16); y is f32.
 constexpr int64_t kNarrowMaxN = 16;
-using NarrowFn = void (*)(const float* a, int64_t lda, const float* bt, int64_t K, int64_t N, float* c, int64_t ldc,
-                          int64_t rows, float alpha, bool add);
+using NarrowFn = void (*)(const void* x, bool x_bf16, int64_t ldx, const float* y, int64_t ldy, int64_t K, int64_t n,
+                          float* c, int64_t c_rs, int64_t c_cs, int64_t rows, float alpha, bool add);
 
 struct MicroKernel {
   const char* name;
