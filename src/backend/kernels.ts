@@ -81,6 +81,29 @@ export interface QuantizedMatmulAttrs {
   readonly accumulate: boolean;
 }
 
+/** One AdamW step's scalars (torch.optim.AdamW at 1-based step t). */
+export interface AdamWAttrs {
+  readonly lr: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+  /** 1 − β1^t. */
+  readonly biasCorrection1: number;
+  /** 1 − β2^t. */
+  readonly biasCorrection2: number;
+  /** Every gradient is multiplied by this first (gradient clipping's coefficient; 1 for none). */
+  readonly gradScale: number;
+}
+
+/** One parameter's tensors for an AdamW step: all contiguous f32 of one size. */
+export interface AdamWOperands {
+  readonly param: Tensor;
+  readonly grad: Tensor;
+  readonly expAvg: Tensor;
+  readonly expAvgSq: Tensor;
+}
+
 export interface Kernels {
   /**
    * out = x, element by element: any strides on both sides (x may broadcast with
@@ -178,4 +201,11 @@ export interface Kernels {
    * q uint8 [n], or [ceil(n / 2)] two indices per byte (high nibble first) when pack4.
    */
   quantizeBlockwise(x: Tensor, code: Tensor, q: Tensor, absmax: Tensor, blocksize: number, pack4: boolean): void;
+  /**
+   * One AdamW step over several parameters, in place (param, expAvg, expAvgSq =; grad
+   * read): g = grad·gradScale; p ← p·(1 − lr·wd); m ← m + (1 − β1)(g − m);
+   * v ← β2·v + (1 − β2)·g²; p ← p − (lr / bc1)·m / (√v / √bc2 + eps). Scalars may be
+   * rounded to f32 before use, as torch applies Python scalars to f32 tensors.
+   */
+  adamw(operands: readonly AdamWOperands[], attrs: AdamWAttrs): void;
 }

@@ -9,16 +9,16 @@
 // with t the 1-based step count. Defaults: β = (0.9, 0.999), ε = 1e-8, λ = 0.01 as in
 // PyTorch (FinLoRA's runs pass weight_decay 0).
 //
-// The update runs as kernel calls that write into the parameter and state buffers
-// themselves: each parameter is viewed flat, per-step scalars live in one small tensor
-// whose elements are broadcast (stride 0) views, and one scratch buffer the size of
-// the largest parameter is shared by all, so a step allocates nothing per parameter.
-// Gradient clipping by global norm is here too (torch.nn.utils.clip_grad_norm_).
+// The update writes into the parameter and state buffers themselves. A backend with
+// the fused multi-tensor kernel (kernels.ts adamw; native/cpu/kernels/adamw.cc) does
+// every parameter in one call. Otherwise the same arithmetic runs as elementwise
+// kernel calls: each parameter viewed flat, per-step scalars in one small tensor whose
+// elements are broadcast (stride 0) views, and one scratch buffer shared by all, so a
+// step allocates nothing per parameter. Gradient clipping's coefficient is applied to
+// the gradients as they are read, so they need not be rescaled in place. The global
+// gradient norm (torch.nn.utils.clip_grad_norm_) is here too.
 import { kernel } from '../backend/backend.js';
-import { stack } from '../ops/concat.js';
 import { tensor } from '../ops/creation.js';
-import { sum } from '../ops/reduce.js';
-import { mul } from '../ops/binary.js';
 import { empty, keep, scope, type Tensor, view } from '../tensor/tensor.js';
 
 export interface AdamWOptions {
@@ -74,43 +74,67 @@ export class AdamW {
     return this.state[i];
   }
 
-  /** One update of every parameter that has a gradient; parameters without one are skipped (as torch does). */
-  step(): void {
+  /**
+   * One update of every parameter that has a gradient (parameters without one are
+   * skipped, as torch skips them), each gradient first multiplied by gradScale (the
+   * clipping coefficient, so gradients need not be rescaled in place). Runs the
+   * backend's fused multi-tensor adamw kernel when it has one, else the same update as
+   * a sequence of elementwise kernels.
+   */
+  step(gradScale = 1): void {
     this.stepCount++;
     const t = this.stepCount;
-    const lr = this.lr;
-    const bc1 = 1 - this.beta1 ** t;
-    const bc2Sqrt = Math.sqrt(1 - this.beta2 ** t);
-    const largest = Math.max(...this.params.map((p) => p.size));
-    if (this.params.length === 0) return;
-    const backend = this.params[0].backend;
-    if (this.scratch === null || this.scratch.size < largest) {
+    const live = this.params.map((p, i) => ({ p, i })).filter(({ p }) => p.grad !== null);
+    if (live.length === 0) return;
+    const backend = live[0].p.backend;
+    const attrs = {
+      lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, weightDecay: this.weightDecay,
+      biasCorrection1: 1 - this.beta1 ** t, biasCorrection2: 1 - this.beta2 ** t, gradScale,
+    };
+    if (backend.kernels.adamw !== undefined) {
+      scope(() => {
+        const operands = live.map(({ p, i }) => ({ param: flat(p), grad: flat(p.grad!), expAvg: flat(this.state[i].expAvg), expAvgSq: flat(this.state[i].expAvgSq) }));
+        kernel(backend, 'adamw')(operands, attrs);
+      });
+      return;
+    }
+    this.composedStep(live, attrs);
+  }
+
+  private composedStep(live: { p: Tensor; i: number }[], a: { lr: number; biasCorrection1: number; biasCorrection2: number; gradScale: number }): void {
+    const largest = Math.max(...live.map(({ p }) => p.size));
+    const backend = live[0].p.backend;
+    if (this.scratch === null || this.scratch.size < 2 * largest) {
       this.scratch?.dispose();
-      this.scratch = keep(empty([largest], 'f32', backend));
+      this.scratch = keep(empty([2 * largest], 'f32', backend));
     }
     const scratch = this.scratch;
     const binary = kernel(backend, 'binary');
     const unary = kernel(backend, 'unary');
     scope(() => {
-      // decay, 1-β1, β2, 1-β2, √(1-β2^t), ε, -lr/(1-β1^t)
-      const scalars = tensor([1 - lr * this.weightDecay, 1 - this.beta1, this.beta2, 1 - this.beta2, bc2Sqrt, this.eps, -lr / bc1], [7], { device: backend });
-      this.params.forEach((param, i) => {
-        const g = param.grad;
-        if (g === null) return;
+      // decay, 1-β1, β2, 1-β2, √(1-β2^t), ε, -lr/(1-β1^t), gradient scale
+      const values = [1 - a.lr * this.weightDecay, 1 - this.beta1, this.beta2, 1 - this.beta2, Math.sqrt(a.biasCorrection2), this.eps, -a.lr / a.biasCorrection1, a.gradScale];
+      const scalars = tensor(values, [values.length], { device: backend });
+      for (const { p: param, i } of live) {
         scope(() => {
           const n = param.size;
           const s = (k: number) => view(scalars, [n], [0], k);
           const p = flat(param);
-          const gf = flat(g);
           const m = flat(this.state[i].expAvg);
           const v = flat(this.state[i].expAvgSq);
           const tmp = view(scratch, [n], [1], 0);
+          let g = flat(param.grad!);
+          if (a.gradScale !== 1) {
+            const scaled = view(scratch, [n], [1], largest);
+            binary('mul', g, s(7), scaled);
+            g = scaled;
+          }
           if (this.weightDecay !== 0) binary('mul', p, s(0), p);
-          binary('sub', gf, m, tmp);
+          binary('sub', g, m, tmp);
           binary('mul', tmp, s(1), tmp);
           binary('add', m, tmp, m);
           binary('mul', v, s(2), v);
-          binary('mul', gf, gf, tmp);
+          binary('mul', g, g, tmp);
           binary('mul', tmp, s(3), tmp);
           binary('add', v, tmp, v);
           unary('sqrt', v, tmp);
@@ -120,7 +144,7 @@ export class AdamW {
           binary('mul', tmp, s(6), tmp);
           binary('add', p, tmp, p);
         });
-      });
+      }
     });
   }
 
@@ -136,29 +160,55 @@ export class AdamW {
 }
 
 /**
- * The global L2 norm of the gradients (parameters without one count as zero), and,
- * when maxNorm > 0, every gradient scaled by min(1, maxNorm / (norm + 1e-6)) in place,
- * as torch.nn.utils.clip_grad_norm_ does. A non-finite norm leaves the gradients as
- * they are (the caller stops the run).
+ * The global L2 norm of the gradients of `params` (parameters without one count as
+ * zero): each gradient squared into one shared scratch buffer and summed (in f64, by
+ * the reduce kernel) into its slot of one small tensor, which is read once.
  */
-export function clipGradNorm(params: readonly Tensor[], maxNorm: number): number {
+export function gradNorm(params: readonly Tensor[]): number {
   const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
   if (grads.length === 0) return 0;
-  const norm = scope(() => {
-    const squares = stack(grads.map((g) => sum(mul(g, g))));
-    return Math.sqrt(sum(squares).item());
-  });
-  if (maxNorm > 0 && Number.isFinite(norm)) {
-    const coef = Math.min(1, maxNorm / (norm + 1e-6));
-    if (coef < 1) {
+  const backend = grads[0].backend;
+  return scope(() => {
+    const scratch = empty([Math.max(...grads.map((g) => g.size))], 'f32', backend);
+    const sums = empty([grads.length], 'f32', backend);
+    const unary = kernel(backend, 'unary');
+    const reduce = kernel(backend, 'reduce');
+    grads.forEach((g, i) =>
       scope(() => {
-        const c = tensor([coef], [1], { device: grads[0].backend });
-        for (const g of grads) {
-          const gf = flat(g);
-          kernel(g.backend, 'binary')('mul', gf, view(c, [gf.size], [0], 0), gf);
-        }
-      });
-    }
+        const gf = flat(g);
+        const sq = view(scratch, [gf.size], [1], 0);
+        unary('square', gf, sq);
+        reduce('sum', sq, view(sums, [1], [1], i), { outer: 1, n: gf.size, inner: 1 });
+      }),
+    );
+    let total = 0;
+    for (const v of sums.toArray()) total += v;
+    return Math.sqrt(total);
+  });
+}
+
+/** torch.nn.utils.clip_grad_norm_'s coefficient: min(1, maxNorm / (norm + 1e-6)); 1 when maxNorm is 0 (no clipping). */
+export function clipCoefficient(norm: number, maxNorm: number): number {
+  return maxNorm > 0 && Number.isFinite(norm) ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
+}
+
+/**
+ * The global L2 norm of the gradients, and, when maxNorm > 0, every gradient scaled in
+ * place by clipCoefficient, as torch.nn.utils.clip_grad_norm_ does. A non-finite norm
+ * leaves the gradients as they are (the caller stops the run).
+ */
+export function clipGradNorm(params: readonly Tensor[], maxNorm: number): number {
+  const norm = gradNorm(params);
+  const coef = clipCoefficient(norm, maxNorm);
+  if (coef < 1) {
+    const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
+    scope(() => {
+      const c = tensor([coef], [1], { device: grads[0].backend });
+      for (const g of grads) {
+        const gf = flat(g);
+        kernel(g.backend, 'binary')('mul', gf, view(c, [gf.size], [0], 0), gf);
+      }
+    });
   }
   return norm;
 }

@@ -32,7 +32,7 @@ import { tensor } from '../ops/creation.js';
 import { scope, type Tensor } from '../tensor/tensor.js';
 import { type Batch, EpochBatcher, sequentialBatches } from '../data/batches.js';
 import type { Features } from '../data/format.js';
-import { AdamW, clipGradNorm } from './adamw.js';
+import { AdamW, clipCoefficient, gradNorm as globalGradNorm } from './adamw.js';
 import { listCheckpoints, readTrainerState, removeStaleTemporaries, restoreCheckpoint, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import type { LrScheduler } from './config.js';
 import { lossCurveSvg, MetricsLog } from './metrics.js';
@@ -236,13 +236,13 @@ export function runTraining(o: TrainerOptions): TrainResult {
         loss += (value * b.targets) / targets;
         monitor.checkGradients();
       }
-      const gradNorm = clipGradNorm(params, s.maxGradNorm);
+      const gradNorm = globalGradNorm(params);
       if (!Number.isFinite(gradNorm)) {
         throw new TrainingStopped(`the gradient norm is ${gradNorm} at step ${step + 1}; stopping before the weights are touched; ${lastCheckpoint()}`);
       }
       const lr = schedule.at(step);
       optimizer.lr = lr;
-      noGrad(() => optimizer.step());
+      noGrad(() => optimizer.step(clipCoefficient(gradNorm, s.maxGradNorm)));
       zeroGrads(params);
       step++;
       monitor.checkMoved(lr);

@@ -3,8 +3,10 @@
 // schedules against transformers' formulas at hand-computed points.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import type { Backend } from '../../src/backend/backend.js';
+import { getBackend } from '../../src/backend/registry.js';
 import { tensor } from '../../src/ops/creation.js';
-import { AdamW, clipGradNorm } from '../../src/train/adamw.js';
+import { AdamW, clipCoefficient, clipGradNorm, gradNorm } from '../../src/train/adamw.js';
 import { LrSchedule, lrLambda } from '../../src/train/schedule.js';
 import { keep, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, randomData } from '../helpers.js';
@@ -27,14 +29,44 @@ function referenceAdamW(p: number[], grads: number[][], lrs: number[], b1: numbe
   return x;
 }
 
-function param(data: ArrayLike<number>, shape: number[]): Tensor {
-  const t = keep(tensor(data, shape, { requiresGrad: true }));
-  return t;
+function param(data: ArrayLike<number>, shape: number[], device: string | Backend = 'cpu'): Tensor {
+  return keep(tensor(data, shape, { requiresGrad: true, device }));
 }
 
 function setGrad(p: Tensor, g: ArrayLike<number>): void {
   p.grad?.dispose();
-  p.grad = keep(tensor(g, p.shape));
+  p.grad = keep(tensor(g, p.shape, { device: p.backend }));
+}
+
+/** The cpu backend without its fused adamw kernel: AdamW then composes elementwise kernels. */
+function withoutFusedAdamW(): Backend {
+  const cpu = getBackend('cpu');
+  return {
+    name: 'cpu-without-adamw',
+    kernels: { ...cpu.kernels, adamw: undefined },
+    alloc: (bytes) => cpu.alloc(bytes),
+    free: (buf) => cpu.free(buf),
+    write: (buf, offset, data, dtype) => cpu.write(buf, offset, data, dtype),
+    read: (buf, offset, bytes, dtype) => cpu.read(buf, offset, bytes, dtype),
+    sync: () => cpu.sync(),
+    liveBytes: () => cpu.liveBytes(),
+  };
+}
+
+/** Runs AdamW for a few steps (weight decay, a changing lr, a gradient scale) on a device; returns the final values. */
+function run(device: string | Backend, steps: number, scale: number): number[][] {
+  const shapes = [[3, 5], [7], [1], [4099]];
+  const init = shapes.map((s, i) => Array.from(randomData(s.reduce((a, b) => a * b, 1), 10 + i)));
+  const params = shapes.map((s, i) => param(init[i], s, device));
+  const opt = new AdamW(params, { lr: 1e-3, weightDecay: 0.1 });
+  for (let k = 0; k < steps; k++) {
+    params.forEach((p, i) => setGrad(p, randomData(init[i].length, 100 + 10 * i + k, -2, 2)));
+    opt.lr = [0, 1e-3, 5e-3, 2e-3][k % 4];
+    opt.step(scale);
+  }
+  const out = params.map((p) => [...p.toArray(), ...opt.stateOf(params.indexOf(p)).expAvg.toArray(), ...opt.stateOf(params.indexOf(p)).expAvgSq.toArray()]);
+  opt.dispose();
+  return out;
 }
 
 test('AdamW matches torch.optim.AdamW over several steps (weight decay, changing lr, odd sizes, a parameter without grad)', () => {
@@ -66,6 +98,18 @@ test('AdamW matches torch.optim.AdamW over several steps (weight decay, changing
   opt.dispose();
 });
 
+test('the fused cpu kernel, the reference kernel and the composed elementwise update agree (gradient scale too)', () => {
+  for (const scale of [1, 0.37]) {
+    const ref = run('reference', 5, scale);
+    const fused = run('cpu', 5, scale);
+    const composed = run(withoutFusedAdamW(), 5, scale);
+    ref.forEach((r, i) => {
+      assertClose(fused[i], r, { atol: 1e-6, rtol: 1e-5 }, `fused, tensor ${i}, scale ${scale}`);
+      assertClose(composed[i], r, { atol: 1e-6, rtol: 1e-5 }, `composed, tensor ${i}, scale ${scale}`);
+    });
+  }
+});
+
 test('AdamW state: zeros at first, exp_avg and exp_avg_sq after a step', () => {
   const p = param([1, 2, 3], [3]);
   const opt = new AdamW([p], { lr: 0.1, weightDecay: 0 });
@@ -88,6 +132,11 @@ test('clipGradNorm: global norm over all gradients, scaled by max_norm / (norm +
   const k = 1 / (5 + 1e-6);
   assertClose([...a.grad!.toArray(), ...b.grad!.toArray()], [3 * k, 0, 4 * k], { atol: 1e-7, rtol: 1e-6 });
   assert.equal(clipGradNorm([a, b], 0) > 0, true, 'max_norm 0 reports the norm and clips nothing');
+  assertClose([gradNorm([a, b, c])], [5 / (5 + 1e-6)], { atol: 0, rtol: 1e-6 });
+  assert.equal(clipCoefficient(10, 1), 1 / (10 + 1e-6));
+  assert.equal(clipCoefficient(0.5, 1), 1);
+  assert.equal(clipCoefficient(10, 0), 1);
+  assert.equal(clipCoefficient(Number.POSITIVE_INFINITY, 1), 1);
   setGrad(b, [Number.NaN]);
   assert.ok(Number.isNaN(clipGradNorm([a, b], 1)));
   assert.ok(Number.isNaN(b.grad!.toArray()[0]), 'a non-finite norm leaves gradients as they are');

@@ -159,6 +159,13 @@ export class CpuBackend implements Backend {
       crossEntropyBackward: (logits, targets, lse, dloss, dlogits, ignoreIndex) =>
         this.run('crossEntropyBackward', [logits, targets, lse, dloss, dlogits], [logits.shape[0], logits.shape[1], ignoreIndex]),
       dropoutMask: (out, p, seed, offset) => this.run('dropoutMask', [out], [out.size, seed, offset], [p]),
+      adamw: (operands, a) =>
+        this.run(
+          'adamw',
+          operands.flatMap((o) => [o.param, o.grad, o.expAvg, o.expAvgSq]),
+          [operands.length, ...operands.map((o) => o.param.size)],
+          [a.lr, a.beta1, a.beta2, a.eps, a.weightDecay, a.biasCorrection1, a.biasCorrection2, a.gradScale],
+        ),
       quantizedMatmul: (a, w, out, { transW, accumulate }) => {
         const { tensors, ints, offset } = quantizedOperands(w, out);
         const [format, rows, cols, blocksize, nested, nestedBlocksize] = ints;

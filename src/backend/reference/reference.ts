@@ -9,6 +9,7 @@ import type { Tensor } from '../../tensor/tensor.js';
 import { elementwiseKernels } from './elementwise.js';
 import { linalgKernels } from './linalg.js';
 import { nnKernels } from './nn.js';
+import { optimKernels } from './optim.js';
 import { quantKernels } from './quant.js';
 
 export class RefBuffer extends BackendBuffer {
@@ -64,7 +65,7 @@ export function write(t: Tensor, values: ArrayLike<number>): void {
 
 export class ReferenceBackend implements Backend {
   readonly name = 'reference';
-  readonly kernels: Partial<Kernels> = { ...elementwiseKernels(), ...linalgKernels(), ...nnKernels(), ...quantKernels() };
+  readonly kernels: Partial<Kernels> = { ...elementwiseKernels(), ...linalgKernels(), ...nnKernels(), ...quantKernels(), ...optimKernels() };
   private live = 0;
 
   alloc(bytes: number): BackendBuffer {
