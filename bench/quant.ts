@@ -41,6 +41,11 @@ export interface QuantRow extends QuantCase {
   readonly direction: 'x·Wᵀ' | 'dy·W';
   /** Best and median seconds per variant. */
   readonly times: Readonly<Record<Variant, { bestS: number; medianS: number }>>;
+  /**
+   * Median over runs of f32 time / quantized time, each ratio from the two runs taken
+   * back to back: steadier than a ratio of medians when other work comes and goes.
+   */
+  readonly pairedRatio: Readonly<Record<'int8' | 'nf4', number>>;
   readonly maxError: number;
 }
 
@@ -70,6 +75,11 @@ function timeOnce(fn: () => void): number {
   const t0 = process.hrtime.bigint();
   fn();
   return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((x, y) => x - y);
+  return s[Math.floor(s.length / 2)];
 }
 
 function summarize(times: number[]): { bestS: number; medianS: number } {
@@ -109,6 +119,10 @@ function benchCase(c: QuantCase, reps: number, rng: Rng): QuantRow[] {
           ...c,
           direction: transW ? 'x·Wᵀ' : 'dy·W',
           times: { f32: summarize(times.f32), int8: summarize(times.int8), nf4: summarize(times.nf4) },
+          pairedRatio: {
+            int8: median(times.f32.map((t, i) => t / times.int8[i])),
+            nf4: median(times.f32.map((t, i) => t / times.nf4[i])),
+          },
           maxError,
         });
       }
@@ -121,25 +135,25 @@ function benchCase(c: QuantCase, reps: number, rng: Rng): QuantRow[] {
 }
 
 /** Runs the benchmark and prints a table; returns the rows. */
-export function benchQuant(cases: readonly QuantCase[] = DEFAULT_CASES, reps = 7, log: (s: string) => void = console.log): QuantRow[] {
+export function benchQuant(cases: readonly QuantCase[] = DEFAULT_CASES, reps = 11, log: (s: string) => void = console.log): QuantRow[] {
   const cpu = getBackend('cpu');
   const isa = cpu instanceof CpuBackend ? `${cpu.isa.current} (best ${cpu.isa.best}), ${cpu.numThreads} threads` : cpu.name;
   log(`finlora cpu quantized matmul vs f32 GEMM: ${isa}`);
   const rng = new Rng(4321);
   const rows = cases.flatMap((c) => benchCase(c, reps, rng));
   const gf = (r: QuantRow, s: number) => (2 * r.M * r.N * r.K) / s / 1e9;
-  const header = ['M x K x N', 'product', 'f32 GFLOP/s', 'int8 GFLOP/s', 'int8/f32 best', 'int8/f32 median', 'nf4 GFLOP/s', 'nf4/f32 best', 'nf4/f32 median', 'max rel err'];
-  const ratio = (r: QuantRow, v: 'int8' | 'nf4', k: 'bestS' | 'medianS') => (r.times.f32[k] / r.times[v][k]).toFixed(2);
+  const header = ['M x K x N', 'product', 'f32 GFLOP/s', 'int8 GFLOP/s', 'int8/f32 best', 'int8/f32 paired', 'nf4 GFLOP/s', 'nf4/f32 best', 'nf4/f32 paired', 'max rel err'];
+  const ratio = (r: QuantRow, v: 'int8' | 'nf4') => (r.times.f32.bestS / r.times[v].bestS).toFixed(2);
   const table = rows.map((r) => [
     `${r.M} x ${r.K} x ${r.N}`,
     r.direction,
     gf(r, r.times.f32.bestS).toFixed(1),
     gf(r, r.times.int8.bestS).toFixed(1),
-    ratio(r, 'int8', 'bestS'),
-    ratio(r, 'int8', 'medianS'),
+    ratio(r, 'int8'),
+    r.pairedRatio.int8.toFixed(2),
     gf(r, r.times.nf4.bestS).toFixed(1),
-    ratio(r, 'nf4', 'bestS'),
-    ratio(r, 'nf4', 'medianS'),
+    ratio(r, 'nf4'),
+    r.pairedRatio.nf4.toFixed(2),
     r.maxError.toExponential(1),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
@@ -148,7 +162,7 @@ export function benchQuant(cases: readonly QuantCase[] = DEFAULT_CASES, reps = 7
   log(fmt(header));
   log(widths.map((w) => '-'.repeat(w)).join('  '));
   for (const row of table) log(fmt(row));
-  log(`\n${reps} interleaved runs after warm-up; GFLOP/s of the best run; int8/f32 and nf4/f32 = quantized throughput / f32 throughput, of the best runs and of the medians`);
+  log(`\n${reps} interleaved runs after warm-up; GFLOP/s of the best run; int8/f32 and nf4/f32 = quantized throughput / f32 throughput: of the best runs, and the median of back-to-back pairs`);
   log('weights: W [N, K] = [out_features, in_features]; x·Wᵀ is a Linear forward, dy·W its input gradient; nf4 is double-quantized (bitsandbytes defaults)');
   return rows;
 }
