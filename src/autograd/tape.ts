@@ -24,6 +24,20 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/**
+ * Runs fn with gradients recorded even inside noGrad or a backward pass: gradient
+ * checkpointing recomputes a segment's forward during backward and differentiates it.
+ */
+export function enableGrad<T>(fn: () => T): T {
+  const saved = disabled;
+  disabled = 0;
+  try {
+    return fn();
+  } finally {
+    disabled = saved;
+  }
+}
+
 /** Records the op that made `out` when gradients are on and any input needs one. */
 export function record(
   out: Tensor,

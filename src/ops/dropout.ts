@@ -81,6 +81,12 @@ export class DropoutGenerator {
     return at;
   }
 
+  /** Moves the stream back (or on) to `offset`: a recomputed forward replays the masks it drew. */
+  seek(offset: number): void {
+    checkOffset('DropoutGenerator.seek', offset, 0);
+    this._offset = offset;
+  }
+
   state(): DropoutState {
     return { seed: this.seed, offset: this._offset };
   }

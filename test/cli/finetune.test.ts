@@ -31,6 +31,7 @@ const RUN = {
 const CONFIGS = path.join(root, 'lora', 'finetune_configs.json');
 fs.writeFileSync(CONFIGS, JSON.stringify({
   tiny_dora: RUN,
+  tiny_dora_no_ckpt: { ...RUN, gradient_checkpointing: false },
   tiny_lora_q8: { ...RUN, peft_use_dora: false, quant_bits: 8, num_epochs: 1, lora_alpha: 8 },
   no_data: { ...RUN, dataset_path: '../data/train/missing.jsonl' },
   empty_data: { ...RUN, dataset_path: '../data/train/empty.jsonl' },
@@ -53,7 +54,7 @@ test('a DoRA run writes a PEFT adapter, metrics.jsonl and a loss curve under lor
   const dir = path.join(root, 'lora_adapters', 'fp16_r4_dora', 'tiny_dora');
   assert.match(r.stdout, /trained 44 steps in .* final loss \d+\.\d+, validation loss \d+\.\d+\nadapter: .*lora_adapters\/fp16_r4_dora\/tiny_dora \(adapter_config\.json, adapter_model\.safetensors, metrics\.jsonl, loss\.svg\)\n$/);
   assert.match(r.stderr, /run tiny_dora: 48 examples from .*sentiment\.jsonl; 44 to train on, 4 for validation/);
-  assert.match(r.stderr, /DoRA r 4, alpha 16 on q_proj, k_proj, v_proj: trainable params: 1,408 \|\| all params: 36,512/);
+  assert.match(r.stderr, /DoRA r 4, alpha 16 on q_proj, k_proj, v_proj: trainable params: 1,408 \|\| all params: 36,512 .*; gradient checkpointing on/);
   const config = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
   assert.equal(config.peft_type, 'LORA');
   assert.equal(config.use_dora, true);
@@ -100,6 +101,15 @@ test('a run SIGKILLed mid-training and resumed ends with the same adapter bytes 
   assert.deepEqual(steps, Array.from({ length: 44 }, (_, i) => i + 1));
 });
 
+test('gradient checkpointing changes nothing in the result', () => {
+  const reference = path.join(root, 'lora_adapters', 'fp16_r4_dora', 'tiny_dora', 'adapter_model.safetensors');
+  if (!fs.existsSync(reference)) assert.equal(finlora(['finetune', 'tiny_dora', '--config-json', CONFIGS]).status, 0);
+  const r = finlora(['finetune', 'tiny_dora_no_ckpt', '--config-json', CONFIGS]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(!/gradient checkpointing on/.test(r.stderr));
+  assert.ok(fs.readFileSync(path.join(root, 'lora_adapters', 'fp16_r4_dora', 'tiny_dora_no_ckpt', 'adapter_model.safetensors')).equals(fs.readFileSync(reference)));
+});
+
 test('quant_bits 8 with plain LoRA: the base is quantized and the adapter lands in 8bits_r4/', () => {
   const r = finlora(['finetune', 'tiny_lora_q8', '--config-json', CONFIGS]);
   assert.equal(r.status, 0, r.stderr);
@@ -128,7 +138,7 @@ test('bad input: one line, exit 1, no output directory', () => {
     [['r_string'], /run 'r_string': lora_r must be a number, got "4" \(a string\)/],
     [['quant_3'], /run 'quant_3': quant_bits must be 8 \(int8\) or 4 \(NF4\), or absent for an unquantized base; got 3/],
     [['no_model'], /run 'no_model': base_model ".*models\/absent": model directory .*models\/absent does not exist/],
-    [['tiny_droa'], /run 'tiny_droa' is not in .*finetune_configs\.json \(did you mean 'tiny_dora'\?\); runs there: tiny_dora, tiny_lora_q8, /],
+    [['tiny_droa'], /run 'tiny_droa' is not in .*finetune_configs\.json \(did you mean 'tiny_dora'\?\); runs there: tiny_dora, tiny_dora_no_ckpt, tiny_lora_q8, /],
     [['no_data', '--config-json', path.join(root, 'lora', 'absent.json')], /config file .*absent\.json does not exist/],
   ];
   for (const [args, pattern] of cases) {

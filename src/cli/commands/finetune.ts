@@ -23,6 +23,7 @@ import { CheckpointError } from '../../models/checkpoint.js';
 import { ConfigError, readLlamaConfig } from '../../models/llama/config.js';
 import { LlamaForCausalLM } from '../../models/llama/model.js';
 import { injectAdapters } from '../../train/adapters.js';
+import { enableGradientCheckpointing } from '../../train/grad_checkpoint.js';
 import { CheckpointStateError, CHECKPOINTS_DIR, listCheckpoints } from '../../train/checkpoint.js';
 import { adapterSubdir, loadRun, type RunConfig, RunConfigError } from '../../train/config.js';
 import { DoraCheckError } from '../../train/monitor.js';
@@ -193,7 +194,6 @@ export const command: Command = {
     if (formatted.droppedTooLong > 0) log(`${formatted.droppedTooLong} example(s) longer than sequence_len ${cfg.sequenceLen} were dropped (excess_length_strategy drop)`);
     if (formatted.droppedNoTarget > 0) log(`${formatted.droppedNoTarget} example(s) had no target token left within sequence_len ${cfg.sequenceLen} and were dropped`);
     log(`${steps.total} optimizer steps (${steps.perEpoch} per epoch) of ${cfg.batchSize} × ${cfg.gradientAccumulationSteps} sequences; ${cfg.lrScheduler} schedule, peak learning rate ${cfg.learningRate}, ${cfg.warmupSteps} warmup steps`);
-    if (cfg.gradientCheckpointing) log('note: gradient_checkpointing is not implemented yet; activations are kept for backward (more memory, same results)');
 
     // 4. Weights: load, quantize, inject.
     let model: LlamaForCausalLM;
@@ -218,7 +218,8 @@ export const command: Command = {
       } catch (e) {
         asUserError(e);
       }
-      log(`${cfg.useDora ? 'DoRA' : 'LoRA'} r ${cfg.loraR}, alpha ${cfg.loraAlpha}${cfg.useRslora ? ' (rsLoRA)' : ''} on ${cfg.targetModules.join(', ')}: ${injected.lora.summary()}`);
+      if (cfg.gradientCheckpointing) enableGradientCheckpointing(model, injected.lora.dropout);
+      log(`${cfg.useDora ? 'DoRA' : 'LoRA'} r ${cfg.loraR}, alpha ${cfg.loraAlpha}${cfg.useRslora ? ' (rsLoRA)' : ''} on ${cfg.targetModules.join(', ')}: ${injected.lora.summary()}${cfg.gradientCheckpointing ? '; gradient checkpointing on' : ''}`);
 
       // 5. Train. The run directory appears only now.
       const created = !fs.existsSync(runDir);

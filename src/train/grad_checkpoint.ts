@@ -1,0 +1,64 @@
+// Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+// Cost"), applied per decoder layer as transformers' gradient_checkpointing_enable()
+// applies it to Llama: a layer's forward keeps none of its intermediate activations,
+// only its input; backward recomputes the layer from that input and differentiates the
+// recomputation. Activation memory drops from every layer's intermediates to one
+// layer's plus each layer's input, for about one extra forward of compute.
+//
+// Recomputation reproduces the forward exactly: the kernels are deterministic and the
+// dropout stream (counter based) is moved back to where the layer drew its masks, so
+// the gradients are bit for bit those of an ordinary backward.
+import { backward, enableGrad, isGradEnabled, noGrad, record } from '../autograd/tape.js';
+import type { DropoutGenerator } from '../ops/dropout.js';
+import type { LlamaForCausalLM } from '../models/llama/model.js';
+import { scope, type Tensor, view } from '../tensor/tensor.js';
+
+/**
+ * fn(x) without keeping fn's intermediates; its backward recomputes fn from x (with
+ * gradients to x and, accumulated into their .grad, to the trainable tensors in
+ * `params`). `rng` is the dropout stream fn draws from, replayed for the recomputation.
+ */
+export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: readonly Tensor[], rng: DropoutGenerator | null): Tensor {
+  if (!isGradEnabled()) return fn(x);
+  const trainable = params.filter((p) => p.requiresGrad);
+  if (!x.requiresGrad && trainable.length === 0) return fn(x);
+  const start = rng?.offset ?? 0;
+  const out = noGrad(() => scope(() => fn(x)));
+  return record(out, 'checkpoint', [x, ...trainable], (g) => {
+    const resume = rng?.offset ?? 0;
+    rng?.seek(start);
+    try {
+      const gx = scope(() =>
+        enableGrad(() => {
+          // A fresh leaf over x's storage, so the recomputed graph ends here.
+          const leaf = view(x, x.shape, x.strides, x.offset);
+          leaf.requiresGrad = x.requiresGrad;
+          backward(fn(leaf), g);
+          const grad = leaf.grad;
+          leaf.grad = null;
+          return grad;
+        }),
+      );
+      return [gx, ...trainable.map(() => null)];
+    } finally {
+      rng?.seek(resume);
+    }
+  });
+}
+
+/** Checkpoints every decoder layer of `model` while training; returns a function that undoes it. */
+export function enableGradientCheckpointing(model: LlamaForCausalLM, rng: DropoutGenerator | null): () => void {
+  const undo: (() => void)[] = [];
+  for (const layer of model.model.layers) {
+    const original = layer.forward;
+    layer.forward = (h, cos, sin, keyMask, cache) => {
+      // Parameters are listed at call time: adapters may have been added after this.
+      const params = [...layer.namedParameters()].map(([, t]) => t);
+      return checkpointed((x) => original.call(layer, x, cos, sin, keyMask, cache), h, params, rng);
+    };
+    undo.push(() => {
+      layer.forward = original;
+    });
+  }
+  return () => undo.forEach((u) => u());
+}
