@@ -20,6 +20,7 @@ const COMMANDS = new Map<string, Entry>([
   ['forward', { summary: 'Run a model on token ids and save its logits (and loss) to safetensors', load: async () => (await import('./commands/forward.js')).command }],
   ['generate', { summary: 'Continue a prompt with a model (greedy or sampled), streaming the text', load: async () => (await import('./commands/generate.js')).command }],
   ['merge', { summary: 'Fold a LoRA / DoRA adapter into its base model and write a model directory', load: async () => (await import('./commands/merge.js')).command }],
+  ['pretrain', { summary: 'Train every weight of a Llama-architecture model on text (causal LM), from scratch or from a model', load: async () => (await import('./commands/pretrain.js')).command }],
 ]);
 
 function version(): string {
