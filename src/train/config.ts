@@ -90,6 +90,10 @@ export interface RunConfig {
   readonly trainOnInputs: boolean;
   readonly excessLengthStrategy: ExcessLengthStrategy;
   readonly skipMalformedLines: boolean;
+  /** A held-out test file (eval_dataset_path, resolved as dataset_path) scored before and after training, or null. */
+  readonly evalDatasetFile: string | null;
+  /** Answer length for that evaluation; null: FinLoRA's for the file (10 for its sentiment sets, else 30). */
+  readonly evalMaxNewTokens: number | null;
 }
 
 /** A config problem; the message names the file (and the run and key when there is one). */
@@ -158,6 +162,7 @@ const EXTRA_KEYS = [
   'lora_dropout', 'target_modules', 'sequence_len', 'warmup_steps', 'lr_scheduler', 'weight_decay', 'adam_beta1', 'adam_beta2',
   'adam_epsilon', 'max_grad_norm', 'val_set_size', 'evals_per_epoch', 'seed', 'gradient_checkpointing', 'max_steps', 'save_steps',
   'save_total_limit', 'dtype', 'device', 'prompt_format', 'train_on_inputs', 'excess_length_strategy', 'skip_malformed_lines',
+  'eval_dataset_path', 'eval_max_new_tokens',
 ] as const;
 const KNOWN_KEYS: ReadonlySet<string> = new Set<string>([...FINLORA_KEYS, ...EXTRA_KEYS]);
 
@@ -340,7 +345,8 @@ function validateRun(run: JsonObject, name: string, abs: string, shown: string, 
   const baseModel = r.string('base_model');
   const datasetPath = r.string('dataset_path');
   const configDir = path.dirname(abs);
-  const datasetFile = opts.dataDir !== undefined ? path.resolve(opts.dataDir, path.basename(datasetPath)) : path.resolve(configDir, datasetPath);
+  const resolveData = (p: string) => (opts.dataDir !== undefined ? path.resolve(opts.dataDir, path.basename(p)) : path.resolve(configDir, p));
+  const datasetFile = resolveData(datasetPath);
 
   const quantRaw = run.quant_bits;
   let quantBits: 4 | 8 | null = null;
@@ -402,6 +408,8 @@ function validateRun(run: JsonObject, name: string, abs: string, shown: string, 
     trainOnInputs: r.boolean('train_on_inputs', DEFAULTS.train_on_inputs),
     excessLengthStrategy: r.oneOf('excess_length_strategy', ['truncate', 'drop'], DEFAULTS.excess_length_strategy),
     skipMalformedLines: r.boolean('skip_malformed_lines', DEFAULTS.skip_malformed_lines),
+    evalDatasetFile: r.has('eval_dataset_path') ? resolveData(r.string('eval_dataset_path')) : null,
+    evalMaxNewTokens: r.optionalInteger('eval_max_new_tokens', 1),
   };
 }
 

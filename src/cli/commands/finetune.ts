@@ -25,10 +25,12 @@ import { LlamaForCausalLM } from '../../models/llama/model.js';
 import { injectAdapters } from '../../train/adapters.js';
 import { enableGradientCheckpointing } from '../../train/grad_checkpoint.js';
 import { CheckpointStateError, CHECKPOINTS_DIR, listCheckpoints } from '../../train/checkpoint.js';
-import { adapterSubdir, loadRun, type RunConfig, RunConfigError } from '../../train/config.js';
+import { adapterSubdir, listRuns, loadRun, type RunConfig, RunConfigError } from '../../train/config.js';
 import { DoraCheckError } from '../../train/monitor.js';
 import { quantizeBase } from '../../train/quantize.js';
 import { runTraining, stepCounts, TrainingStopped } from '../../train/trainer.js';
+import { describeScore, type HeldOutScore, maxNewTokensFor, scoreHeldOut } from '../../train/run_eval.js';
+import { chooseConfigFile, shippedConfigFile } from '../shipped_configs.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import type { Command } from '../command.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
@@ -42,7 +44,11 @@ Arguments:
   run_name              a run (key) of the config file, e.g. sentiment_llama_3_1_8b_8bits_r8_dora
 
 Options:
-  --config-json FILE    FinLoRA's finetune_configs.json format (default: ./finetune_configs.json)
+  --config-json FILE    FinLoRA's finetune_configs.json format (default: ./finetune_configs.json);
+                        a run that file does not define (or any run, when there is no file)
+                        is looked up in the configs finlora ships, demo/finetune_configs.json
+                        of the package: 'finlora finetune demo' DoRA-fine-tunes the shipped
+                        small model on shipped sentiment data and scores it before and after
   --data-dir DIR        look for the dataset_path's file name in DIR (default: dataset_path
                         resolved against the config file's directory, as FinLoRA does)
   --output-dir DIR      root of the adapter directories (default: ./lora_adapters); the run
@@ -64,7 +70,9 @@ target_modules, lora_dropout, sequence_len, warmup_steps, lr_scheduler
 (cosine|linear|constant), weight_decay, val_set_size, seed, max_steps, save_steps,
 save_total_limit, evals_per_epoch, max_grad_norm, adam_beta1, adam_beta2, adam_epsilon,
 dtype (f32|bf16), device, prompt_format, train_on_inputs, excess_length_strategy
-(truncate|drop), skip_malformed_lines, gradient_checkpointing.
+(truncate|drop), skip_malformed_lines, gradient_checkpointing, eval_dataset_path (a JSONL
+test file, resolved as dataset_path, answered and scored as 'finlora eval' does before and
+after training), eval_max_new_tokens (default: FinLoRA's for the file; 30 for other files).
 
 Progress goes to stderr (a bar on a terminal, a line every 15 s otherwise); the final
 summary to stdout. Exit codes: 0 success, 1 bad input or a stopped run, 2 bad usage.
@@ -111,10 +119,12 @@ function fingerprint(cfg: RunConfig, train: readonly Features[], val: readonly F
   return h.digest('hex');
 }
 
-function defaultConfigFile(): string {
-  const file = path.resolve('finetune_configs.json');
-  if (!fs.existsSync(file)) throw new UsageError(`no finetune_configs.json in ${process.cwd()}; pass --config-json FILE`);
-  return 'finetune_configs.json';
+function shippedRuns(): string {
+  try {
+    return listRuns(shippedConfigFile()).join(', ');
+  } catch {
+    return 'none';
+  }
 }
 
 export const command: Command = {
@@ -129,8 +139,10 @@ export const command: Command = {
 
     // 1. The run, validated whole.
     let cfg: RunConfig;
+    const configFile = chooseConfigFile(runName, values['config-json'], log);
+    if (configFile === null) throw new UsageError(`no finetune_configs.json in ${process.cwd()}; pass --config-json FILE (runs finlora ships: ${shippedRuns()})`);
     try {
-      cfg = loadRun(values['config-json'] ?? defaultConfigFile(), runName, values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {});
+      cfg = loadRun(configFile, runName, values['data-dir'] !== undefined ? { dataDir: values['data-dir'] } : {});
     } catch (e) {
       asUserError(e);
     }
@@ -160,6 +172,14 @@ export const command: Command = {
         );
       }
       asUserError(e);
+    }
+    let heldOut = null;
+    if (cfg.evalDatasetFile !== null) {
+      try {
+        heldOut = readJsonl(cfg.evalDatasetFile, { what: 'eval dataset' });
+      } catch (e) {
+        asUserError(e);
+      }
     }
     if (data.skipped.length > 0) log(`skipped ${data.skipped.length} malformed line(s) of ${data.file} (first: line ${data.skipped[0].line}, ${data.skipped[0].reason})`);
 
@@ -204,6 +224,13 @@ export const command: Command = {
     }
     const quant = cfg.quantBits === null ? null : quantizeBase(model, cfg.quantBits);
     try {
+      // The held-out score of the base, before any adapter exists.
+      const evalTokens = heldOut === null ? 0 : cfg.evalMaxNewTokens ?? maxNewTokensFor(heldOut.file);
+      let before: HeldOutScore | null = null;
+      if (heldOut !== null) {
+        before = scoreHeldOut(model, tokenizer, heldOut.examples, { maxNewTokens: evalTokens, progress: process.stderr, label: 'held-out, before' });
+        log(`before training: ${describeScore(before)} on ${heldOut.file} (${before.seconds.toFixed(1)} s)`);
+      }
       if (tokenizer.vocabSize > model.config.vocabSize) {
         const maxId = Math.max(...formatted.features.map((f) => Math.max(...f.inputIds)));
         if (maxId >= model.config.vocabSize) throw new UserError(`${dir}: the tokenizer produced id ${maxId}, outside the model's vocabulary of ${model.config.vocabSize}`);
@@ -238,11 +265,18 @@ export const command: Command = {
         asUserError(e);
       }
       const files = ['adapter_config.json', 'adapter_model.safetensors', 'metrics.jsonl', 'loss.svg'];
+      let scores = '';
+      if (heldOut !== null && before !== null) {
+        const after = scoreHeldOut(model, tokenizer, heldOut.examples, { maxNewTokens: evalTokens, progress: process.stderr, label: 'held-out, after' });
+        writeFileAtomic(path.join(runDir, 'held_out_eval.json'), `${JSON.stringify({ dataset_file: heldOut.file, max_new_tokens: evalTokens, before, after }, null, 2)}\n`);
+        files.push('held_out_eval.json');
+        scores = `held-out ${heldOut.file} (${heldOut.examples.length} examples):\n  before: ${describeScore(before)}\n  after:  ${describeScore(after)}\n`;
+      }
       out(
         `${result.resumedFrom !== null ? `resumed at step ${result.resumedFrom}; ` : ''}trained ${result.steps} steps in ${result.seconds.toFixed(1)} s ` +
           `(${Math.round(result.tokens / Math.max(1e-9, result.seconds))} tok/s), final loss ${result.loss.toFixed(4)}` +
           `${result.valLoss !== null ? `, validation loss ${result.valLoss.toFixed(4)}` : ''}\n` +
-          `adapter: ${runDir} (${files.join(', ')})\n`,
+          `adapter: ${runDir} (${files.join(', ')})\n${scores}`,
       );
       return 0;
     } finally {
