@@ -31,7 +31,7 @@ function direct(attrs: MatmulAttrs) {
   };
 }
 
-// [M, K, N]: tiny, odd, not multiples of any micro-tile (14x32, 6x16, 4x16), K past
+// [M, K, N]: tiny, odd, not multiples of any micro-tile (14x32, 6x16, 4x8), K past
 // one kc block (512 or 256), M past one mc block, N past one nc block (4096).
 const shapes: [number, number, number][] = [
   [1, 1, 1],
