@@ -12,7 +12,9 @@ import { tensor } from '../../src/ops/creation.js';
 import { assign } from '../../src/ops/inplace.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
+import { getBackend } from '../../src/backend/registry.js';
 import { injectAdapters } from '../../src/train/adapters.js';
+import { enableGradientCheckpointing } from '../../src/train/grad_checkpoint.js';
 import { listCheckpoints } from '../../src/train/checkpoint.js';
 import { DoraCheckError } from '../../src/train/monitor.js';
 import { fullParameterTarget, type TrainTarget } from '../../src/train/target.js';
@@ -56,15 +58,16 @@ function fullTarget(model: ReturnType<typeof tinyLlama>): TrainTarget {
 }
 
 function options(dir: string, over: Partial<Omit<TrainerOptions, 'settings'>> & { settings?: Partial<TrainSettings> } = {}): { o: TrainerOptions; dispose: () => void } {
-  const model = tinyLlama();
-  const target = over.target ?? fullTarget(model);
+  const own = over.model === undefined ? tinyLlama() : null;
+  const model = over.model ?? own!;
+  const target = over.target ?? fullTarget(own!);
   const logs: string[] = [];
   const o: TrainerOptions = {
     model, target, train: TRAIN, val: VAL, padId: 0, runDir: dir, resume: false, fingerprint: 'f', log: (l) => logs.push(l), progress: null,
     ...over,
     settings: { ...SETTINGS, ...over.settings },
   };
-  return { o, dispose: () => model.dispose() };
+  return { o, dispose: () => own?.dispose() };
 }
 
 function bytes(file: string): Buffer {
@@ -209,4 +212,21 @@ test('a DoRA run whose magnitudes are frozen, or get no gradient, fails at once'
   assert.throws(() => runTraining(o2), (e: unknown) => e instanceof DoraCheckError && /DoRA magnitudes of 2 of 2 modules received no gradient in the first step/.test(e.message));
   model.dispose();
   void VOCAB;
+});
+
+test('native memory stays flat: what a run leaves allocated does not grow with its length', () => {
+  const cpu = getBackend('cpu');
+  const model = tinyLlama();
+  const { target, lora } = injectAdapters(model, { r: 4, alpha: 8, dropout: 0.1, targetModules: ['q_proj', 'v_proj'], useDora: true, useRslora: false, baseModel: 'tiny', seed: 2 });
+  enableGradientCheckpointing(model, lora.dropout);
+  const base = cpu.liveBytes();
+  const left = [2, 12].map((maxSteps) => {
+    const { o } = options(runDir(), { model, target, settings: { maxSteps } });
+    runTraining(o);
+    return cpu.liveBytes() - base;
+  });
+  assert.equal(left[1], left[0]);
+  // DoRA's cached eval-mode norms (one per output row of each adapted layer), nothing else
+  assert.equal(left[0], 4 * 2 * (32 + 16));
+  model.dispose();
 });
