@@ -1,0 +1,49 @@
+// quant_bits applied to a loaded model: the decoder layers' Linears compute through
+// int8 / NF4 weights (logits near the float model's, not equal), lm_head stays float,
+// and DoRA's initial magnitudes are the row norms of the dequantized weights.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { noGrad } from '../../src/autograd/tape.js';
+import { tensor } from '../../src/ops/creation.js';
+import { rowNorm } from '../../src/ops/norm.js';
+import { dequantize } from '../../src/quant/ops.js';
+import { quantizeWeight } from '../../src/quant/weight.js';
+import { scope } from '../../src/tensor/tensor.js';
+import { injectAdapters } from '../../src/train/adapters.js';
+import { quantizeBase } from '../../src/train/quantize.js';
+import { assertClose } from '../helpers.js';
+import { tinyLlama } from './tiny.js';
+
+function logits(model: ReturnType<typeof tinyLlama>): Float32Array {
+  return noGrad(() => scope(() => Float32Array.from(model.forward(tensor(Int32Array.from([5, 77, 3, 190, 42, 8]), [1, 6], { dtype: 'int32' })).toArray())));
+}
+
+for (const bits of [8, 4] as const) {
+  test(`quant_bits ${bits}: quantized decoder Linears, float lm_head, DoRA magnitudes from the dequantized weights`, () => {
+    const float = tinyLlama();
+    const ref = logits(float);
+    float.dispose();
+    const model = tinyLlama();
+    const q = quantizeBase(model, bits);
+    assert.equal(q.count, 2 * 7);
+    const got = logits(model);
+    const maxDiff = got.reduce((m, v, i) => Math.max(m, Math.abs(v - ref[i])), 0);
+    assert.ok(maxDiff > 0, 'the quantized base is not the float one');
+    assert.ok(maxDiff < (bits === 8 ? 0.05 : 0.5), `logits within the format's error: ${maxDiff}`);
+    assert.equal(q.frozenWeight('lm_head', model.lm_head!), undefined);
+    const q0 = model.model.layers.at(0).self_attn.q_proj;
+    const { target } = injectAdapters(model, { r: 2, alpha: 4, dropout: 0, targetModules: ['q_proj'], useDora: true, useRslora: false, baseModel: 't', seed: 1, frozenWeight: q.frozenWeight });
+    const m0 = target.modules[0].magnitude!;
+    const expected = scope(() => {
+      const w = quantizeWeight(q0.weight, bits === 8 ? 'int8' : 'nf4', { doubleQuant: true });
+      const norms = Float32Array.from(rowNorm(dequantize(w)).toArray());
+      w.dispose();
+      return norms;
+    });
+    assertClose(m0.toArray(), expected, { atol: 1e-6, rtol: 1e-6 }, 'magnitudes');
+    const floatNorms = scope(() => Float32Array.from(rowNorm(q0.weight).toArray()));
+    assert.ok(floatNorms.some((v, i) => v !== expected[i]), 'and not the float weights');
+    q.dispose();
+    model.dispose();
+  });
+}
