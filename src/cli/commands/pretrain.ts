@@ -11,6 +11,7 @@
 // its first file (the trained tokenizer) only once all of that succeeded.
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ParseArgsConfig } from 'node:util';
 import { getBackend } from '../../backend/registry.js';
@@ -187,7 +188,7 @@ export const command: Command = {
         trained = trainBpe(countWords(documents, specials), { vocabSize: cfg.vocabSize, specialTokens: specials, minFrequency: cfg.tokenizerMinFrequency });
         log(`trained a byte-level BPE tokenizer: ${fmt(trained.tokens.length)} ids (${trained.merges.length} merges) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
         // Written beside the run's other files below; loaded from a scratch copy first, so bad input leaves no directory.
-        tokenizerDir = fs.mkdtempSync(path.join(path.dirname(path.resolve(runDir)), `.${path.basename(runDir)}-tokenizer-`));
+        tokenizerDir = fs.mkdtempSync(path.join(os.tmpdir(), 'finlora-tokenizer-'));
         writeTokenizer(tokenizerDir, trained, { modelMaxLength: cfg.architecture?.maxPositionEmbeddings ?? cfg.sequenceLen });
       }
     } catch (e) {
