@@ -18,6 +18,9 @@ namespace {
 using finlora::KernelArgs;
 
 std::atomic<int64_t> g_live_bytes{0};
+// The high-water mark of g_live_bytes since the last resetPeak(): what a step or a load
+// needed at its worst, which sampling liveBytes() between calls would miss.
+std::atomic<int64_t> g_peak_bytes{0};
 
 // Buffers are named by numeric handles (slot index + generation * 2^24), not by
 // JS externals: an external carries a GC finalizer that Node runs only when the event
@@ -141,7 +144,8 @@ napi_value Alloc(napi_env env, napi_callback_info info) {
   Slot& s = g_slots[index];
   s.data = data;
   s.bytes = n;
-  g_live_bytes += static_cast<int64_t>(n);
+  const int64_t live = g_live_bytes += static_cast<int64_t>(n);
+  if (live > g_peak_bytes.load()) g_peak_bytes = live;  // buffers are allocated on the JS thread only
   napi_value handle;
   CHECK(napi_create_double(env, static_cast<double>(s.generation) * kGenerationUnit + index, &handle));
   return handle;
@@ -281,6 +285,18 @@ napi_value LiveBytes(napi_env env, napi_callback_info) {
   return v;
 }
 
+napi_value PeakBytes(napi_env env, napi_callback_info) {
+  napi_value v;
+  CHECK(napi_create_double(env, static_cast<double>(g_peak_bytes.load()), &v));
+  return v;
+}
+
+// resetPeak(): the high-water mark starts again from the bytes live now.
+napi_value ResetPeak(napi_env, napi_callback_info) {
+  g_peak_bytes = g_live_bytes.load();
+  return nullptr;
+}
+
 const char* isa_name(finlora::Isa i) {
   switch (i) {
     case finlora::Isa::Avx512: return "avx512";
@@ -338,6 +354,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"kernelNames", nullptr, KernelNames, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"run", nullptr, Run, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"liveBytes", nullptr, LiveBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"peakBytes", nullptr, PeakBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"resetPeak", nullptr, ResetPeak, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"cachedBytes", nullptr, CachedBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"emptyCache", nullptr, EmptyCache, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"isa", nullptr, GetIsa, nullptr, nullptr, nullptr, napi_default, nullptr},

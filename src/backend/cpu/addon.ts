@@ -16,6 +16,10 @@ export interface CpuAddon {
   kernelNames(): string[];
   run(id: number, buffers: NativeBuffer[], byteOffsets: number[], ints: number[], floats: number[]): void;
   liveBytes(): number;
+  /** The most bytes live at once since the last resetPeak() (or since the addon loaded). */
+  peakBytes(): number;
+  /** Restarts the high-water mark from the bytes live now. */
+  resetPeak(): void;
   /** Bytes held by the caching allocator for reuse (not live). */
   cachedBytes(): number;
   /** Returns every cached block to the system. */
