@@ -7,7 +7,7 @@
 // it and nothing else, so an adapter (LoRA, DoRA) or a quantized layer can take a
 // Linear's place by replacing that one method while keeping the parameter names
 // (q_proj.weight) that checkpoints use.
-import type { KernelName } from '../backend/backend.js';
+import type { Backend, KernelName } from '../backend/backend.js';
 import { full } from '../ops/creation.js';
 import { linear } from '../ops/matmul.js';
 import { quantizedLinear } from '../quant/ops.js';
@@ -15,6 +15,19 @@ import type { QuantizedWeight } from '../quant/weight.js';
 import { formatShape } from '../tensor/shape.js';
 import { type Tensor, view } from '../tensor/tensor.js';
 import { Module } from './module.js';
+
+/**
+ * What a Linear holds as `weight` while its weight is quantized: one NaN broadcast to
+ * the weight's shape by zero strides, so shape and device read from it and any use of
+ * its values shows as NaN. Models built to be loaded quantized allocate this instead of
+ * a dense weight.
+ */
+export function quantizedPlaceholder(shape: readonly number[], device: Backend): Tensor {
+  const one = full([1], NaN, { device });
+  const placeholder = view(one, shape, shape.map(() => 0), 0);
+  one.dispose();
+  return placeholder;
+}
 
 export class Linear extends Module {
   private dense: Tensor;
@@ -83,9 +96,7 @@ export class Linear extends Module {
     }
     const device = this.dense.backend;
     if (q.backend !== device) throw new Error(`Linear: the quantized weight lives on ${q.backend.name}, the layer on ${device.name}`);
-    const one = full([1], NaN, { device });
-    const placeholder = view(one, this.dense.shape, [0, 0], 0);
-    one.dispose();
+    const placeholder = quantizedPlaceholder(this.dense.shape, device);
     placeholder.name = this.dense.name;
     this.replaceParameter('weight', placeholder);
     this.dense = placeholder;

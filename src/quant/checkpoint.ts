@@ -27,6 +27,7 @@
 // QuantizedCheckpointError naming the tensor.
 import type { Backend } from '../backend/backend.js';
 import { type HostTensor, SafetensorsFile, type TensorInfo } from '../io/safetensors.js';
+import { CheckpointError } from '../models/checkpoint.js';
 import { resolveBackend } from '../ops/creation.js';
 import { type DType } from '../tensor/dtype.js';
 import { formatShape, numel } from '../tensor/shape.js';
@@ -67,10 +68,21 @@ export function checkpointSource(ckpt: { has(name: string): boolean; info(name: 
   };
 }
 
-export class QuantizedCheckpointError extends Error {
-  constructor(readonly tensor: string, message: string) {
-    super(`tensor ${JSON.stringify(tensor)}: ${message}`);
+/**
+ * A quantized weight that cannot be read. It names the tensor, and the file when the
+ * reader knows it (the model loader adds it); as a CheckpointError, the CLI commands
+ * report it as one line.
+ */
+export class QuantizedCheckpointError extends CheckpointError {
+  constructor(readonly tensor: string, readonly detail: string, file = '') {
+    super(file, `tensor ${JSON.stringify(tensor)}: ${detail}`);
+    if (file === '') this.message = `tensor ${JSON.stringify(tensor)}: ${detail}`;
     this.name = 'QuantizedCheckpointError';
+  }
+
+  /** The same error, naming the file that holds (or should hold) the tensor. */
+  inFile(file: string): QuantizedCheckpointError {
+    return new QuantizedCheckpointError(this.tensor, this.detail, file);
   }
 }
 
@@ -96,11 +108,31 @@ export interface ReadQuantizedOptions {
   shape?: readonly [number, number];
 }
 
-/** Reads a module's bitsandbytes-quantized weight, or returns null when it is saved unquantized. */
-export function readQuantizedWeight(src: TensorSource, module: string, opts: ReadQuantizedOptions = {}): QuantizedWeight | null {
+/**
+ * A module's bitsandbytes-quantized weight, checked and ready to read: every tensor's
+ * presence, dtype and size and the quant state are validated (small scale tensors are
+ * read for that) before read() moves the codes to the device. A model loader checks
+ * every module this way before it reads any weight.
+ */
+export interface QuantizedWeightPlan {
+  readonly module: string;
+  readonly format: QuantFormat;
+  readonly shape: readonly [number, number];
+  /** The checkpoint tensors the weight is read from. */
+  readonly tensors: readonly string[];
+  read(): QuantizedWeight;
+}
+
+/** Checks a module's bitsandbytes-quantized weight; null when it is saved unquantized. */
+export function planQuantizedWeight(src: TensorSource, module: string, opts: ReadQuantizedOptions = {}): QuantizedWeightPlan | null {
   const format = quantizedFormatOf(src, module);
   if (format === null) return null;
-  return format === 'int8' ? readInt8(src, module, opts) : read4bit(src, module, opts);
+  return format === 'int8' ? planInt8(src, module, opts) : plan4bit(src, module, opts);
+}
+
+/** Reads a module's bitsandbytes-quantized weight, or returns null when it is saved unquantized. */
+export function readQuantizedWeight(src: TensorSource, module: string, opts: ReadQuantizedOptions = {}): QuantizedWeight | null {
+  return planQuantizedWeight(src, module, opts)?.read() ?? null;
 }
 
 function need(src: TensorSource, name: string, why: string): TensorInfo {
@@ -141,7 +173,7 @@ function uploadAll<T>(fn: (upload: (name: string, shape: readonly number[], dtyp
   }
 }
 
-function readInt8(src: TensorSource, module: string, opts: ReadQuantizedOptions): Int8Weight {
+function planInt8(src: TensorSource, module: string, opts: ReadQuantizedOptions): QuantizedWeightPlan {
   const wName = `${module}.weight`, sName = `${module}.SCB`, fName = `${module}.weight_format`;
   const wi = need(src, wName, 'an int8 module needs its weight');
   if (wi.format !== 'I8' || wi.shape.length !== 2) {
@@ -165,7 +197,11 @@ function readInt8(src: TensorSource, module: string, opts: ReadQuantizedOptions)
   const bad = scb.findIndex((v) => !(Number.isFinite(v) && v >= 0));
   if (bad >= 0) throw new QuantizedCheckpointError(sName, `row ${bad} has absmax ${scb[bad]}; row absmaxes must be finite and >= 0`);
   const backend = resolveBackend(opts.device);
-  return uploadAll((up) => new Int8Weight(up(wName, [rows, cols], 'int8'), up(sName, [rows], 'f32'), 'f16'), src, backend);
+  return {
+    module, format: 'int8', shape: [rows, cols],
+    tensors: src.has(fName) ? [wName, sName, fName] : [wName, sName],
+    read: (): Int8Weight => uploadAll((up) => new Int8Weight(up(wName, [rows, cols], 'int8'), up(sName, [rows], 'f32'), 'f16'), src, backend),
+  };
 }
 
 interface QuantStateJson {
@@ -218,7 +254,7 @@ function parseQuantState(src: TensorSource, name: string): QuantStateJson {
   return { quantType, blocksize, dtype, shape: [shape[0], shape[1]], nested };
 }
 
-function read4bit(src: TensorSource, module: string, opts: ReadQuantizedOptions): Nf4Weight {
+function plan4bit(src: TensorSource, module: string, opts: ReadQuantizedOptions): QuantizedWeightPlan {
   const w = `${module}.weight`;
   const fp4 = `${w}.quant_state.bitsandbytes__fp4`;
   if (src.has(fp4)) throw new QuantizedCheckpointError(fp4, 'quant_type "fp4" is not supported (only "nf4")');
@@ -271,7 +307,7 @@ function read4bit(src: TensorSource, module: string, opts: ReadQuantizedOptions)
     if (bad >= 0) throw new QuantizedCheckpointError(absName, `block ${bad} has absmax ${a[bad]}; block absmaxes must be finite and >= 0`);
   }
   const backend = resolveBackend(opts.device);
-  return uploadAll((up) => {
+  const read = (): Nf4Weight => uploadAll((up) => {
     const packed = up(w, [Math.ceil(n / 2)], 'uint8');
     const code = up(mapName, [16], 'f32');
     const absmax = up(absName, [blocks], nested === null ? 'f32' : 'uint8');
@@ -283,6 +319,8 @@ function read4bit(src: TensorSource, module: string, opts: ReadQuantizedOptions)
     };
     return new Nf4Weight(rows, cols, qs.blocksize, packed, code, absmax, nestedT, qs.dtype);
   }, src, backend);
+  const tensors = [w, absName, mapName, stateName, ...(nested === null ? [] : [nestedAbsName, nestedMapName])];
+  return { module, format: 'nf4', shape: [rows, cols], tensors, read };
 }
 
 /** Python's json.dumps number formatting for the values bitsandbytes writes (ints as ints, floats with a decimal point). */

@@ -6,3 +6,4 @@ export * from './weight.js';
 export * from './ops.js';
 export * from './checkpoint.js';
 export * from './model.js';
+export * from './load.js';

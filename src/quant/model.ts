@@ -7,6 +7,7 @@
 import { Linear } from '../nn/linear.js';
 import type { Module } from '../nn/module.js';
 import { scope, type Tensor } from '../tensor/tensor.js';
+import { keptInFullPrecision } from './load.js';
 import type { Nf4Options } from './nf4.js';
 import { dequantize, quantizedLinear } from './ops.js';
 import { type QuantFormat, type QuantizedWeight, quantizeWeight } from './weight.js';
@@ -29,7 +30,7 @@ export interface QuantizeModelReport {
  * is quantized and then freed before the next, so the extra memory is one layer's.
  */
 export function quantizeModel(model: Module, format: QuantFormat, opts: QuantizeModelOptions = {}): QuantizeModelReport {
-  const skip = opts.skip ?? ((name: string) => name === 'lm_head' || name.endsWith('.lm_head'));
+  const skip = opts.skip ?? keptInFullPrecision;
   const quantized: string[] = [];
   let parameters = 0, bytes = 0;
   for (const [name, m] of model.namedModules()) {

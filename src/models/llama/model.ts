@@ -13,7 +13,9 @@
 //
 // A decoder layer is pre-norm: h += o_proj(attn(rope(q), rope(k), v)), then
 // h += mlp(post_attention_layernorm(h)). Attention is causal with grouped-query heads.
-// Weights are frozen and stored in f32 or bf16; activations and logits are f32.
+// Weights are frozen and stored in f32 or bf16, or (fromPretrained's `quant`, and
+// checkpoints saved by bitsandbytes) the Linear projections in int8 / NF4 (src/quant/);
+// activations and logits are f32.
 import type { Backend, KernelName } from '../../backend/backend.js';
 import { isGradEnabled } from '../../autograd/tape.js';
 import { attention } from '../../ops/attention.js';
@@ -24,10 +26,12 @@ import { rope, ropeInvFreq, rotaryTables, type RopeConfig } from '../../ops/rope
 import { silu } from '../../ops/unary.js';
 import { cast, reshape, slice, transpose } from '../../ops/view.js';
 import { Embedding } from '../../nn/embedding.js';
-import { Linear } from '../../nn/linear.js';
+import { Linear, quantizedPlaceholder } from '../../nn/linear.js';
 import { Module } from '../../nn/module.js';
 import { ModuleList } from '../../nn/module_list.js';
 import { RMSNorm } from '../../nn/rms_norm.js';
+import { QuantizedLoading } from '../../quant/load.js';
+import type { QuantFormat } from '../../quant/weight.js';
 import { formatShape } from '../../tensor/shape.js';
 import { empty, scope, type Tensor } from '../../tensor/tensor.js';
 import { Checkpoint, CheckpointError } from '../checkpoint.js';
@@ -41,6 +45,13 @@ export interface LoadOptions {
   /** Storage dtype of the weights (default f32); checkpoint tensors are converted to it. */
   dtype?: WeightDType;
   device?: string | Backend;
+  /**
+   * Hold every Linear weight but lm_head in a bitsandbytes format (int8 rows, or NF4
+   * with double quantization), quantized as it is read: the dense model is never built.
+   * A checkpoint saved quantized by bitsandbytes is read as saved, with or without this
+   * option (and must be in this format when it is given). See src/quant/load.ts.
+   */
+  quant?: QuantFormat;
 }
 
 export interface ForwardOptions {
@@ -58,8 +69,22 @@ export interface ForwardOptions {
   lastPositionOnly?: boolean;
 }
 
-/** Allocates a model's parameters (uninitialised) before the checkpoint fills them. */
-type Alloc = (shape: readonly number[]) => Tensor;
+/**
+ * Allocates a model's parameters (uninitialised) before the checkpoint fills them, by
+ * name relative to the module that asks; `linear` marks a Linear's weight, which may be
+ * a placeholder for a weight loaded quantized.
+ */
+type Alloc = (shape: readonly number[], name: string, linear?: 'linear') => Tensor;
+
+/** The allocator of a sub-module: names prefixed with its own. */
+function under(alloc: Alloc, prefix: string): Alloc {
+  return (shape, name, linear) => alloc(shape, `${prefix}.${name}`, linear);
+}
+
+/** A Linear [out, in] named `name` (with a bias [out] when asked). */
+function linearLayer(alloc: Alloc, name: string, out: number, inp: number, bias: boolean): Linear {
+  return new Linear(alloc([out, inp], `${name}.weight`, 'linear'), bias ? alloc([out], `${name}.bias`) : null);
+}
 
 class LlamaAttention extends Module {
   readonly q_proj: Linear;
@@ -70,11 +95,10 @@ class LlamaAttention extends Module {
   constructor(private readonly config: LlamaConfig, alloc: Alloc) {
     super();
     const { hiddenSize: H, numAttentionHeads: Hq, numKeyValueHeads: Hkv, headDim: D } = config;
-    const proj = (out: number, inp: number, bias: boolean) => new Linear(alloc([out, inp]), bias ? alloc([out]) : null);
-    this.q_proj = this.registerModule('q_proj', proj(Hq * D, H, config.qkvBias));
-    this.k_proj = this.registerModule('k_proj', proj(Hkv * D, H, config.qkvBias));
-    this.v_proj = this.registerModule('v_proj', proj(Hkv * D, H, config.qkvBias));
-    this.o_proj = this.registerModule('o_proj', proj(H, Hq * D, config.oBias));
+    this.q_proj = this.registerModule('q_proj', linearLayer(alloc, 'q_proj', Hq * D, H, config.qkvBias));
+    this.k_proj = this.registerModule('k_proj', linearLayer(alloc, 'k_proj', Hkv * D, H, config.qkvBias));
+    this.v_proj = this.registerModule('v_proj', linearLayer(alloc, 'v_proj', Hkv * D, H, config.qkvBias));
+    this.o_proj = this.registerModule('o_proj', linearLayer(alloc, 'o_proj', H, Hq * D, config.oBias));
   }
 
   /** x [B, T, hidden] -> [B, T, hidden]. */
@@ -103,10 +127,9 @@ class LlamaMLP extends Module {
   constructor(config: LlamaConfig, alloc: Alloc) {
     super();
     const { hiddenSize: H, intermediateSize: I, mlpBias } = config;
-    const proj = (out: number, inp: number) => new Linear(alloc([out, inp]), mlpBias ? alloc([out]) : null);
-    this.gate_proj = this.registerModule('gate_proj', proj(I, H));
-    this.up_proj = this.registerModule('up_proj', proj(I, H));
-    this.down_proj = this.registerModule('down_proj', proj(H, I));
+    this.gate_proj = this.registerModule('gate_proj', linearLayer(alloc, 'gate_proj', I, H, mlpBias));
+    this.up_proj = this.registerModule('up_proj', linearLayer(alloc, 'up_proj', I, H, mlpBias));
+    this.down_proj = this.registerModule('down_proj', linearLayer(alloc, 'down_proj', H, I, mlpBias));
   }
 
   forward(x: Tensor): Tensor {
@@ -126,10 +149,10 @@ class LlamaDecoderLayer extends Module {
 
   constructor(config: LlamaConfig, alloc: Alloc, private readonly index: number) {
     super();
-    this.self_attn = this.registerModule('self_attn', new LlamaAttention(config, alloc));
-    this.mlp = this.registerModule('mlp', new LlamaMLP(config, alloc));
-    this.input_layernorm = this.registerModule('input_layernorm', new RMSNorm(alloc([config.hiddenSize]), config.rmsNormEps));
-    this.post_attention_layernorm = this.registerModule('post_attention_layernorm', new RMSNorm(alloc([config.hiddenSize]), config.rmsNormEps));
+    this.self_attn = this.registerModule('self_attn', new LlamaAttention(config, under(alloc, 'self_attn')));
+    this.mlp = this.registerModule('mlp', new LlamaMLP(config, under(alloc, 'mlp')));
+    this.input_layernorm = this.registerModule('input_layernorm', new RMSNorm(alloc([config.hiddenSize], 'input_layernorm.weight'), config.rmsNormEps));
+    this.post_attention_layernorm = this.registerModule('post_attention_layernorm', new RMSNorm(alloc([config.hiddenSize], 'post_attention_layernorm.weight'), config.rmsNormEps));
   }
 
   forward(h: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
@@ -149,10 +172,10 @@ class LlamaModel extends Module {
 
   constructor(config: LlamaConfig, alloc: Alloc) {
     super();
-    this.embed_tokens = this.registerModule('embed_tokens', new Embedding(alloc([config.vocabSize, config.hiddenSize])));
+    this.embed_tokens = this.registerModule('embed_tokens', new Embedding(alloc([config.vocabSize, config.hiddenSize], 'embed_tokens.weight')));
     this.layers = this.registerModule('layers', new ModuleList<LlamaDecoderLayer>());
-    for (let i = 0; i < config.numHiddenLayers; i++) this.layers.push(new LlamaDecoderLayer(config, alloc, i));
-    this.norm = this.registerModule('norm', new RMSNorm(alloc([config.hiddenSize]), config.rmsNormEps));
+    for (let i = 0; i < config.numHiddenLayers; i++) this.layers.push(new LlamaDecoderLayer(config, under(alloc, `layers.${i}`), i));
+    this.norm = this.registerModule('norm', new RMSNorm(alloc([config.hiddenSize], 'norm.weight'), config.rmsNormEps));
   }
 }
 
@@ -167,48 +190,81 @@ export class LlamaForCausalLM extends Module {
   readonly lm_head: Linear | null;
   readonly invFreq: Float64Array;
 
-  /** Builds the module tree with uninitialised weights of the given dtype (see fromPretrained). */
-  constructor(readonly config: LlamaConfig, readonly backend: Backend, readonly dtype: WeightDType = 'f32') {
+  /**
+   * Builds the module tree with uninitialised weights of the given dtype (see
+   * fromPretrained). The Linear modules that `quantized` names get a placeholder weight
+   * instead, for a quantized one to be set (Linear.setQuantizedWeight).
+   */
+  constructor(readonly config: LlamaConfig, readonly backend: Backend, readonly dtype: WeightDType = 'f32', quantized?: (module: string) => boolean) {
     super();
-    const alloc: Alloc = (shape) => empty(shape, dtype, backend);
-    this.model = this.registerModule('model', new LlamaModel(config, alloc));
-    this.lm_head = config.tieWordEmbeddings ? null : this.registerModule('lm_head', new Linear(alloc([config.vocabSize, config.hiddenSize])));
+    const alloc: Alloc = (shape, name, linear) =>
+      linear !== undefined && quantized?.(name.slice(0, -'.weight'.length)) ? quantizedPlaceholder(shape, backend) : empty(shape, dtype, backend);
+    this.model = this.registerModule('model', new LlamaModel(config, under(alloc, 'model')));
+    this.lm_head = config.tieWordEmbeddings ? null : this.registerModule('lm_head', linearLayer(alloc, 'lm_head', config.vocabSize, config.hiddenSize, false));
     this.invFreq = ropeInvFreq(ropeConfig(config));
     this.eval();
   }
 
   /**
    * Loads a Hugging Face model directory: config.json, then model.safetensors or a
-   * sharded index. Every file header, tensor name, shape and dtype is checked before
-   * any weight is read; on any error nothing is left allocated.
+   * sharded index. Every file header, tensor name, shape and dtype (and every quantized
+   * weight's scales and quant state) is checked before any weight is read; on any error
+   * nothing is left allocated.
    */
   static fromPretrained(dir: string, opts: LoadOptions = {}): LlamaForCausalLM {
     const dtype = opts.dtype ?? 'f32';
     if (dtype !== 'f32' && dtype !== 'bf16') throw new Error(`fromPretrained: weight dtype must be f32 or bf16, got ${String(dtype)}`);
+    if (opts.quant !== undefined && opts.quant !== 'int8' && opts.quant !== 'nf4') throw new Error(`fromPretrained: quant must be int8 or nf4, got ${String(opts.quant)}`);
     const config = readLlamaConfig(dir);
     const backend = resolveBackend(opts.device);
     const ckpt = Checkpoint.open(dir);
+    const quant = new QuantizedLoading(ckpt, opts.quant);
     let model: LlamaForCausalLM | null = null;
     try {
-      model = new LlamaForCausalLM(config, backend, dtype);
+      model = new LlamaForCausalLM(config, backend, dtype, (m) => quant.holdsQuantized(m));
       model.checkBackend(backend, config.architecture);
+      // Linear modules loaded quantized, by the name of their weight.
+      const quantized = new Map<string, [string, Linear]>();
+      for (const [name, m] of model.namedModules()) if (m instanceof Linear && quant.holdsQuantized(name)) quantized.set(`${name}.weight`, [name, m]);
       const params = [...model.namedParameters()];
-      for (const [name, t] of params) ckpt.check(name, t.shape);
-      const wanted = new Set(params.map(([n]) => n));
+      const wanted = new Set<string>();
+      for (const [name, t] of params) {
+        const q = quantized.get(name);
+        if (q === undefined) {
+          ckpt.check(name, t.shape);
+          wanted.add(name);
+        } else {
+          for (const n of quant.check(q[0], [t.shape[0], t.shape[1]], backend)) wanted.add(n);
+        }
+      }
       const extra = ckpt.names().filter((n) => !wanted.has(n) && !ignorable(n, config));
       if (extra.length > 0) {
         const shown = extra.slice(0, 4).map((n) => JSON.stringify(n)).join(', ');
         throw new CheckpointError(ckpt.source, `unexpected tensor${extra.length > 1 ? 's' : ''} ${shown}${extra.length > 4 ? ` and ${extra.length - 4} more` : ''} for ${config.architecture} as config.json describes it`);
       }
       for (const [name, t] of params) {
-        ckpt.readInto(name, t);
+        const q = quantized.get(name);
+        if (q === undefined) {
+          ckpt.readInto(name, t);
+          t.name = name;
+          continue;
+        }
+        const [module, linear] = q;
         t.name = name;
+        const w = quant.read(module, [t.shape[0], t.shape[1]], dtype, backend);
+        try {
+          linear.setQuantizedWeight(w);
+        } catch (e) {
+          w.dispose();
+          throw e;
+        }
       }
       const loaded = model;
       model = null;
       return loaded;
     } finally {
       model?.dispose();
+      quant.close();
       ckpt.close();
     }
   }
