@@ -90,6 +90,12 @@ export interface RunConfig {
   readonly trainOnInputs: boolean;
   readonly excessLengthStrategy: ExcessLengthStrategy;
   readonly skipMalformedLines: boolean;
+  /**
+   * Where DoRA applies dropout while training: 'finlora' (on the LoRA branch's input only)
+   * or 'peft' (PEFT's training forward, with a second product through W); see
+   * src/adapters/lora/config.ts. Identical in eval mode and without dropout.
+   */
+  readonly dropoutSemantics: 'finlora' | 'peft';
   /** A held-out test file (eval_dataset_path, resolved as dataset_path) scored before and after training, or null. */
   readonly evalDatasetFile: string | null;
   /** Answer length for that evaluation; null: FinLoRA's for the file (10 for its sentiment sets, else 30). */
@@ -161,7 +167,7 @@ const FINLORA_KEYS = [...REQUIRED_KEYS, 'quant_bits', 'peft_use_dora', 'peft_use
 const EXTRA_KEYS = [
   'lora_dropout', 'target_modules', 'sequence_len', 'warmup_steps', 'lr_scheduler', 'weight_decay', 'adam_beta1', 'adam_beta2',
   'adam_epsilon', 'max_grad_norm', 'val_set_size', 'evals_per_epoch', 'seed', 'gradient_checkpointing', 'max_steps', 'save_steps',
-  'save_total_limit', 'dtype', 'device', 'prompt_format', 'train_on_inputs', 'excess_length_strategy', 'skip_malformed_lines',
+  'save_total_limit', 'dtype', 'device', 'prompt_format', 'train_on_inputs', 'excess_length_strategy', 'skip_malformed_lines', 'dropout_semantics',
   'eval_dataset_path', 'eval_max_new_tokens',
 ] as const;
 const KNOWN_KEYS: ReadonlySet<string> = new Set<string>([...FINLORA_KEYS, ...EXTRA_KEYS]);
@@ -408,6 +414,7 @@ function validateRun(run: JsonObject, name: string, abs: string, shown: string, 
     trainOnInputs: r.boolean('train_on_inputs', DEFAULTS.train_on_inputs),
     excessLengthStrategy: r.oneOf('excess_length_strategy', ['truncate', 'drop'], DEFAULTS.excess_length_strategy),
     skipMalformedLines: r.boolean('skip_malformed_lines', DEFAULTS.skip_malformed_lines),
+    dropoutSemantics: r.oneOf('dropout_semantics', ['finlora', 'peft'], 'finlora'),
     evalDatasetFile: r.has('eval_dataset_path') ? resolveData(r.string('eval_dataset_path')) : null,
     evalMaxNewTokens: r.optionalInteger('eval_max_new_tokens', 1),
   };

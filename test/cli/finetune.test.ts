@@ -39,6 +39,7 @@ fs.writeFileSync(CONFIGS, JSON.stringify({
   r_string: { ...RUN, lora_r: '4' },
   quant_3: { ...RUN, quant_bits: 3 },
   no_model: { ...RUN, base_model: '../models/absent' },
+  no_device: { ...RUN, device: 'tpu' },
 }, null, 2));
 
 interface Result { status: number | null; stdout: string; stderr: string }
@@ -140,6 +141,7 @@ test('bad input: one line, exit 1, no output directory', () => {
     [['no_model'], /run 'no_model': base_model ".*models\/absent": model directory .*models\/absent does not exist/],
     [['tiny_droa'], /run 'tiny_droa' is not in .*finetune_configs\.json \(did you mean 'tiny_dora'\?\); runs there: tiny_dora, tiny_dora_no_ckpt, tiny_lora_q8, /],
     [['no_data', '--config-json', path.join(root, 'lora', 'absent.json')], /config file .*absent\.json does not exist/],
+    [['no_device'], /run 'no_device': device "tpu" is not available: unknown device 'tpu' \(available: /],
   ];
   for (const [args, pattern] of cases) {
     const out = path.join(root, 'out-none');

@@ -108,7 +108,7 @@ test('extra keys override the defaults; --data-dir replaces the dataset director
     x: {
       ...BASE, target_modules: ['q_proj', 'v_proj', 'down_proj'], lora_dropout: 0, sequence_len: 512, warmup_steps: 0, lr_scheduler: 'linear',
       weight_decay: 0.01, val_set_size: 20, seed: 7, gradient_checkpointing: false, max_steps: 30, save_steps: 5, dtype: 'bf16', max_grad_norm: 0,
-      prompt_format: '### Q: {instruction}\n### A: ', lora_alpha: 8,
+      prompt_format: '### Q: {instruction}\n### A: ', lora_alpha: 8, dropout_semantics: 'peft',
     },
     all: { ...BASE, target_modules: 'all-linear', lr_scheduler: 'constant_with_warmup' },
   });
@@ -117,6 +117,8 @@ test('extra keys override the defaults; --data-dir replaces the dataset director
   assert.deepEqual([r.loraDropout, r.sequenceLen, r.warmupSteps, r.lrScheduler, r.weightDecay, r.valSetSize, r.seed], [0, 512, 0, 'linear', 0.01, 20, 7]);
   assert.deepEqual([r.gradientCheckpointing, r.maxSteps, r.saveSteps, r.dtype, r.maxGradNorm, r.loraAlpha], [false, 30, 5, 'bf16', 0, 8]);
   assert.equal(r.promptFormat, '### Q: {instruction}\n### A: ');
+  assert.equal(r.dropoutSemantics, 'peft');
+  assert.equal(loadRun(FINLORA, 'sentiment_llama_3_1_8b_8bits_r8_dora').dropoutSemantics, 'finlora');
   const all = loadRun(file, 'all');
   assert.equal(all.targetModules.length, 7);
   assert.equal(all.lrScheduler, 'constant');
@@ -154,6 +156,7 @@ test('invalid values name the run, the key and why', () => {
     [{ lr_scheduler: 'cosine_with_restarts' }, /lr_scheduler must be one of "cosine", "linear", "constant", got "cosine_with_restarts"/],
     [{ val_set_size: 1.5 }, /val_set_size must be a fraction below 1 or a whole count/],
     [{ dtype: 'f16' }, /dtype must be one of "f32", "bf16"/],
+    [{ dropout_semantics: 'torch' }, /dropout_semantics must be one of "finlora", "peft", got "torch"/],
     [{ prompt_format: '[INST] [/INST]' }, /prompt_format must contain "\{context\}" exactly once/],
     [{ seed: -1 }, /seed must be between 0 and 4294967295/],
     [{ lora_rank: 8 }, /run 'r': unknown key 'lora_rank' \(did you mean 'lora_r'\?\); known keys: base_model, /],

@@ -70,7 +70,8 @@ target_modules, lora_dropout, sequence_len, warmup_steps, lr_scheduler
 (cosine|linear|constant), weight_decay, val_set_size, seed, max_steps, save_steps,
 save_total_limit, evals_per_epoch, max_grad_norm, adam_beta1, adam_beta2, adam_epsilon,
 dtype (f32|bf16), device, prompt_format, train_on_inputs, excess_length_strategy
-(truncate|drop), skip_malformed_lines, gradient_checkpointing, eval_dataset_path (a JSONL
+(truncate|drop), skip_malformed_lines, gradient_checkpointing, dropout_semantics
+(finlora|peft: PEFT's DoRA training forward with dropout), eval_dataset_path (a JSONL
 test file, resolved as dataset_path, answered and scored as 'finlora eval' does before and
 after training), eval_max_new_tokens (default: FinLoRA's for the file; 30 for other files).
 
@@ -106,7 +107,7 @@ function fingerprint(cfg: RunConfig, train: readonly Features[], val: readonly F
     r: cfg.loraR, alpha: cfg.loraAlpha, dropout: cfg.loraDropout, targets: cfg.targetModules, dora: cfg.useDora, rslora: cfg.useRslora,
     quant: cfg.quantBits, dtype: cfg.dtype, lr: cfg.learningRate, epochs: cfg.numEpochs, batch: cfg.batchSize, accum: cfg.gradientAccumulationSteps,
     warmup: cfg.warmupSteps, scheduler: cfg.lrScheduler, wd: cfg.weightDecay, betas: [cfg.adamBeta1, cfg.adamBeta2, cfg.adamEpsilon],
-    clip: cfg.maxGradNorm, seed: cfg.seed, maxSteps: cfg.maxSteps,
+    clip: cfg.maxGradNorm, seed: cfg.seed, maxSteps: cfg.maxSteps, dropoutSemantics: cfg.dropoutSemantics,
   };
   h.update(JSON.stringify(shaping));
   for (const set of [train, val]) {
@@ -151,7 +152,7 @@ export const command: Command = {
     try {
       backend = getBackend(cfg.device);
     } catch (e) {
-      throw new UserError(`run '${runName}': device ${e instanceof Error ? e.message.replace(/^unknown device /, '') : String(e)}`);
+      throw new UserError(`run '${runName}': device ${JSON.stringify(cfg.device)} is not available: ${e instanceof Error ? e.message : String(e)}`);
     }
     const runDir = path.resolve(values['output-dir'] ?? 'lora_adapters', adapterSubdir(cfg));
     const resume = values.resume === true;
@@ -240,7 +241,7 @@ export const command: Command = {
       try {
         injected = injectAdapters(model, {
           r: cfg.loraR, alpha: cfg.loraAlpha, dropout: cfg.loraDropout, targetModules: cfg.targetModules, useDora: cfg.useDora, useRslora: cfg.useRslora,
-          baseModel: cfg.baseModel, seed: cfg.seed, ...(quant !== null ? { frozenWeight: quant.frozenWeight } : {}),
+          baseModel: cfg.baseModel, seed: cfg.seed, dropoutSemantics: cfg.dropoutSemantics, ...(quant !== null ? { frozenWeight: quant.frozenWeight } : {}),
         });
       } catch (e) {
         asUserError(e);
