@@ -20,6 +20,7 @@ import { tensor } from '../../src/ops/creation.js';
 import { QuantizedCheckpointError } from '../../src/quant/checkpoint.js';
 import { quantizeModel } from '../../src/quant/model.js';
 import type { QuantFormat } from '../../src/quant/weight.js';
+import { quantizeBase, quantLoadOption } from '../../src/train/quantize.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope } from '../../src/tensor/tensor.js';
 import { values } from '../helpers.js';
@@ -207,4 +208,35 @@ test('quantizing on load refuses a projection saved in a non-float dtype, naming
     assert.throws(() => load(dir, { quant }), /model\.safetensors: tensor "model\.layers\.1\.mlp\.down_proj\.weight": dtype I32 cannot hold model weights/);
   }
   assert.equal(cpu.liveBytes(), before);
+});
+
+test("finetune's quant_bits: loaded quantized through quantLoadOption, quantizeBase counts the layers; a dense base is quantized in place, its dense weights freed", () => {
+  for (const bits of [8, 4] as const) {
+    const format = bits === 8 ? 'int8' : 'nf4';
+    assert.deepEqual(quantLoadOption(bits), { quant: format });
+    const loaded = load(FIXTURE, quantLoadOption(bits));
+    const dense = load(FIXTURE);
+    try {
+      const codes = quantizedTensors(loaded);
+      const q = quantizeBase(loaded, bits);
+      assert.equal(q.count, 14);
+      assert.deepEqual(quantizedTensors(loaded), codes, 'already quantized layers are left as loaded');
+      const before = cpu.liveBytes();
+      const d = quantizeBase(dense, bits);
+      assert.equal(d.count, 14);
+      const quantBytes = linears(dense).reduce((s, [, m]) => s + (m.quantized?.bytes ?? 0), 0);
+      const projParams = linears(dense).reduce((s, [, m]) => s + (m.quantized?.parameters ?? 0), 0);
+      assert.equal(before - cpu.liveBytes(), 4 * projParams - quantBytes - 14 * 4, 'the dense projections are freed (a 4-byte placeholder each stays)');
+      assert.deepEqual(quantizedTensors(dense), codes);
+      assert.deepEqual(logits(dense), logits(loaded));
+      const [name, target] = linears(loaded)[0];
+      assert.equal(q.frozenWeight(name, target)?.outFeatures, target.outFeatures);
+      assert.equal(q.frozenWeight('lm_head', loaded.lm_head!), undefined);
+      assert.throws(() => quantizeBase(loaded, bits === 8 ? 4 : 8), /model\.layers\.0\.self_attn\.q_proj: the base holds it as/);
+    } finally {
+      loaded.dispose();
+      dense.dispose();
+    }
+  }
+  assert.deepEqual(quantLoadOption(null), {});
 });

@@ -18,7 +18,7 @@ import { Tokenizer } from '../../io/tokenizer.js';
 import { CheckpointError } from '../../models/checkpoint.js';
 import { ConfigError } from '../../models/llama/config.js';
 import { LlamaForCausalLM } from '../../models/llama/model.js';
-import { quantizeBase } from '../../train/quantize.js';
+import { quantizeBase, quantLoadOption } from '../../train/quantize.js';
 import type { Command } from '../command.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
 
@@ -149,7 +149,7 @@ export const command: Command = {
 
     let model: LlamaForCausalLM;
     try {
-      model = LlamaForCausalLM.fromPretrained(dir, { dtype });
+      model = LlamaForCausalLM.fromPretrained(dir, { dtype, ...quantLoadOption(quantBits) });
     } catch (e) {
       if (e instanceof ConfigError || e instanceof CheckpointError || e instanceof SafetensorsError) throw new UserError(e.message);
       throw e;

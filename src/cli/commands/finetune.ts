@@ -27,7 +27,7 @@ import { enableGradientCheckpointing } from '../../train/grad_checkpoint.js';
 import { CheckpointStateError, CHECKPOINTS_DIR, listCheckpoints } from '../../train/checkpoint.js';
 import { adapterSubdir, listRuns, loadRun, type RunConfig, RunConfigError } from '../../train/config.js';
 import { DoraCheckError } from '../../train/monitor.js';
-import { quantizeBase } from '../../train/quantize.js';
+import { quantizeBase, quantLoadOption } from '../../train/quantize.js';
 import { runTraining, stepCounts, TrainingStopped } from '../../train/trainer.js';
 import { describeScore, type HeldOutScore, maxNewTokensFor, scoreHeldOut } from '../../train/run_eval.js';
 import { chooseConfigFile, shippedConfigFile } from '../shipped_configs.js';
@@ -219,7 +219,7 @@ export const command: Command = {
     // 4. Weights: load, quantize, inject.
     let model: LlamaForCausalLM;
     try {
-      model = LlamaForCausalLM.fromPretrained(dir, { dtype: cfg.dtype, device: backend });
+      model = LlamaForCausalLM.fromPretrained(dir, { dtype: cfg.dtype, device: backend, ...quantLoadOption(cfg.quantBits) });
     } catch (e) {
       asUserError(e);
     }
