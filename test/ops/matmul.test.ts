@@ -196,7 +196,7 @@ test('multithreaded and single-threaded GEMM give identical results on every SIM
   const saved = be.isa.current;
   const order = ['scalar', 'avx2', 'avx512'] as const;
   const best = order.indexOf(be.isa.best as (typeof order)[number]);
-  // A multiplicative hash instead of the seeded generator: the largest case needs 4.5M values.
+  // A multiplicative hash instead of the seeded generator: the largest cases need 4.5M values.
   const data = (n: number, seed: number) => {
     const d = new Float32Array(n);
     for (let i = 0; i < n; i++) d[i] = (Math.imul(i + seed, 0x9e3779b1) >>> 8) / 2 ** 24 - 0.5;
@@ -208,7 +208,8 @@ test('multithreaded and single-threaded GEMM give identical results on every SIM
     [8, 512, 2048, 1, false], // a few rows, many columns
     [45, 300, 130, 3, true], // an odd batch: each product split in turn
     [40, 300, 70, 5, false], // a larger batch: whole products per thread
-    [300, 15000, 100, 1, false], // packed A over 16 MiB: two row bands
+    [300, 15000, 100, 1, false], // packed A over 16 MiB: two depth bands
+    [7900, 512, 128, 1, false], // ... and two row bands
   ];
   try {
     for (const [M, K, N, batch, transB] of cases) {

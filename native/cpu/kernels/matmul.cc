@@ -179,7 +179,7 @@ constexpr int64_t kTasksPerThread = 4;
 // block (mc x kc) fit in L2 together.
 constexpr int64_t kMaxSlab = 256;
 // Packed A shared by the threads of one product stays under 16 MiB (an L3's worth);
-// taller products run in row bands of that size.
+// larger products run in bands of rows and depth of that size.
 constexpr int64_t kSharedAFloats = int64_t{1} << 22;
 constexpr int64_t kMaxBandBlocks = 64;
 
@@ -197,13 +197,15 @@ inline void cpu_relax() {
 #endif
 }
 
-// The blocks of A for one row band, packed once and read by every thread: block
-// (p, i) holds rows i * mc_max ... of the band and depth p * kc_max ... . Its state
+// The blocks of A for one band of rows and depth, packed once and read by every
+// thread: block (p, i) holds rows i * mc_max ... of the band and depth
+// k0 + p * kc_max ... . Its state
 // goes 0 (not packed) -> 1 (a thread is packing it) -> 2 (ready); whichever thread
 // first needs a block packs it, so packing is spread over the threads too.
 struct SharedA {
   float* data;
   std::atomic<int>* state;
+  int64_t k0;  // depth of the band's first block
   int64_t kblocks, mblocks, kc_max, mc_max;
   float* block(int64_t p, int64_t i) const { return data + (p * mblocks + i) * mc_max * kc_max; }
 };
@@ -219,7 +221,7 @@ void column_slab(const MicroKernel& uk, const Operands& o, const float* a, const
   if (pb == nullptr) std::abort();
   std::array<bool, kMaxBandBlocks> done;
   for (int64_t p = 0; p < sa.kblocks; ++p) {
-    const int64_t pc = p * sa.kc_max, kc = std::min(sa.kc_max, o.K - pc);
+    const int64_t pc = sa.k0 + p * sa.kc_max, kc = std::min(sa.kc_max, o.K - pc);
     const bool add = pc > 0 || o.accumulate;
     const TB* bsrc = b + pc * o.brs + n0 * o.bcs;
     done.fill(false);
@@ -290,28 +292,33 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
   }
   const int64_t w = std::min(kMaxSlab, ceil_div(pn, want) * uk.nr);
   const int64_t tasks = ceil_div(o.N, w);
-  const int64_t kblocks = ceil_div(o.K, uk.kc), kc_max = ceil_div(o.K, kblocks);
-  int64_t band = std::max<int64_t>(uk.mc, kSharedAFloats / std::max<int64_t>(o.K, 1) / uk.mr * uk.mr);
-  band = std::min(band, kMaxBandBlocks * uk.mc);
+  const int64_t kc_max = ceil_div(o.K, ceil_div(o.K, uk.kc));
+  // Shared A stays within its budget: row bands of at most kMaxBandBlocks blocks, then
+  // depth bands of whole kc blocks (at least one); each band pair is one fork.
+  const int64_t band = std::min({o.M, kMaxBandBlocks * uk.mc, std::max(uk.mc, kSharedAFloats / kc_max / uk.mc * uk.mc)});
   for (int64_t m0 = 0; m0 < o.M; m0 += band) {
     const int64_t m1 = std::min(o.M, m0 + band), rows = m1 - m0;
     const int64_t mblocks = ceil_div(rows, uk.mc);
     const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), uk.mr) * uk.mr;
-    const int64_t nstates = kblocks * mblocks;
-    float* data = t_shared_a.get(static_cast<size_t>(nstates * mc_max * kc_max));
-    if (data == nullptr) std::abort();
-    if (nstates > t_states_size) {
-      t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
-      t_states_size = nstates;
-    }
-    for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
-    const SharedA sa{data, t_states.get(), kblocks, mblocks, kc_max, mc_max};
-    next.store(0);
-    parallel_for(threads, 1, [&](int64_t, int64_t) {
-      for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
-        column_slab<TB>(uk, o, a, b, c, sa, m0, m1, t * w, std::min(o.N, (t + 1) * w));
+    const int64_t kband = std::max<int64_t>(1, kSharedAFloats / (mblocks * mc_max) / kc_max) * kc_max;
+    for (int64_t k0 = 0; k0 < o.K; k0 += kband) {
+      const int64_t kblocks = ceil_div(std::min(kband, o.K - k0), kc_max);
+      const int64_t nstates = kblocks * mblocks;
+      float* data = t_shared_a.get(static_cast<size_t>(nstates * mc_max * kc_max));
+      if (data == nullptr) std::abort();
+      if (nstates > t_states_size) {
+        t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
+        t_states_size = nstates;
       }
-    });
+      for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
+      const SharedA sa{data, t_states.get(), k0, kblocks, mblocks, kc_max, mc_max};
+      next.store(0);
+      parallel_for(threads, 1, [&](int64_t, int64_t) {
+        for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
+          column_slab<TB>(uk, o, a, b, c, sa, m0, m1, t * w, std::min(o.N, (t + 1) * w));
+        }
+      });
+    }
   }
 }
 
