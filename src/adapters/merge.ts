@@ -10,6 +10,14 @@
 // non-weight file of the base directory (config.json, tokenizer files, generation
 // config, chat template). config.json's dtype is updated when the written dtype differs.
 //
+// A quantized base (a checkpoint saved by bitsandbytes, or a float one loaded with
+// `quant` as the adapter was trained, FinLoRA's quant_bits) is run quantized with the
+// adapter for the reference logits, then dequantized to f32 and merged with the same
+// formulas: the adapter was trained against the dequantized W (DoRA's norm included),
+// so that is the W it belongs to. The merged weights then carry the quantization's
+// rounding, which the report says (quantized) for the caller to warn about; the written
+// config.json drops the base's quantization_config, since the weights are dense.
+//
 // A merge can lose quality without anyone noticing (a bf16 rounding of W', an adapter
 // for another base), so mergeAdapter runs the model on a probe input before merging,
 // reloads the directory it wrote, runs it again, and reports the largest logit
@@ -21,7 +29,10 @@ import { noGrad } from '../autograd/tape.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import { WEIGHTS_INDEX_NAME } from '../models/checkpoint.js';
 import { LlamaForCausalLM } from '../models/llama/model.js';
+import { Linear } from '../nn/linear.js';
 import { tensor } from '../ops/creation.js';
+import { dequantizeModel } from '../quant/model.js';
+import type { QuantFormat } from '../quant/weight.js';
 import { cast } from '../ops/view.js';
 import { DTYPE_BYTES } from '../tensor/dtype.js';
 import { Rng } from '../tensor/rng.js';
@@ -106,9 +117,9 @@ function copyModelFiles(src: string, dst: string, dtype: MergedDType): void {
     const text = fs.readFileSync(from, 'utf8');
     const raw: unknown = JSON.parse(text);
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new MergeError(`${from}: not a JSON object`);
-    const cfg = raw as Record<string, unknown>;
+    const { quantization_config: quantized, ...cfg } = raw as Record<string, unknown>;
     const key = 'dtype' in cfg ? 'dtype' : 'torch_dtype';
-    if (cfg[key] === TORCH_NAMES[dtype]) fs.copyFileSync(from, to);
+    if (cfg[key] === TORCH_NAMES[dtype] && quantized === undefined) fs.copyFileSync(from, to);
     else fs.writeFileSync(to, `${JSON.stringify({ ...cfg, [key]: TORCH_NAMES[dtype] }, null, 2)}\n`);
   }
 }
@@ -143,6 +154,11 @@ export interface MergeOptions {
   readonly maxShardBytes?: number;
   /** Probe token ids (default: probeIds(vocab)). */
   readonly probe?: readonly number[];
+  /**
+   * Quantize a float base as the adapter was trained over it (quant_bits 8: int8, 4:
+   * nf4) before merging; a base saved quantized by bitsandbytes is quantized already.
+   */
+  readonly quant?: QuantFormat;
 }
 
 export interface MergeReport {
@@ -156,6 +172,12 @@ export interface MergeReport {
   readonly maxLogitDiff: number;
   /** max |logits(base + adapter) − logits(base)|: how much the adapter changes the model. */
   readonly adapterEffect: number;
+  /**
+   * The base's quantization when it was quantized: the merged weights are the
+   * dequantized W merged with the adapter, and carry its rounding. maxLogitDiff is then
+   * measured against the quantized base with the adapter, unmerged.
+   */
+  readonly quantized: { readonly format: QuantFormat; readonly layers: number } | null;
 }
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
@@ -175,7 +197,7 @@ export function mergeAdapter(opts: MergeOptions): MergeReport {
   }
   const parent = path.dirname(out);
   if (!fs.existsSync(parent)) throw new MergeError(`${parent}: no such directory (the parent of --out must exist)`);
-  const model = LlamaForCausalLM.fromPretrained(opts.modelDir, { dtype: 'f32' });
+  const model = LlamaForCausalLM.fromPretrained(opts.modelDir, { dtype: 'f32', ...(opts.quant !== undefined ? { quant: opts.quant } : {}) });
   let stage: string | null = null;
   try {
     const declared = model.config.dtype;
@@ -186,13 +208,21 @@ export function mergeAdapter(opts: MergeOptions): MergeReport {
     }
     model.eval();
     const before = logitsOf(model, probe);
-    const lm = loadPeftAdapter(opts.adapterDir, model);
+    let lm = loadPeftAdapter(opts.adapterDir, model);
     const adapted = logitsOf(model, probe);
+    // A quantized W cannot be written: take the adapter off, hold W dequantized, put it back.
+    let quantized: MergeReport['quantized'] = null;
+    if (lm.layers.size > 0 && [...model.namedModules()].some(([, m]) => m instanceof Linear && m.quantized !== null)) {
+      lm.unload();
+      const layers = dequantizeModel(model);
+      quantized = { format: layers[0][1], layers: layers.length };
+      lm = loadPeftAdapter(opts.adapterDir, model);
+    }
     lm.merge();
     stage = fs.mkdtempSync(path.join(parent, `.${path.basename(out)}.new-`));
     const written = writeShardedWeights(stage, baseParameters(model, lm), { dtype, maxShardBytes: opts.maxShardBytes });
     copyModelFiles(opts.modelDir, stage, dtype);
-    const report = { layers: lm.layers.size, useDora: lm.config.use_dora, dtype, shards: written.shards, totalBytes: written.totalBytes, probeLength: probe.length };
+    const report = { layers: lm.layers.size, useDora: lm.config.use_dora, dtype, shards: written.shards, totalBytes: written.totalBytes, probeLength: probe.length, quantized };
     model.dispose();
     const merged = LlamaForCausalLM.fromPretrained(stage, { dtype: 'f32' });
     let after: Float32Array;

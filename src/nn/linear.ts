@@ -104,6 +104,23 @@ export class Linear extends Module {
     this.quant = q;
   }
 
+  /**
+   * Holds a dense weight again (src/quant's dequantizeModel: a merge into a quantized
+   * base starts from the dequantized W); the quantized weight, if any, is freed. The
+   * layer keeps `w`.
+   */
+  setDenseWeight(w: Tensor): void {
+    if (w.rank !== 2 || w.shape[0] !== this.outFeatures || w.shape[1] !== this.inFeatures) {
+      throw new Error(`Linear: weight ${formatShape(w.shape)} does not match ${formatShape(this.dense.shape)}`);
+    }
+    if (w.backend !== this.dense.backend) throw new Error(`Linear: the weight lives on ${w.backend.name}, the layer on ${this.dense.backend.name}`);
+    w.name = this.dense.name;
+    this.replaceParameter('weight', w);
+    this.dense = w;
+    this.quant?.dispose();
+    this.quant = null;
+  }
+
   override dispose(): void {
     super.dispose();
     this.quant?.dispose();

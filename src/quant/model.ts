@@ -45,6 +45,23 @@ export function quantizeModel(model: Module, format: QuantFormat, opts: Quantize
 }
 
 /**
+ * Holds every quantized Linear of `model` dense again, in f32: the dequantized values the
+ * quantized kernels compute with, so the model computes what it did, up to f32 summation
+ * order. A merge into a quantized base starts here (a quantized weight cannot be written).
+ * Returns the names and formats of the layers dequantized.
+ */
+export function dequantizeModel(model: Module): [string, QuantFormat][] {
+  const done: [string, QuantFormat][] = [];
+  for (const [name, m] of model.namedModules()) {
+    if (!(m instanceof Linear) || m.quantized === null) continue;
+    const format = m.quantized.format;
+    m.setDenseWeight(scope(() => dequantize(m.quantized!)));
+    done.push([name, format]);
+  }
+  return done;
+}
+
+/**
  * The frozen weight of a quantized base as an adapter sees it (the shape of
  * src/adapters/lora/layer.ts's FrozenWeight): x·Wᵀ through the quantized kernel, and W
  * dequantized to f32 only inside withDense. A quantized W cannot be written, so there is

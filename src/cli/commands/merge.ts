@@ -2,7 +2,10 @@
 // complete model directory (config, safetensors shards with an index, tokenizer files)
 // that transformers loads without PEFT, then prints the largest logit difference
 // between the merged model as written and the base model with the adapter, on a probe
-// input. The work is src/adapters/merge.ts; this file parses options and reports.
+// input. With a quantized base (--quant-bits, or a checkpoint saved by bitsandbytes) it
+// merges into the dequantized weights and warns on stderr that they carry the
+// quantization's rounding. The work is src/adapters/merge.ts; this file parses options
+// and reports.
 import { AdapterError } from '../../adapters/peft.js';
 import { MergeError, type MergedDType, mergeAdapter } from '../../adapters/merge.js';
 import { LoraConfigError } from '../../adapters/lora/config.js';
@@ -11,6 +14,7 @@ import { CheckpointError } from '../../models/checkpoint.js';
 import { ConfigError } from '../../models/llama/config.js';
 import type { Command } from '../command.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
+import { formatForBits } from '../../quant/weight.js';
 import { parseInputIds } from './forward.js';
 import * as fs from 'node:fs';
 
@@ -18,6 +22,7 @@ const HELP = `finlora merge — fold a LoRA / DoRA adapter into its base model
 
 Usage:
   finlora merge --model DIR --adapter DIR --out DIR [--dtype auto|f32|bf16|f16]
+                [--quant-bits 8|4]
 
 Options:
   --model DIR           the base model: a Hugging Face model directory
@@ -30,6 +35,11 @@ Options:
                         in f32 either way
   --max-shard-size S    largest safetensors shard, like 5GB, 500MB or a byte count
                         (default 5GB)
+  --quant-bits 8|4      the adapter was trained over a quantized base (FinLoRA's
+                        quant_bits; the 8bits_/4bits_ in its directory name): quantize
+                        the base as training did (8: int8, 4: NF4 double quantized),
+                        then merge into the dequantized weights. A base saved quantized
+                        by bitsandbytes is merged that way without this option
   --probe-ids JSON      token ids to compare merged and unmerged logits on, like
                         '[[1, 306, 4658]]' (default: 16 fixed ids)
   -h, --help            this text
@@ -37,7 +47,10 @@ Options:
 The merged weights are W + s·B·A (LoRA) or (m / ‖W + s·B·A‖) ⊙ (W + s·B·A) per output
 row (DoRA), as PEFT's merge_and_unload computes them. The report's "largest logit
 difference" compares the merged directory, reloaded, with the base model plus adapter:
-rounding to bf16/f16 or a wrong base shows up there.
+rounding to bf16/f16 or a wrong base shows up there. With a quantized base the merged
+weights are the dequantized base plus the adapter (the weights the adapter was trained
+against), so they carry the quantization's rounding: a warning on stderr says so, and
+the logit difference is measured against the quantized base with the adapter unmerged.
 
 Exit codes: 0 success, 1 bad input or failure, 2 bad usage.
 `;
@@ -49,6 +62,7 @@ const OPTIONS = {
   dtype: { type: 'string' },
   'max-shard-size': { type: 'string' },
   'probe-ids': { type: 'string' },
+  'quant-bits': { type: 'string' },
 } as const;
 
 function parseDtype(v: string | undefined): MergedDType | undefined {
@@ -82,6 +96,9 @@ export const command: Command = {
     if (values.out === undefined) throw new UsageError('--out DIR is required');
     const dtype = parseDtype(values.dtype);
     const maxShardBytes = values['max-shard-size'] === undefined ? undefined : parseSize(values['max-shard-size']);
+    const quantBits = values['quant-bits'];
+    if (quantBits !== undefined && quantBits !== '8' && quantBits !== '4') throw new UsageError(`--quant-bits must be 8 or 4, not '${quantBits}'`);
+    const quant = quantBits === undefined ? undefined : formatForBits(Number(quantBits));
     let probe: number[] | undefined;
     if (values['probe-ids'] !== undefined) {
       let rows: number[][];
@@ -99,11 +116,18 @@ export const command: Command = {
       if (!fs.statSync(dir).isDirectory()) throw new UserError(`${dir}: not a directory (${flag} takes a directory)`);
     }
     try {
-      const r = mergeAdapter({ modelDir: values.model, adapterDir: values.adapter, outDir: values.out, dtype, maxShardBytes, probe });
+      const r = mergeAdapter({ modelDir: values.model, adapterDir: values.adapter, outDir: values.out, dtype, maxShardBytes, probe, quant });
       out(
         `merged ${r.useDora ? 'DoRA' : 'LoRA'} adapter (${r.layers} layers) into ${values.out}: ${r.shards.length} shard${r.shards.length === 1 ? '' : 's'}, ${megabytes(r.totalBytes)} of ${r.dtype} weights\n` +
           `largest logit difference, merged vs unmerged, on a ${r.probeLength}-token probe: ${r.maxLogitDiff.toExponential(3)} (the adapter itself moves logits by up to ${r.adapterEffect.toExponential(3)})\n`,
       );
+      if (r.quantized !== null) {
+        process.stderr.write(
+          `warning: the base is quantized (${r.quantized.format}, ${r.quantized.layers} Linear layers): the merged weights are its dequantized values plus the adapter, ` +
+            `so they carry the quantization's rounding and differ from the original float base plus the adapter; ` +
+            `largest logit difference against the quantized base with the adapter unmerged: ${r.maxLogitDiff.toExponential(3)}\n`,
+        );
+      }
       return 0;
     } catch (e) {
       if (e instanceof AdapterError || e instanceof MergeError || e instanceof LoraConfigError || e instanceof ConfigError || e instanceof CheckpointError || e instanceof SafetensorsError) {
