@@ -35,10 +35,22 @@ function nativeOf(t: Tensor): NativeBuffer {
   return b.native;
 }
 
+/** Time spent in one kernel (or kernel variant, e.g. binary:mul) since the profile was last reset. */
+export interface KernelTime {
+  readonly name: string;
+  readonly calls: number;
+  readonly seconds: number;
+}
+
 export class CpuBackend implements Backend {
   readonly name = 'cpu';
   readonly kernels: Partial<Kernels>;
   private readonly ids = new Map<string, number>();
+  // Per-kernel wall time, kept only while profiling (FINLORA_PROFILE=1 or setProfiling):
+  // reading the clock twice per call costs ~0.1 µs, nothing next to a kernel, but the
+  // default path does not pay even that.
+  private profiling = process.env.FINLORA_PROFILE === '1';
+  private readonly times = new Map<string, { calls: number; ns: bigint }>();
 
   constructor(private readonly addon: CpuAddon = loadCpuAddon()) {
     addon.kernelNames().forEach((n, i) => this.ids.set(n, i));
@@ -93,10 +105,34 @@ export class CpuBackend implements Backend {
     this.addon.setNumThreads(n);
   }
 
-  private run(name: string, tensors: Tensor[], ints: number[], floats: number[] = []): void {
+  /** Turns the per-kernel profile on or off (FINLORA_PROFILE=1 turns it on at start). */
+  setProfiling(on: boolean): void {
+    this.profiling = on;
+  }
+
+  /** Kernel times accumulated since the last reset, the most expensive first. */
+  profile(): KernelTime[] {
+    return [...this.times].map(([name, t]) => ({ name, calls: t.calls, seconds: Number(t.ns) / 1e9 })).sort((a, b) => b.seconds - a.seconds);
+  }
+
+  resetProfile(): void {
+    this.times.clear();
+  }
+
+  private run(name: string, tensors: Tensor[], ints: number[], floats: number[] = [], variant?: string): void {
     const id = this.ids.get(name);
     if (id === undefined) throw new Error(`cpu backend: kernel '${name}' is not built`);
+    if (!this.profiling) {
+      this.addon.run(id, tensors.map(nativeOf), tensors.map((t) => t.byteOffset), ints, floats);
+      return;
+    }
+    const t0 = process.hrtime.bigint();
     this.addon.run(id, tensors.map(nativeOf), tensors.map((t) => t.byteOffset), ints, floats);
+    const key = variant === undefined ? name : `${name}:${variant}`;
+    const entry = this.times.get(key) ?? { calls: 0, ns: 0n };
+    entry.calls++;
+    entry.ns += process.hrtime.bigint() - t0;
+    this.times.set(key, entry);
   }
 
   private buildKernels(): Partial<Kernels> {
@@ -105,9 +141,9 @@ export class CpuBackend implements Backend {
         this.run('copy', [x, out], [x.rank, DTYPE_CODE[x.dtype], DTYPE_CODE[out.dtype], ...x.shape, ...x.strides, ...out.strides]),
       fill: (out, value) => this.run('fill', [out], [DTYPE_CODE[out.dtype], out.size], [value]),
       binary: (op, a, b, out) =>
-        this.run('binary', [a, b, out], [BINARY_OPS.indexOf(op), out.rank, ...out.shape, ...a.strides, ...b.strides]),
-      unary: (op, x, out) => this.run('unary', [x, out], [UNARY_OPS.indexOf(op), x.size]),
-      reduce: (op, x, out, { outer, n, inner }) => this.run('reduce', [x, out], [REDUCE_OPS.indexOf(op), outer, n, inner]),
+        this.run('binary', [a, b, out], [BINARY_OPS.indexOf(op), out.rank, ...out.shape, ...a.strides, ...b.strides], [], op),
+      unary: (op, x, out) => this.run('unary', [x, out], [UNARY_OPS.indexOf(op), x.size], [], op),
+      reduce: (op, x, out, { outer, n, inner }) => this.run('reduce', [x, out], [REDUCE_OPS.indexOf(op), outer, n, inner], [], op),
       softmax: (x, out, log) => {
         const cols = x.shape[x.rank - 1] ?? 1;
         this.run('softmax', [x, out], [x.size / Math.max(cols, 1), cols, log ? 1 : 0]);
@@ -122,7 +158,8 @@ export class CpuBackend implements Backend {
         const abs = a.rank === 3 && a.shape[0] !== 1 ? a.strides[0] : 0, bbs = b.rank === 3 && b.shape[0] !== 1 ? b.strides[0] : 0;
         const [ars, acs] = transA ? [a.strides[ra - 1], a.strides[ra - 2]] : [a.strides[ra - 2], a.strides[ra - 1]];
         const [brs, bcs] = transB ? [b.strides[rb - 1], b.strides[rb - 2]] : [b.strides[rb - 2], b.strides[rb - 1]];
-        this.run('matmul', [a, b, out], [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate ? 1 : 0, DTYPE_CODE[b.dtype]], [alpha]);
+        const shape = this.profiling ? `${batch > 1 ? `${batch}x` : ''}${M}x${N}x${K}` : undefined;
+        this.run('matmul', [a, b, out], [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate ? 1 : 0, DTYPE_CODE[b.dtype]], [alpha], shape);
       },
       gather: (table, ids, out) =>
         this.run('gather', [table, ids, out], [table.shape[0], table.shape[1], ids.size, DTYPE_CODE[table.dtype]]),
