@@ -1,14 +1,17 @@
 // Backend registry: backends by name, created on first use, and the default backend
-// new tensors go to (FINLORA_DEVICE, else cpu).
+// new tensors go to (FINLORA_DEVICE, else cpu). The cuda backend loads its addon only
+// when first asked for, so machines without it never touch CUDA.
 import type { Backend } from './backend.js';
 import { CpuBackend } from './cpu/cpu.js';
+import { CudaBackend } from './cuda/cuda.js';
 import { ReferenceBackend } from './reference/reference.js';
 
-export type BackendName = 'cpu' | 'reference';
+export type BackendName = 'cpu' | 'reference' | 'cuda';
 
 const factories: Record<BackendName, () => Backend> = {
   cpu: () => new CpuBackend(),
   reference: () => new ReferenceBackend(),
+  cuda: () => new CudaBackend(),
 };
 
 const instances = new Map<BackendName, Backend>();

@@ -1,0 +1,47 @@
+// rope: rotary position embedding (Su et al. 2021) in Hugging Face's rotate_half
+// layout, as native/cpu/kernels/rope.cc: element i of a head pairs with i + D/2,
+//   out[i]       = x[i] * cos[i] - x[i + D/2] * sin[i]
+//   out[i + D/2] = x[i + D/2] * cos[i] + x[i] * sin[i]
+// inverse = 1 negates sin (the backward: a rotation's transpose is its inverse).
+//
+// ints: [B, T, H, D, cos_batch_stride (0 when cos/sin are [1, T, D/2], else T * D/2), inverse]
+// ptrs: [x [B, T, H, D], cos, sin ([B or 1, T, D/2]), out [B, T, H, D]] (=)
+#include "kernel.h"
+
+namespace finlora {
+namespace cuda {
+namespace {
+
+// One thread per pair (i, i + D/2).
+__global__ void rope_kernel(const float* x, const float* cosv, const float* sinv, float* out, int64_t B, int64_t T,
+                            int64_t H, int64_t D, int64_t cbs, float sign) {
+  const int64_t half = D / 2, total = B * T * H * half;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % half, bth = e / half, bt = bth / H;
+    const int64_t b = bt / T, t = bt % T;
+    const float c = cosv[b * cbs + t * half + i], s = sign * sinv[b * cbs + t * half + i];
+    const float* xh = x + bth * D;
+    float* oh = out + bth * D;
+    const float x1 = xh[i], x2 = xh[i + half];
+    oh[i] = x1 * c - x2 * s;
+    oh[i + half] = x2 * c + x1 * s;
+  }
+}
+
+void rope(const KernelArgs& a) {
+  const int64_t B = a.ints[0], T = a.ints[1], H = a.ints[2], D = a.ints[3], cbs = a.ints[4];
+  const float sign = a.ints[5] != 0 ? -1.0f : 1.0f;
+  const int64_t total = B * T * H * (D / 2);
+  if (total == 0) return;
+  rope_kernel<<<grid_for(total, 256), 256, 0, stream()>>>(
+      static_cast<const float*>(a.ptrs[0]), static_cast<const float*>(a.ptrs[1]), static_cast<const float*>(a.ptrs[2]),
+      static_cast<float*>(a.ptrs[3]), B, T, H, D, cbs, sign);
+}
+
+}  // namespace
+
+FINLORA_CUDA_KERNEL("rope", rope)
+
+}  // namespace cuda
+}  // namespace finlora

@@ -1,0 +1,75 @@
+// The CUDA backend's runtime pieces that kernels share: the kernel registry, the one
+// stream every launch goes to, the cuBLAS handle bound to it, and the index check
+// that gather and crossEntropy run before they write.
+#include <cstdio>
+#include <cstdlib>
+
+#include "kernel.h"
+
+namespace finlora {
+namespace cuda {
+
+std::vector<KernelEntry>& kernel_registry() {
+  static std::vector<KernelEntry> reg;
+  return reg;
+}
+
+cudaStream_t stream() {
+  // Non-blocking: the legacy default stream would serialise against other libraries'
+  // work in the process for no gain.
+  static cudaStream_t s = [] {
+    cudaStream_t st = nullptr;
+    cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+    return st;
+  }();
+  return s;
+}
+
+cublasHandle_t cublas() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t handle = nullptr;
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+      std::fprintf(stderr, "finlora cuda: cublasCreate failed\n");
+      std::abort();
+    }
+    cublasSetStream(handle, stream());
+    // f32 GEMMs stay f32 (no TF32) so results match the CPU within f32 rounding;
+    // the bf16 paths opt into tensor cores per call.
+    cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+    cublasSetPointerMode(handle, CUBLAS_POINTER_MODE_HOST);
+    return handle;
+  }();
+  return h;
+}
+
+namespace {
+
+__global__ void first_bad_kernel(const int32_t* ids, int64_t n, int64_t lo, int64_t hi, int64_t skip,
+                                 unsigned long long* first) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t v = ids[i];
+    if (v != skip && (v < lo || v >= hi)) atomicMin(first, static_cast<unsigned long long>(i));
+  }
+}
+
+}  // namespace
+
+int64_t first_bad_index(const int32_t* ids, int64_t n, int64_t lo, int64_t hi, int64_t skip) {
+  static unsigned long long* dev = nullptr;
+  static unsigned long long* host = nullptr;
+  if (dev == nullptr) {
+    cudaMalloc(&dev, sizeof(unsigned long long));
+    cudaMallocHost(&host, sizeof(unsigned long long));
+  }
+  if (n <= 0) return -1;
+  const unsigned long long none = ~0ull;
+  cudaMemcpyAsync(dev, &none, sizeof none, cudaMemcpyHostToDevice, stream());
+  first_bad_kernel<<<grid_for(n, 256), 256, 0, stream()>>>(ids, n, lo, hi, skip, dev);
+  cudaMemcpyAsync(host, dev, sizeof none, cudaMemcpyDeviceToHost, stream());
+  cudaStreamSynchronize(stream());
+  return *host == none ? -1 : static_cast<int64_t>(*host);
+}
+
+}  // namespace cuda
+}  // namespace finlora
