@@ -1,5 +1,7 @@
 // Broadcasting elementwise arithmetic: add, sub, mul, div, maximum, and eq (no
-// gradient). Operands may be numbers; compute is f32.
+// gradient). Operands may be numbers; compute is f32. Backward computes only the
+// gradients of operands that need one (a frozen weight or a constant costs no pass
+// over the output) and frees its temporaries as soon as they are summed.
 import { kernel } from '../backend/backend.js';
 import type { BinaryOp } from '../backend/kernels.js';
 import { record } from '../autograd/tape.js';
@@ -7,7 +9,7 @@ import { broadcastShapes } from '../tensor/shape.js';
 import { empty, type Tensor, Tensor as TensorClass } from '../tensor/tensor.js';
 import { scalar } from './creation.js';
 import { cast, expand, sumTo } from './view.js';
-import { sameBackend, type TensorLike } from './util.js';
+import { sameBackend, type TensorLike, withF32Contiguous } from './util.js';
 
 function operands(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
   if (!(a instanceof TensorClass) && !(b instanceof TensorClass)) throw new Error(`${op}: at least one operand must be a tensor`);
@@ -33,43 +35,86 @@ function compute(op: BinaryOp, x: Tensor, y: Tensor): Tensor {
   return out;
 }
 
-function binary(op: BinaryOp, a: TensorLike, b: TensorLike, grads: (g: Tensor, x: Tensor, y: Tensor, out: Tensor) => [Tensor | null, Tensor | null]): Tensor {
+/** Which operands need a gradient: backward closures compute only those. */
+type Wanted = readonly [boolean, boolean];
+
+function binary(
+  op: BinaryOp,
+  a: TensorLike,
+  b: TensorLike,
+  grads: (g: Tensor, x: Tensor, y: Tensor, out: Tensor, want: Wanted) => [Tensor | null, Tensor | null],
+): Tensor {
   const [x, y] = operands(op, a, b);
   const out = compute(op, x, y);
   return record(out, op, [x, y], (g) => {
-    const [gx, gy] = grads(g, x, y, out);
-    return [gx && x.requiresGrad ? sumTo(gx, x.shape) : null, gy && y.requiresGrad ? sumTo(gy, y.shape) : null];
+    const [gx, gy] = grads(g, x, y, out, [x.requiresGrad, y.requiresGrad]);
+    return [reduced(gx, x, g), reduced(gy, y, g)];
+  });
+}
+
+/** d summed back to x's shape; temporaries made for it (not g itself) are freed. */
+function reduced(d: Tensor | null, x: Tensor, g: Tensor): Tensor | null {
+  if (d === null) return null;
+  const r = sumTo(d, x.shape);
+  if (r !== d && d !== g) d.dispose();
+  return r;
+}
+
+/** -t in place, for a fresh contiguous temporary the caller owns. */
+function negateInPlace(t: Tensor): Tensor {
+  kernel(t.backend, 'unary')('neg', t, t);
+  return t;
+}
+
+/** -g into a new tensor. */
+function negated(g: Tensor): Tensor {
+  return withF32Contiguous([g], (gc) => {
+    const out = empty(g.shape, 'f32', g.backend);
+    kernel(g.backend, 'unary')('neg', gc, out);
+    return out;
   });
 }
 
 export function add(a: TensorLike, b: TensorLike): Tensor {
-  return binary('add', a, b, (g) => [g, g]);
+  return binary('add', a, b, (g, _x, _y, _out, [wx, wy]) => [wx ? g : null, wy ? g : null]);
 }
 
 export function sub(a: TensorLike, b: TensorLike): Tensor {
-  return binary('sub', a, b, (g) => [g, compute('mul', g, scalar(-1, { device: g.backend }))]);
+  return binary('sub', a, b, (g, _x, _y, _out, [wx, wy]) => [wx ? g : null, wy ? negated(g) : null]);
 }
 
 export function mul(a: TensorLike, b: TensorLike): Tensor {
-  return binary('mul', a, b, (g, x, y) => [compute('mul', g, y), compute('mul', g, x)]);
+  return binary('mul', a, b, (g, x, y, _out, [wx, wy]) => [wx ? compute('mul', g, y) : null, wy ? compute('mul', g, x) : null]);
 }
 
 export function div(a: TensorLike, b: TensorLike): Tensor {
-  return binary('div', a, b, (g, x, y, out) => {
-    const gx = compute('div', g, y);
+  return binary('div', a, b, (g, x, y, out, [wx, wy]) => {
+    const gx = wx ? compute('div', g, y) : null;
+    if (!wy) return [gx, null];
     // d(x/y)/dy = -(x/y)/y
-    const gy = compute('mul', compute('div', out, y), compute('mul', g, scalar(-1, { device: g.backend })));
+    const q = compute('div', out, y);
+    const gy = negateInPlace(compute('mul', q, g));
+    q.dispose();
     return [gx, gy];
   });
 }
 
 /** Elementwise maximum; on ties the gradient is split evenly, as in PyTorch. */
 export function maximum(a: TensorLike, b: TensorLike): Tensor {
-  return binary('maximum', a, b, (g, x, y, out) => {
+  return binary('maximum', a, b, (g, x, y, out, [wx, wy]) => {
+    if (!wx && !wy) return [null, null];
     const mx = compute('eq', out, x);
     const my = compute('eq', out, y);
     const share = compute('add', mx, my);
-    return [compute('mul', g, compute('div', mx, share)), compute('mul', g, compute('div', my, share))];
+    const part = (m: Tensor): Tensor => {
+      const f = compute('div', m, share);
+      const r = compute('mul', g, f);
+      f.dispose();
+      return r;
+    };
+    const grads: [Tensor | null, Tensor | null] = [wx ? part(mx) : null, wy ? part(my) : null];
+    for (const t of [mx, my, share]) t.dispose();
+    return grads;
   });
 }
 
