@@ -208,4 +208,11 @@ export interface Kernels {
    * rounded to f32 before use, as torch applies Python scalars to f32 tensors.
    */
   adamw(operands: readonly AdamWOperands[], attrs: AdamWAttrs): void;
+  /** out = silu(gate) ⊙ up (Llama's gated MLP activation); gate, up, out of one shape. */
+  siluMul(gate: Tensor, up: Tensor, out: Tensor): void;
+  /**
+   * Backward of siluMul (both =): with s = sigmoid(gate), dup = dout ⊙ silu(gate) and
+   * dgate = (dout ⊙ up) ⊙ s ⊙ (1 + gate ⊙ (1 − s)).
+   */
+  siluMulBackward(gate: Tensor, up: Tensor, dout: Tensor, dgate: Tensor, dup: Tensor): void;
 }

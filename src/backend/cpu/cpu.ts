@@ -203,6 +203,8 @@ export class CpuBackend implements Backend {
           [operands.length, ...operands.map((o) => o.param.size)],
           [a.lr, a.beta1, a.beta2, a.eps, a.weightDecay, a.biasCorrection1, a.biasCorrection2, a.gradScale],
         ),
+      siluMul: (gate, up, out) => this.run('siluMul', [gate, up, out], [out.size]),
+      siluMulBackward: (gate, up, dout, dgate, dup) => this.run('siluMulBackward', [gate, up, dout, dgate, dup], [dgate.size]),
       quantizedMatmul: (a, w, out, { transW, accumulate }) => {
         const { tensors, ints, offset } = quantizedOperands(w, out);
         const [format, rows, cols, blocksize, nested, nestedBlocksize] = ints;

@@ -47,6 +47,16 @@ export function elementwiseKernels(): Partial<Kernels> {
       }
       write(out, r);
     },
+    siluMul: (gate, up, out) => {
+      const g = read(gate), u = read(up);
+      write(out, g.map((x, i) => unaryFns.silu(x) * u[i]));
+    },
+    siluMulBackward: (gate, up, dout, dgate, dup) => {
+      const g = read(gate), u = read(up), d = read(dout);
+      const s = g.map(unaryFns.sigmoid);
+      write(dup, d.map((di, i) => di * g[i] * s[i]));
+      write(dgate, d.map((di, i) => di * u[i] * s[i] * (1 + g[i] * (1 - s[i]))));
+    },
     softmax: (x, out, log) => {
       const v = read(x);
       const cols = x.shape[x.rank - 1];

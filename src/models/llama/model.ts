@@ -19,11 +19,11 @@
 import type { Backend, KernelName } from '../../backend/backend.js';
 import { isGradEnabled } from '../../autograd/tape.js';
 import { attention } from '../../ops/attention.js';
-import { add, mul } from '../../ops/binary.js';
+import { add } from '../../ops/binary.js';
 import { resolveBackend } from '../../ops/creation.js';
 import { linear } from '../../ops/matmul.js';
 import { rope, ropeInvFreq, rotaryTables, type RopeConfig } from '../../ops/rope.js';
-import { silu } from '../../ops/unary.js';
+import { siluMul } from '../../ops/swiglu.js';
 import { cast, reshape, slice, transpose } from '../../ops/view.js';
 import { Embedding } from '../../nn/embedding.js';
 import { Linear, quantizedPlaceholder } from '../../nn/linear.js';
@@ -133,7 +133,7 @@ class LlamaMLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return this.down_proj.forward(mul(silu(this.gate_proj.forward(x)), this.up_proj.forward(x)));
+    return this.down_proj.forward(siluMul(this.gate_proj.forward(x), this.up_proj.forward(x)));
   }
 
   protected override ownOps(): KernelName[] {
