@@ -184,6 +184,11 @@ export interface Kernels {
    */
   dropoutMask(out: Tensor, p: number, seed: number, offset: number): void;
   /**
+   * out = x ⊙ the mask dropoutMask(p, seed, offset) would write, without storing the
+   * mask: bit for bit the product of x and that mask. x, out f32 contiguous, one size.
+   */
+  dropout(x: Tensor, out: Tensor, p: number, seed: number, offset: number): void;
+  /**
    * out (+)= a · op(W) with W quantized and decoded on the fly (no f32 copy of W):
    * a [M, K], out [M, N] contiguous f32; transW: K = cols, N = rows; else K = rows, N = cols.
    */

@@ -132,9 +132,15 @@ export function dropout(x: Tensor, p: number, from: DropoutOptions | DropoutGene
   return record(out, 'dropout', [x], (g) => [applyMask(g, p, at)]);
 }
 
+/** x ⊙ mask: one fused pass where the backend has it, else the mask and a product. */
 function applyMask(x: Tensor, p: number, at: DropoutOptions): Tensor {
-  const mask = dropoutMask(x.shape, p, at, x);
   const out = empty(x.shape, 'f32', x.backend);
+  const fused = x.backend.kernels.dropout;
+  if (fused !== undefined) {
+    if (out.size > 0) withF32Contiguous([x], (xc) => fused(xc, out, p, at.seed, at.offset));
+    return out;
+  }
+  const mask = dropoutMask(x.shape, p, at, x);
   try {
     withF32Contiguous([x], (xc) => kernel(x.backend, 'binary')('mul', xc, mask, out));
   } finally {

@@ -3,8 +3,10 @@ import { test } from 'node:test';
 import { backward } from '../../src/autograd/tape.js';
 import { tensor } from '../../src/ops/creation.js';
 import { dropout, DropoutGenerator, dropoutMask, dropoutUniform } from '../../src/ops/dropout.js';
-import { scope, type Tensor } from '../../src/tensor/tensor.js';
+import { getBackend } from '../../src/backend/registry.js';
+import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
+import { eachLevel } from './isa_levels.js';
 
 const devices = () => ['reference', ...testBackends()];
 
@@ -116,5 +118,32 @@ test('dropout: bad arguments give clear errors', () => {
     assert.throws(() => dropout(x, 0.5, { seed: -1, offset: 0 }), /dropout: seed must be an integer in \[0, 2\^32\)/);
     assert.throws(() => dropout(x, 0.5, { seed: 1, offset: 1.5 }), /dropout: offset must be an integer/);
     assert.throws(() => new DropoutGenerator(2 ** 32), /DropoutGenerator: seed must be/);
+  });
+});
+
+test('dropout kernel: x times the mask, bit for bit, at every SIMD level and across the 2^32 counter boundary', async (t) => {
+  const cpu = getBackend('cpu');
+  const fused = cpu.kernels.dropout;
+  assert.ok(fused !== undefined, 'the cpu backend has the fused dropout kernel');
+  await eachLevel(t, () => {
+    for (const [seed, offset, p, n] of [
+      [0, 0, 0.1, 1000],
+      [123456789, 77, 0.5, 40099],
+      [4294967295, 2 ** 32 - 100, 0.05, 300],
+      [42, 2 ** 50 + 1, 0.9, 257],
+    ]) {
+      scope(() => {
+        const data = randomData(n, seed % 1000, -4, 4);
+        data[0] = Infinity;
+        data[1] = NaN;
+        const x = tensor(data, [n]);
+        const mask = Float32Array.from(dropoutMask([n], p, { seed, offset }, x).toArray());
+        const expected = new Float32Array(n).map((_, i) => data[i] * mask[i]);
+        const out = empty([n], 'f32', cpu);
+        fused(x, out, p, seed, offset);
+        const bits = (a: ArrayLike<number>) => Array.from(new Uint32Array(Float32Array.from(a).buffer));
+        assert.deepEqual(bits(out.toArray()), bits(expected), `seed ${seed} offset ${offset} p ${p}`);
+      });
+    }
   });
 });

@@ -3,10 +3,25 @@
 // ? 1/(1-p) : 0. Each element depends only on (seed, offset + i), so the mask is the
 // same on every backend and for every thread count.
 //
-// ints: [n, seed (uint32), offset (0 <= offset + n <= 2^53)]; floats: [p]; ptrs: [out f32 [n]]
+// dropout applies the mask without storing it: out[i] = x[i] * mask[i], the same
+// product, bit for bit, as x times dropoutMask's output, in one pass instead of three
+// (write the mask, read it back with x, write the product) and with no mask buffer.
+//
+// dropoutMask ints: [n, seed (uint32), offset (0 <= offset + n <= 2^53)]; floats: [p]; ptrs: [out f32 [n]]
+// dropout ints: the same; floats: [p]; ptrs: [x f32 [n], out f32 [n] (=)]
+//
+// The hash is plain 32-bit integer arithmetic; the loops are compiled for AVX-512, AVX2
+// and the baseline (target_clones), where the vectorizer turns them into 16- or 8-lane
+// multiplies and shifts.
 #include <cstdint>
 
 #include "kernel.h"
+
+#if defined(__x86_64__) && !defined(__clang__)
+#define FINLORA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FINLORA_CLONES
+#endif
 
 namespace finlora {
 namespace {
@@ -32,35 +47,67 @@ inline Keys keys_for(uint32_t seed, uint32_t hi) {
 }
 inline uint32_t bits24(const Keys& k, uint32_t lo) { return mix32(mix32(lo + k.k1) ^ k.k2) >> 8; }
 
-void dropout_mask_kernel(const KernelArgs& a) {
-  const int64_t n = a.ints[0];
-  const uint32_t seed = static_cast<uint32_t>(a.ints[1]);
-  const uint64_t offset = static_cast<uint64_t>(a.ints[2]);
+struct MaskParams {
+  uint32_t seed, threshold;
+  uint64_t offset;
+  float keep;
+};
+
+MaskParams mask_params(const KernelArgs& a) {
   const double p = a.floats[0];
-  const float keep = static_cast<float>(1.0 / (1.0 - p));
   // u = bits / 2^24 >= p  <=>  bits >= ceil(p * 2^24), exactly (p * 2^24 is exact in f64)
   const double scaled = p * 16777216.0;
   const uint32_t threshold = static_cast<uint32_t>(scaled) + (static_cast<double>(static_cast<uint32_t>(scaled)) < scaled ? 1u : 0u);
+  return {static_cast<uint32_t>(a.ints[1]), threshold, static_cast<uint64_t>(a.ints[2]), static_cast<float>(1.0 / (1.0 - p))};
+}
+
+// Elements [i, stop) share the counter's high word; lo0 is the low word of element i.
+FINLORA_CLONES void mask_run(float* __restrict out, int64_t n, uint32_t lo0, Keys k, uint32_t threshold, float keep) {
+  for (int64_t j = 0; j < n; ++j) out[j] = bits24(k, lo0 + static_cast<uint32_t>(j)) >= threshold ? keep : 0.0f;
+}
+
+FINLORA_CLONES void apply_run(const float* __restrict x, float* __restrict out, int64_t n, uint32_t lo0, Keys k, uint32_t threshold,
+                              float keep) {
+  for (int64_t j = 0; j < n; ++j) out[j] = x[j] * (bits24(k, lo0 + static_cast<uint32_t>(j)) >= threshold ? keep : 0.0f);
+}
+
+// Calls run(i, len, lo, keys) over [b, e) in pieces that do not cross a multiple of
+// 2^32 in the counter, where the keys change.
+template <class Run>
+void by_key_runs(const MaskParams& m, int64_t b, int64_t e, const Run& run) {
+  int64_t i = b;
+  while (i < e) {
+    const uint64_t c = m.offset + static_cast<uint64_t>(i);
+    const uint32_t hi = static_cast<uint32_t>(c >> 32);
+    const uint64_t run_end = (static_cast<uint64_t>(hi) + 1) << 32;
+    const int64_t stop = static_cast<int64_t>(run_end - m.offset) < e ? static_cast<int64_t>(run_end - m.offset) : e;
+    run(i, stop - i, static_cast<uint32_t>(c), keys_for(m.seed, hi));
+    i = stop;
+  }
+}
+
+void dropout_mask_kernel(const KernelArgs& a) {
+  const int64_t n = a.ints[0];
+  const MaskParams m = mask_params(a);
   float* out = static_cast<float*>(a.ptrs[0]);
   parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
-    int64_t i = b;
-    while (i < e) {
-      const uint64_t c = offset + static_cast<uint64_t>(i);
-      const uint32_t hi = static_cast<uint32_t>(c >> 32);
-      const Keys k = keys_for(seed, hi);
-      // elements up to the next multiple of 2^32 share hi
-      const uint64_t run_end = (static_cast<uint64_t>(hi) + 1) << 32;
-      const int64_t stop = static_cast<int64_t>(run_end - offset) < e ? static_cast<int64_t>(run_end - offset) : e;
-      for (; i < stop; ++i) {
-        const uint32_t lo = static_cast<uint32_t>(offset + static_cast<uint64_t>(i));
-        out[i] = bits24(k, lo) >= threshold ? keep : 0.0f;
-      }
-    }
+    by_key_runs(m, b, e, [&](int64_t i, int64_t len, uint32_t lo, Keys k) { mask_run(out + i, len, lo, k, m.threshold, m.keep); });
+  });
+}
+
+void dropout_kernel(const KernelArgs& a) {
+  const int64_t n = a.ints[0];
+  const MaskParams m = mask_params(a);
+  const float* x = static_cast<const float*>(a.ptrs[0]);
+  float* out = static_cast<float*>(a.ptrs[1]);
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
+    by_key_runs(m, b, e, [&](int64_t i, int64_t len, uint32_t lo, Keys k) { apply_run(x + i, out + i, len, lo, k, m.threshold, m.keep); });
   });
 }
 
 }  // namespace
 
 FINLORA_KERNEL("dropoutMask", dropout_mask_kernel)
+FINLORA_KERNEL("dropout", dropout_kernel)
 
 }  // namespace finlora

@@ -196,6 +196,7 @@ export class CpuBackend implements Backend {
       crossEntropyBackward: (logits, targets, lse, dloss, dlogits, ignoreIndex) =>
         this.run('crossEntropyBackward', [logits, targets, lse, dloss, dlogits], [logits.shape[0], logits.shape[1], ignoreIndex]),
       dropoutMask: (out, p, seed, offset) => this.run('dropoutMask', [out], [out.size, seed, offset], [p]),
+      dropout: (x, out, p, seed, offset) => this.run('dropout', [x, out], [out.size, seed, offset], [p]),
       adamw: (operands, a) =>
         this.run(
           'adamw',

@@ -238,5 +238,9 @@ export function nnKernels(): Partial<Kernels> {
       for (let i = 0; i < r.length; i++) r[i] = dropoutUniform(seed, offset + i) >= p ? 1 / (1 - p) : 0;
       write(out, r);
     },
+    dropout: (x, out, p, seed, offset) => {
+      const v = read(x);
+      write(out, v.map((xi, i) => xi * (dropoutUniform(seed, offset + i) >= p ? 1 / (1 - p) : 0)));
+    },
   };
 }
