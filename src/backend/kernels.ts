@@ -220,4 +220,11 @@ export interface Kernels {
    * dgate = (dout ⊙ up) ⊙ s ⊙ (1 + gate ⊙ (1 − s)).
    */
   siluMulBackward(gate: Tensor, up: Tensor, dout: Tensor, dgate: Tensor, dup: Tensor): void;
+  /** DoRA's output scaling: out = (base + s·lora) ⊙ g; base, lora, out [rows, cols], g [cols]. */
+  doraScale(base: Tensor, lora: Tensor, g: Tensor, out: Tensor, s: number): void;
+  /**
+   * Backward of doraScale (all =): dbase = dout ⊙ g, dlora = s·dbase, and
+   * dg [cols] = Σ over rows of dout ⊙ (base + s·lora), summed in f64.
+   */
+  doraScaleBackward(base: Tensor, lora: Tensor, g: Tensor, dout: Tensor, dbase: Tensor, dlora: Tensor, dg: Tensor, s: number): void;
 }

@@ -33,6 +33,7 @@ import { noGrad } from '../../autograd/tape.js';
 import { add, div, maximum, mul, sub } from '../../ops/binary.js';
 import { tensor } from '../../ops/creation.js';
 import { indexSelect } from '../../ops/concat.js';
+import { doraScale } from '../../ops/dora.js';
 import { matmul } from '../../ops/matmul.js';
 import { rowNorm } from '../../ops/norm.js';
 import { sum } from '../../ops/reduce.js';
@@ -115,7 +116,7 @@ export function doraWeightNorm(frozen: FrozenWeight, wNormSq: Tensor, A: Tensor,
  */
 export function doraCombine(base: Tensor, lora: Tensor, m: Tensor, n: Tensor, s: number, bias: Tensor | null): Tensor {
   const g = div(m, n);
-  const y = mul(add(base, mul(lora, s)), g);
+  const y = doraScale(base, lora, g, s);
   return bias === null ? y : add(y, mul(bias, sub(1, g)));
 }
 

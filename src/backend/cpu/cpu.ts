@@ -206,6 +206,9 @@ export class CpuBackend implements Backend {
         ),
       siluMul: (gate, up, out) => this.run('siluMul', [gate, up, out], [out.size]),
       siluMulBackward: (gate, up, dout, dgate, dup) => this.run('siluMulBackward', [gate, up, dout, dgate, dup], [dgate.size]),
+      doraScale: (base, lora, g, out, s) => this.run('doraScale', [base, lora, g, out], [out.size / g.size, g.size], [s]),
+      doraScaleBackward: (base, lora, g, dout, dbase, dlora, dg, s) =>
+        this.run('doraScaleBackward', [base, lora, g, dout, dbase, dlora, dg], [dbase.size / g.size, g.size], [s]),
       quantizedMatmul: (a, w, out, { transW, accumulate }) => {
         const { tensors, ints, offset } = quantizedOperands(w, out);
         const [format, rows, cols, blocksize, nested, nestedBlocksize] = ints;

@@ -1,7 +1,7 @@
 // Reference kernels for the neural-network ops: embedding, RMSNorm, rotary embedding,
-// attention, cross-entropy, dropout. Plain f64 loops that follow the definitions
-// (Hugging Face Llama, PyTorch) with no tiling or fusion; attention materialises the
-// full T x S score matrix on purpose. Used only by tests.
+// attention, cross-entropy, dropout, DoRA's output scaling. Plain f64 loops that follow
+// the definitions (Hugging Face Llama, PyTorch) with no tiling or fusion; attention
+// materialises the full T x S score matrix on purpose. Used only by tests.
 import type { Kernels } from '../kernels.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { dropoutUniform } from '../../ops/dropout.js';
@@ -237,6 +237,20 @@ export function nnKernels(): Partial<Kernels> {
       const r = new Float64Array(out.size);
       for (let i = 0; i < r.length; i++) r[i] = dropoutUniform(seed, offset + i) >= p ? 1 / (1 - p) : 0;
       write(out, r);
+    },
+    doraScale: (base, lora, g, out, s) => {
+      const b = read(base), l = read(lora), gv = read(g);
+      write(out, b.map((bi, i) => (bi + s * l[i]) * gv[i % gv.length]));
+    },
+    doraScaleBackward: (base, lora, g, dout, dbase, dlora, dg, s) => {
+      const b = read(base), l = read(lora), gv = read(g), d = read(dout);
+      const cols = gv.length;
+      const sums = new Float64Array(cols);
+      d.forEach((di, i) => (sums[i % cols] += di * (b[i] + s * l[i])));
+      const db = d.map((di, i) => di * gv[i % cols]);
+      write(dbase, db);
+      write(dlora, db.map((x) => s * x));
+      write(dg, sums);
     },
     dropout: (x, out, p, seed, offset) => {
       const v = read(x);
