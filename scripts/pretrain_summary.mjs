@@ -14,13 +14,14 @@ const rows = Number(rowsArg ?? 12);
 const records = fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 const train = records.filter((r) => r.type === 'train');
 const evals = new Map(records.filter((r) => r.type === 'eval').map((r) => [r.step, r.val_loss]));
-const header = fs.readFileSync(errLog, 'utf8').split('\n').filter((l) => !/^step \d+\/\d+ \(epoch/.test(l) && !/checkpoint/.test(l) && l.trim() !== '');
+// The log's lines before training (per-step and validation lines are in the table below).
+const header = fs.readFileSync(errLog, 'utf8').split('\n').filter((l) => !/^step \d+\/\d+/.test(l) && l.trim() !== '');
 const config = JSON.parse(fs.readFileSync(path.join(dir, 'pretrain_config.json'), 'utf8'));
 
 const lines = [];
 lines.push('# How this model was trained', '');
 lines.push('With `finlora pretrain --config demo/pretrain_config.json` (finlora\'s own full-parameter trainer, from random', 'initialisation, on this 2-core CPU machine, niced beside other work):', '');
-lines.push('```', ...header.map((l) => l.replace(/^\/.*\/(shared|main)\//, '$1/')), '```', '');
+lines.push('```', ...header.map((l) => l.replace(/^(\/\S+?):/, (_, file) => `${path.relative(process.cwd(), file)}:`)), '```', '');
 lines.push('Result (stdout):', '', '```', ...fs.readFileSync(outLog, 'utf8').trim().split('\n').map((l) => l.replace(/\/tmp\/\S+/, 'demo/model')), '```', '');
 lines.push(`Settings: learning rate ${config.learningRate} (${config.lrScheduler}, ${config.warmupSteps} warmup steps), AdamW betas ${config.adamBeta1}/${config.adamBeta2}, weight decay ${config.weightDecay}, clipping ${config.maxGradNorm}, batch ${config.batchSize} × ${config.sequenceLen} tokens, seed ${config.seed}; weights written as ${config.dtype}.`, '');
 lines.push('| steps | mean training loss | learning rate at end | validation loss | tokens/s |', '|---|---|---|---|---|');
