@@ -296,6 +296,15 @@ export function sentimentSplits(nTrain: number, nTest: number, seed: number): Se
   return { train: train.slice(0, nTrain), test };
 }
 
+/**
+ * `n` more training examples for given splits: new sentences (another seed) in neither
+ * split, so a larger training set keeps the same held-out test set.
+ */
+export function extraTraining(splits: SentimentSplits, n: number, seed: number): SentimentExample[] {
+  const taken = new Set([...splits.train, ...splits.test].map((x) => sentenceKey(x.sentence)));
+  return generateSentences(n, seed, taken);
+}
+
 /** JSONL lines in FinLoRA's format, the instruction varying by a seeded draw. */
 export function toJsonl(examples: readonly SentimentExample[], seed: number): string {
   const rng = new Rng(seed);

@@ -3,7 +3,7 @@
 // says (recomputed here from its metric, direction and negation).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { generateSentences, sentenceKey, sentimentContext, sentimentSplits, toJsonl } from '../../src/data/synthetic_sentiment.js';
+import { extraTraining, generateSentences, sentenceKey, sentimentContext, sentimentSplits, toJsonl } from '../../src/data/synthetic_sentiment.js';
 
 const GOOD = ['net sales', 'revenue', 'operating profit', 'net profit', 'earnings per share', 'order intake', 'order backlog', 'operating margin', 'gross margin', 'ebitda', 'cash flow from operations', 'market share', 'comparable sales', 'pre-tax profit', 'passenger numbers'];
 const BAD = ['operating costs', 'net loss', 'operating loss', 'net debt', 'raw material costs', 'restructuring charges', 'credit losses', 'customer churn', 'personnel expenses', 'impairment charges', 'pre-tax loss', 'inventory write-downs'];
@@ -57,6 +57,10 @@ test('splits are balanced, seeded, and share no sentence', () => {
   // Excluded keys (the test set, for pretraining text) never come back.
   const held = new Set(a.test.map((x) => sentenceKey(x.sentence)));
   assert.equal(generateSentences(2000, 7, held).filter((x) => held.has(sentenceKey(x.sentence))).length, 0);
+  // Extra training sentences are new to both splits.
+  const extra = extraTraining(a, 300, 9);
+  assert.equal(extra.length, 300);
+  assert.equal(extra.filter((x) => held.has(sentenceKey(x.sentence)) || trainKeys.has(sentenceKey(x.sentence))).length, 0);
 });
 
 test("JSONL lines have FinLoRA's sentiment context and a label target", () => {
