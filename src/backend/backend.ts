@@ -16,6 +16,11 @@ export interface Backend {
   readonly name: string;
   /** Kernels this backend implements; an absent kernel is an unsupported op. */
   readonly kernels: Partial<Kernels>;
+  /**
+   * The attention kernels take strided q, k, v, dout and write out, dq, dk, dv through
+   * their strides (see kernels.ts); absent or false, they take contiguous tensors.
+   */
+  readonly stridedAttention?: boolean;
   alloc(bytes: number): BackendBuffer;
   free(buf: BackendBuffer): void;
   /** Copies raw bytes of the given dtype into the buffer. */

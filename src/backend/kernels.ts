@@ -161,7 +161,10 @@ export interface Kernels {
    * h / (Hq/Hkv)); keyMask null or f32 [B, S] (1 attend, 0 masked);
    * out [B, Hq, T, D]; lse [B, Hq, T] = log-sum-exp of the scaled, masked scores.
    * A query row with every key masked gives zeros and lse = -Infinity (and no
-   * gradient in the backward).
+   * gradient in the backward). On a backend with stridedAttention, q, k, v and out
+   * (and in the backward dout, dq, dk, dv) may be f32 views with any strides over their
+   * first three axes and a unit stride on the last, and out and the gradients are
+   * written through their strides; lse and keyMask are contiguous.
    */
   attention(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor | null, out: Tensor, lse: Tensor, attrs: AttentionAttrs): void;
   /** Backward of attention: dq, dk, dv (=) from dout, using out and lse saved by forward. */

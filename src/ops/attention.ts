@@ -8,11 +8,55 @@
 //
 // Backends compute it flash-style (no T x S matrix) and save only the per-row
 // log-sum-exp; backward recomputes the probabilities from it.
+//
+// On a backend with stridedAttention, q, k, v and the output gradient go to the kernels
+// as they are when they are f32 with a contiguous last axis (a model's heads are
+// transposed views of its [B, T, H, D] projections), and the output and the input
+// gradients are made in the memory order of q, k and v, so a model's transposes around
+// attention cost no copies either way. Other backends get contiguous tensors.
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
-import { formatShape } from '../tensor/shape.js';
-import { empty, type Tensor } from '../tensor/tensor.js';
+import { contiguousStrides, formatShape } from '../tensor/shape.js';
+import { empty, type Tensor, view } from '../tensor/tensor.js';
 import { assertDtype, sameBackend, withF32Contiguous } from './util.js';
+
+/** x itself when the kernels can read it (f32; contiguous, or a unit stride on the last axis where strides are taken), else an f32 contiguous copy. */
+function readable(x: Tensor, temps: Tensor[]): Tensor {
+  const strided = x.backend.stridedAttention === true;
+  if (x.dtype === 'f32' && (x.isContiguous() || (strided && (x.strides[3] === 1 || x.shape[3] === 1)))) return x;
+  const c = empty(x.shape, 'f32', x.backend);
+  kernel(x.backend, 'copy')(x, c);
+  temps.push(c);
+  return c;
+}
+
+/**
+ * A fresh f32 [B, H, T, D] tensor laid out in like's memory order (its first three axes
+ * by decreasing stride, D innermost): for a transposed view of [B, T, H, D], a
+ * transposed view of a fresh [B, T, H, D] buffer. Contiguous where strides are not taken.
+ */
+function emptyInLayoutOf(like: Tensor): Tensor {
+  if (like.backend.stridedAttention !== true) return empty(like.shape, 'f32', like.backend);
+  const order = [0, 1, 2].sort((a, b) => like.strides[b] - like.strides[a] || a - b);
+  const dense = [...order.map((a) => like.shape[a]), like.shape[3]];
+  const denseStrides = contiguousStrides(dense);
+  const strides = [0, 0, 0, 1];
+  order.forEach((axis, k) => (strides[axis] = denseStrides[k]));
+  const buffer = empty(dense, 'f32', like.backend);
+  const out = view(buffer, like.shape, strides, 0);
+  buffer.dispose();
+  return out;
+}
+
+/** Runs fn with q, k, v (and more) as the kernels read them; copies made for it are freed after. */
+function withReadable<T>(xs: Tensor[], fn: (...ys: Tensor[]) => T): T {
+  const temps: Tensor[] = [];
+  try {
+    return fn(...xs.map((x) => readable(x, temps)));
+  } finally {
+    for (const t of temps) t.dispose();
+  }
+}
 
 export interface AttentionOptions {
   /** Causal masking with the queries at the end of the key sequence. */
@@ -47,21 +91,23 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   if (!Number.isFinite(scale)) throw new Error(`attention: scale must be finite, got ${scale}`);
   const attrs = { scale, causal: opts.causal };
   const backend = q.backend;
-  const out = empty(q.shape, 'f32', backend);
+  const out = emptyInLayoutOf(q);
   const lse = empty([B, Hq, T], 'f32', backend);
   const masks = keyMask ? [keyMask] : [];
   if (out.size > 0) {
-    withF32Contiguous([q, k, v, ...masks], (qc, kc, vc, mc) =>
-      kernel(backend, 'attention')(qc, kc, vc, mc ?? null, out, lse, attrs),
+    withF32Contiguous(masks, (mc) =>
+      withReadable([q, k, v], (qc, kc, vc) => kernel(backend, 'attention')(qc, kc, vc, mc ?? null, out, lse, attrs)),
     );
   } else if (lse.size > 0) {
     kernel(backend, 'fill')(lse, -Infinity);
   }
   const y = record(out, 'attention', [q, k, v], (g) => {
-    const dq = empty(q.shape, 'f32', backend), dk = empty(k.shape, 'f32', backend), dv = empty(v.shape, 'f32', backend);
+    const dq = emptyInLayoutOf(q), dk = emptyInLayoutOf(k), dv = emptyInLayoutOf(v);
     if (out.size > 0) {
-      withF32Contiguous([q, k, v, g, ...masks], (qc, kc, vc, gc, mc) =>
-        kernel(backend, 'attentionBackward')(qc, kc, vc, mc ?? null, out, lse, gc, dq, dk, dv, attrs),
+      withF32Contiguous(masks, (mc) =>
+        withReadable([q, k, v, g], (qc, kc, vc, gc) =>
+          kernel(backend, 'attentionBackward')(qc, kc, vc, mc ?? null, out, lse, gc, dq, dk, dv, attrs),
+        ),
       );
     } else {
       for (const t of [dq, dk, dv]) if (t.size > 0) kernel(backend, 'fill')(t, 0);

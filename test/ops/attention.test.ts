@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { backward } from '../../src/autograd/tape.js';
+import { backward, noGrad } from '../../src/autograd/tape.js';
 import { kernel } from '../../src/backend/backend.js';
 import { attention, type AttentionOptions } from '../../src/ops/attention.js';
 import { tensor } from '../../src/ops/creation.js';
 import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
-import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSpec, testBackends, values } from '../helpers.js';
+import { slice, transpose } from '../../src/ops/view.js';
+import { contiguousStrides } from '../../src/tensor/shape.js';
+import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSpec, randomData, testBackends, values } from '../helpers.js';
 import { forEachIsa, withThreads } from './nn_helpers.js';
 
 interface Case {
@@ -144,5 +146,49 @@ test('attention: bad shapes give clear errors', () => {
     assert.throws(() => attention(q, k1, tensor(new Float32Array(5 * 3), [1, 1, 5, 3]), { causal: true }), /attention: q \[1, 3, 4, 2\], k \[1, 1, 5, 2\] and v \[1, 1, 5, 3\] do not agree/);
     assert.throws(() => attention(q, k1, k1, { causal: true, keyMask: tensor([1, 1, 1, 1], [1, 4]) }), /attention: keyMask must be \[1, 5\], got \[1, 4\]/);
     assert.throws(() => attention(tensor([1, 2], [1, 2]), k1, k1, { causal: false }), /attention: q must be \[batch, heads, seq, head_dim\], got \[1, 2\]/);
+  });
+});
+
+test('attention: heads as transposed views of [B, T, H, D] and a KV-cache slice, read in place; out and gradients in their layout', () => {
+  // D 64 and 128 take the 64-column register blocks, 80 adds a 16-column block, 24 and 17 the tails
+  const shapes = [
+    { B: 2, Hq: 4, Hkv: 2, T: 67, S: 67, D: 64, causal: true },
+    { B: 1, Hq: 2, Hkv: 2, T: 130, S: 130, D: 128, causal: true },
+    { B: 1, Hq: 3, Hkv: 1, T: 9, S: 21, D: 80, causal: true },
+    { B: 2, Hq: 2, Hkv: 1, T: 6, S: 6, D: 24, causal: false },
+    { B: 1, Hq: 2, Hkv: 2, T: 2, S: 5, D: 17, causal: true },
+  ];
+  forEachIsa(() => {
+    for (const c of shapes) {
+      const cap = c.S + 3;
+      const qd = randomData(c.B * c.T * c.Hq * c.D, 1), kd = randomData(c.B * c.Hkv * cap * c.D, 2);
+      const vd = randomData(c.B * c.S * c.Hkv * c.D, 3), gd = randomData(c.B * c.T * c.Hq * c.D, 4);
+      const run = (device: string) =>
+        scope(() => {
+          // q and v as the model makes them: [B, T, H, D] projections, heads transposed out
+          const q = transpose(tensor(qd, [c.B, c.T, c.Hq, c.D], { device }), 1, 2);
+          const v = transpose(tensor(vd, [c.B, c.S, c.Hkv, c.D], { device }), 1, 2);
+          // k as a KV cache holds it: the first S of cap positions
+          const k = slice(tensor(kd, [c.B, c.Hkv, cap, c.D], { device }), 2, 0, c.S);
+          for (const t of [q, k, v]) t.requiresGrad = true;
+          const out = attention(q, k, v, { causal: c.causal, scale: 2 / Math.sqrt(c.D) });
+          const g = transpose(tensor(gd, [c.B, c.T, c.Hq, c.D], { device }), 1, 2);
+          if (device !== 'reference') {
+            // the stride of an axis of size 1 does not matter
+            const layout = (t: Tensor, strides: readonly number[]) => strides.map((st, i) => (t.shape[i] === 1 ? 0 : st));
+            assert.deepEqual(layout(out, out.strides), layout(q, q.strides), 'out is laid out like q');
+            const [dq, dk, dv] = noGrad(() => out.gradFn!.backward(g));
+            assert.deepEqual(layout(q, dq!.strides), layout(q, q.strides), 'dq is laid out like q');
+            assert.deepEqual(layout(k, dk!.strides), layout(k, contiguousStrides(k.shape)), 'dk of a sliced k is contiguous');
+            assert.deepEqual(layout(v, dv!.strides), layout(v, v.strides), 'dv is laid out like v');
+          }
+          backward(out, g);
+          return [out, q.grad!, k.grad!, v.grad!].map(values);
+        });
+      const want = run('reference');
+      for (const device of testBackends()) {
+        run(device).forEach((got, i) => assertClose(got, want[i], { atol: 2e-5, rtol: 1e-4 }, `${device} ${['out', 'dq', 'dk', 'dv'][i]} D ${c.D}`));
+      }
+    }
   });
 });

@@ -28,6 +28,14 @@ function quantizedOperands(w: QuantizedOperand, filler: Tensor): { tensors: Tens
   };
 }
 
+/** The (batch, head, row) strides of [B, H, T, D] operands, in order (the last axis has unit stride). */
+function headStrides(...ts: Tensor[]): number[] {
+  return ts.flatMap((t) => {
+    if (t.strides[3] !== 1 && t.shape[3] !== 1) throw new Error(`cpu attention: ${t} needs a unit stride on its last axis`);
+    return [t.strides[0], t.strides[1], t.strides[2]];
+  });
+}
+
 function nativeOf(t: Tensor): NativeBuffer {
   const b = t.storage.buffer;
   if (!(b instanceof CpuBuffer)) throw new Error(`cpu backend: ${t} does not live on the cpu backend`);
@@ -45,6 +53,7 @@ export interface KernelTime {
 export class CpuBackend implements Backend {
   readonly name = 'cpu';
   readonly kernels: Partial<Kernels>;
+  readonly stridedAttention = true;
   private readonly ids = new Map<string, number>();
   // Per-kernel wall time, kept only while profiling (FINLORA_PROFILE=1 or setProfiling):
   // reading the clock twice per call costs ~0.1 µs, nothing next to a kernel, but the
@@ -179,15 +188,17 @@ export class CpuBackend implements Backend {
       attention: (q, k, v, keyMask, out, lse, { scale, causal }) => {
         const [B, Hq, T, D] = q.shape;
         const [, Hkv, S] = k.shape;
-        this.run('attention', [q, k, v, keyMask ?? q, out, lse], [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0], [scale]);
+        const dims = [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0];
+        this.run('attention', [q, k, v, keyMask ?? q, out, lse], [...dims, ...headStrides(q, k, v, out)], [scale]);
       },
       attentionBackward: (q, k, v, keyMask, out, lse, dout, dq, dk, dv, { scale, causal }) => {
         const [B, Hq, T, D] = q.shape;
         const [, Hkv, S] = k.shape;
+        const dims = [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0];
         this.run(
           'attentionBackward',
           [q, k, v, keyMask ?? q, out, lse, dout, dq, dk, dv],
-          [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0],
+          [...dims, ...headStrides(q, k, v, out, dout, dq, dk, dv)],
           [scale],
         );
       },

@@ -65,6 +65,8 @@ export function write(t: Tensor, values: ArrayLike<number>): void {
 
 export class ReferenceBackend implements Backend {
   readonly name = 'reference';
+  // Its kernels read and write every tensor through its strides.
+  readonly stridedAttention = true;
   readonly kernels: Partial<Kernels> = { ...elementwiseKernels(), ...linalgKernels(), ...nnKernels(), ...quantKernels(), ...optimKernels() };
   private live = 0;
 
