@@ -8,13 +8,19 @@ function tempName(target: string): string {
   return path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`);
 }
 
-/** Writes text or bytes to `file` atomically; on failure the temporary is removed and the error rethrown. */
-export function writeFileAtomic(file: string, data: string | Uint8Array): void {
+/**
+ * Writes `file` atomically through `write(fd)`, which may write in as many pieces as it
+ * likes: the bytes go to a temporary file beside `file`, are fsynced, and the temporary
+ * is renamed over `file` only when complete (then the directory is fsynced so the rename
+ * is durable). On failure the temporary is removed, any existing `file` is left as it
+ * was, and the error is rethrown with the temporary's name replaced by `file`'s.
+ */
+export function writeAtomic(file: string, write: (fd: number) => void): void {
   const tmp = tempName(path.resolve(file));
   let fd: number | null = null;
   try {
     fd = fs.openSync(tmp, 'wx', 0o644);
-    fs.writeFileSync(fd, data);
+    write(fd);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     fd = null;
@@ -28,7 +34,27 @@ export function writeFileAtomic(file: string, data: string | Uint8Array): void {
       }
     }
     fs.rmSync(tmp, { force: true });
+    if (e instanceof Error) e.message = e.message.split(tmp).join(file);
     throw e;
+  }
+  syncDirectory(path.dirname(path.resolve(file)));
+}
+
+/** Writes text or bytes to `file` atomically (see writeAtomic). */
+export function writeFileAtomic(file: string, data: string | Uint8Array): void {
+  writeAtomic(file, (fd) => fs.writeFileSync(fd, data));
+}
+
+/** Makes a rename durable; some filesystems refuse to fsync a directory, which is harmless here. */
+function syncDirectory(dir: string): void {
+  let fd: number | null = null;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch {
+    // best effort
+  } finally {
+    if (fd !== null) fs.closeSync(fd);
   }
 }
 

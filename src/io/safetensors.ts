@@ -26,6 +26,7 @@ import { cast, contiguous } from '../ops/view.js';
 import { type DType, DTYPE_BYTES, decode, encode, type HostArray } from '../tensor/dtype.js';
 import { formatShape, numel, type Shape } from '../tensor/shape.js';
 import { empty, Tensor } from '../tensor/tensor.js';
+import { writeAtomic } from './atomic.js';
 
 /** The reference implementation's limit on the header length. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -411,46 +412,17 @@ export function writeSafetensors(file: string, tensors: Readonly<Record<string, 
   new DataView(head.buffer).setBigUint64(0, BigInt(padded), true);
   head.set(json, 8);
 
-  const dir = path.dirname(path.resolve(file));
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`);
-  let fd: number | null = null;
   try {
-    fd = fs.openSync(tmp, 'wx', 0o644);
-    writeAll(fd, head);
-    for (const it of layout) {
-      const bytes = it.bytes();
-      if (bytes.length !== it.byteLength) throw new SafetensorsError(file, `produced ${bytes.length} bytes, expected ${it.byteLength}`, it.name);
-      writeAll(fd, bytes);
-    }
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = null;
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    if (fd !== null) {
-      try {
-        fs.closeSync(fd);
-      } catch {
-        // the write error below is the one to report
+    writeAtomic(file, (fd) => {
+      writeAll(fd, head);
+      for (const it of layout) {
+        const bytes = it.bytes();
+        if (bytes.length !== it.byteLength) throw new SafetensorsError(file, `produced ${bytes.length} bytes, expected ${it.byteLength}`, it.name);
+        writeAll(fd, bytes);
       }
-    }
-    fs.rmSync(tmp, { force: true });
+    });
+  } catch (e) {
     if (e instanceof SafetensorsError) throw e;
-    // name the destination, not the temporary, in system errors
-    throw new SafetensorsError(file, `cannot write: ${errorText(e).split(tmp).join(file)}`);
-  }
-  syncDirectory(dir);
-}
-
-/** Makes the rename durable; some filesystems refuse to fsync a directory, which is harmless here. */
-function syncDirectory(dir: string): void {
-  let fd: number | null = null;
-  try {
-    fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
-  } catch {
-    // best effort
-  } finally {
-    if (fd !== null) fs.closeSync(fd);
+    throw new SafetensorsError(file, `cannot write: ${errorText(e)}`);
   }
 }
