@@ -7,7 +7,6 @@ import { noGrad } from '../../src/autograd/tape.js';
 import { tensor } from '../../src/ops/creation.js';
 import { rowNorm } from '../../src/ops/norm.js';
 import { dequantize } from '../../src/quant/ops.js';
-import { quantizeWeight } from '../../src/quant/weight.js';
 import { scope } from '../../src/tensor/tensor.js';
 import { injectAdapters } from '../../src/train/adapters.js';
 import { quantizeBase } from '../../src/train/quantize.js';
@@ -22,6 +21,7 @@ for (const bits of [8, 4] as const) {
   test(`quant_bits ${bits}: quantized decoder Linears, float lm_head, DoRA magnitudes from the dequantized weights`, () => {
     const float = tinyLlama();
     const ref = logits(float);
+    const floatNorms = scope(() => Float32Array.from(rowNorm(float.model.layers.at(0).self_attn.q_proj.weight).toArray()));
     float.dispose();
     const model = tinyLlama();
     const q = quantizeBase(model, bits);
@@ -34,14 +34,12 @@ for (const bits of [8, 4] as const) {
     const q0 = model.model.layers.at(0).self_attn.q_proj;
     const { target } = injectAdapters(model, { r: 2, alpha: 4, dropout: 0, targetModules: ['q_proj'], useDora: true, useRslora: false, baseModel: 't', seed: 1, frozenWeight: q.frozenWeight });
     const m0 = target.modules[0].magnitude!;
-    const expected = scope(() => {
-      const w = quantizeWeight(q0.weight, bits === 8 ? 'int8' : 'nf4', { doubleQuant: true });
-      const norms = Float32Array.from(rowNorm(dequantize(w)).toArray());
-      w.dispose();
-      return norms;
-    });
+    // quantizeBase freed the dense weight: the layer holds only its quantized form.
+    const held = q0.quantized;
+    assert.ok(held !== null, 'q_proj holds a quantized weight');
+    assert.equal(held.format, bits === 8 ? 'int8' : 'nf4');
+    const expected = scope(() => Float32Array.from(rowNorm(dequantize(held)).toArray()));
     assertClose(m0.toArray(), expected, { atol: 1e-6, rtol: 1e-6 }, 'magnitudes');
-    const floatNorms = scope(() => Float32Array.from(rowNorm(q0.weight).toArray()));
     assert.ok(floatNorms.some((v, i) => v !== expected[i]), 'and not the float weights');
     q.dispose();
     model.dispose();
