@@ -112,3 +112,30 @@ test('crossEntropy: out-of-range targets and bad shapes give clear errors', () =
     assert.throws(() => crossEntropy(l, tensor([0, 1], [2])), /crossEntropy: targets must be int32, got f32/);
   });
 });
+
+test('crossEntropy: a NaN or +inf logit, or a row of -inf, gives a NaN loss and gradient row at every SIMD level', () => {
+  // 37 classes: a full vector at every width plus a tail; the special value sits in a full vector and in the tail
+  const V = 37;
+  const rows = [
+    { at: 3, value: NaN },
+    { at: 35, value: NaN },
+    { at: 20, value: Infinity },
+    { at: -1, value: -Infinity },
+  ];
+  forEachIsa((isa) => {
+    for (const device of ['reference', ...testBackends()]) {
+      scope(() => {
+        const data = Array.from(randomData(rows.length * V, 8), (x) => x * 3);
+        rows.forEach(({ at, value }, r) => {
+          if (at < 0) data.fill(value, r * V, (r + 1) * V);
+          else data[r * V + at] = value;
+        });
+        const l = tensor(data, [rows.length, V], { device, requiresGrad: true });
+        const loss = crossEntropy(l, tensor([1, 2, 3, 4], [rows.length], { device, dtype: 'int32' }), { reduction: 'none' });
+        assert.ok(Array.from(values(loss)).every(Number.isNaN), `${device} ${isa}: losses ${Array.from(values(loss))}`);
+        backward(loss, tensor([1, 1, 1, 1], [rows.length], { device }));
+        assert.ok(Array.from(values(l.grad!)).every(Number.isNaN), `${device} ${isa}: gradient rows are NaN`);
+      });
+    }
+  });
+});

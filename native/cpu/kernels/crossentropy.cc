@@ -8,15 +8,20 @@
 // crossEntropyBackward ints: the same; ptrs: [logits, targets, lse, dloss [N], dlogits [N, V] (=)]
 //   dlogits = dloss * (softmax(logits) - onehot(target)), zero rows where ignored.
 // Targets outside [0, V) other than ignore_index are an error, reported before any write.
+//
+// At a 32k vocabulary the work is one exp per logit in each direction, so the AVX-512
+// and AVX2 paths use simd_math.h's exp at their full width (16 and 8 lanes); the scalar
+// path computes in f64 with libm.
+#include "simd_math.h"  // first: it sets warning state around <immintrin.h>
+
 #include <cmath>
+#include <cstring>
 #include <string>
 
-#include "nn_simd.h"
+#include "kernel.h"
 
 namespace finlora {
 namespace {
-
-using namespace nn;
 
 struct Params {
   const float* logits;
@@ -29,49 +34,118 @@ struct Params {
   int64_t N, V, ignore;
 };
 
-FINLORA_INLINE void forward_rows(const Params& p, int64_t r0, int64_t r1) {
-  const int64_t V = p.V;
+// ---------------------------------------------------------------- scalar (f64)
+
+void forward_scalar(const Params& p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    const float* x = p.logits + r * V;
-    const float mx = max_of(x, V);
-    const v8f vm = splat8(mx);
-    v4d s0 = {}, s1 = {};
-    int64_t i = 0;
-    for (; i + 8 <= V; i += 8) {
-      const v8f e = exp8(load8(x + i) - vm);
-      s0 += v4d{e[0], e[1], e[2], e[3]};
-      s1 += v4d{e[4], e[5], e[6], e[7]};
-    }
-    const v4d s = s0 + s1;
-    double sum = (s[0] + s[2]) + (s[1] + s[3]);
-    for (; i < V; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
+    const float* x = p.logits + r * p.V;
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < p.V; ++i) mx = (x[i] > mx || x[i] != x[i]) ? x[i] : mx;
+    double sum = 0;
+    for (int64_t i = 0; i < p.V; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
     const double lse = mx + std::log(sum);
     p.lse[r] = static_cast<float>(lse);
     const int32_t t = p.targets[r];
     p.loss[r] = t == p.ignore ? 0.f : static_cast<float>(lse - x[t]);
   }
 }
-FINLORA_ISA_VARIANTS(forward, forward_rows, Params)
 
-FINLORA_INLINE void backward_rows(const Params& p, int64_t r0, int64_t r1) {
-  const int64_t V = p.V;
+void backward_scalar(const Params& p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    const float* x = p.logits + r * V;
-    float* dx = p.dlogits + r * V;
+    const float* x = p.logits + r * p.V;
+    float* dx = p.dlogits + r * p.V;
     const int32_t t = p.targets[r];
     if (t == p.ignore) {
-      std::memset(dx, 0, sizeof(float) * V);
+      std::memset(dx, 0, sizeof(float) * p.V);
       continue;
     }
     const float d = p.dloss[r], lse = p.lse_in[r];
-    const v8f vd = splat8(d), vl = splat8(lse);
-    int64_t i = 0;
-    for (; i + 8 <= V; i += 8) store8(dx + i, vd * exp8(load8(x + i) - vl));
-    for (; i < V; ++i) dx[i] = d * std::exp(x[i] - lse);
+    for (int64_t i = 0; i < p.V; ++i) dx[i] = d * static_cast<float>(std::exp(static_cast<double>(x[i]) - lse));
     dx[t] -= d;
   }
 }
-FINLORA_ISA_VARIANTS(backward, backward_rows, Params)
+
+// ---------------------------------------------------------------- vector
+
+#if defined(__x86_64__)
+
+// NOTE: the row maximum may skip a NaN (x86 max drops one of its operands when either
+// is NaN); the NaN then reaches exp(x - max) and makes the sum, lse and loss NaN, as
+// the contract asks.
+template <class V>
+inline void forward_rows_v(const Params& p, int64_t r0, int64_t r1) {
+  using F = typename V::F;
+  using D = typename V::D;
+  constexpr int W = V::W;
+  const int64_t n = p.V, nv = n / W * W;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = p.logits + r * n;
+    F vmax = V::set1(-INFINITY);
+    for (int64_t i = 0; i < nv; i += W) vmax = V::max(V::load(x + i), vmax);
+    float mx = V::hmax(vmax);
+    for (int64_t i = nv; i < n; ++i) mx = (x[i] > mx || x[i] != x[i]) ? x[i] : mx;
+    // The row was just read, so it is in cache: the second pass costs exps, not memory.
+    const F vm = V::set1(mx);
+    D s0 = V::dzero(), s1 = V::dzero();
+    for (int64_t i = 0; i < nv; i += W) {
+      const F e = simd::exp<V>(V::sub(V::load(x + i), vm));
+      s0 = V::dadd(s0, V::widen_lo(e));
+      s1 = V::dadd(s1, V::widen_hi(e));
+    }
+    double sum = V::dsum(V::dadd(s0, s1));
+    for (int64_t i = nv; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
+    const double lse = mx + std::log(sum);
+    p.lse[r] = static_cast<float>(lse);
+    const int32_t t = p.targets[r];
+    p.loss[r] = t == p.ignore ? 0.f : static_cast<float>(lse - x[t]);
+  }
+}
+
+template <class V>
+inline void backward_rows_v(const Params& p, int64_t r0, int64_t r1) {
+  using F = typename V::F;
+  constexpr int W = V::W;
+  const int64_t n = p.V, nv = n / W * W;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = p.logits + r * n;
+    float* dx = p.dlogits + r * n;
+    const int32_t t = p.targets[r];
+    if (t == p.ignore) {
+      std::memset(dx, 0, sizeof(float) * n);
+      continue;
+    }
+    const float d = p.dloss[r], lse = p.lse_in[r];
+    const F vd = V::set1(d), vl = V::set1(lse);
+    for (int64_t i = 0; i < nv; i += W) V::store(dx + i, V::mul(vd, simd::exp<V>(V::sub(V::load(x + i), vl))));
+    for (int64_t i = nv; i < n; ++i) dx[i] = d * std::exp(x[i] - lse);
+    dx[t] -= d;
+  }
+}
+
+FINLORA_AVX512_FN void forward_avx512(const Params& p, int64_t r0, int64_t r1) { forward_rows_v<simd::Avx512>(p, r0, r1); }
+FINLORA_AVX2_FN void forward_avx2(const Params& p, int64_t r0, int64_t r1) { forward_rows_v<simd::Avx2>(p, r0, r1); }
+FINLORA_AVX512_FN void backward_avx512(const Params& p, int64_t r0, int64_t r1) { backward_rows_v<simd::Avx512>(p, r0, r1); }
+FINLORA_AVX2_FN void backward_avx2(const Params& p, int64_t r0, int64_t r1) { backward_rows_v<simd::Avx2>(p, r0, r1); }
+
+#endif
+
+using RowsFn = void (*)(const Params&, int64_t, int64_t);
+
+RowsFn forward_pick() {
+#if defined(__x86_64__)
+  if (isa() == Isa::Avx512) return forward_avx512;
+  if (isa() == Isa::Avx2) return forward_avx2;
+#endif
+  return forward_scalar;
+}
+
+RowsFn backward_pick() {
+#if defined(__x86_64__)
+  if (isa() == Isa::Avx512) return backward_avx512;
+  if (isa() == Isa::Avx2) return backward_avx2;
+#endif
+  return backward_scalar;
+}
 
 bool check_targets(const KernelArgs& a, const Params& p) {
   for (int64_t r = 0; r < p.N; ++r) {
