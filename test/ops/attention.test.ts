@@ -126,6 +126,27 @@ test('attention: fully masked rows give zeros, lse -inf, and no gradient', () =>
   }
 });
 
+test('attention: a NaN score makes its whole row NaN (not skipped like a masked key), at every SIMD level', () => {
+  const T = 5, D = 16;
+  const q = randomData(2 * T * D, 11);
+  q[2 * D + 3] = NaN; // one element of query row 2 of head 0
+  forEachIsa(() => {
+    checkAgainstReference((qq, kk, vv) => attention(qq, kk, vv, { causal: true }), [
+      { shape: [1, 2, T, D], data: q },
+      { shape: [1, 2, T, D] },
+      { shape: [1, 2, T, D] },
+    ]);
+    scope(() => {
+      const out = attention(tensor(q, [1, 2, T, D]), tensor(randomData(2 * T * D, 12), [1, 2, T, D]), tensor(randomData(2 * T * D, 13), [1, 2, T, D]), { causal: true });
+      const o = values(out);
+      for (let row = 0; row < 2 * T; row++) {
+        const nan = o.slice(row * D, (row + 1) * D).every(Number.isNaN);
+        assert.equal(nan, row === 2, `row ${row} is ${nan ? '' : 'not '}NaN`);
+      }
+    });
+  });
+});
+
 test('attention: an int32 attention mask works like an f32 one', () => {
   scope(() => {
     const c: Case = { B: 1, Hq: 2, Hkv: 1, T: 3, S: 3, D: 4, causal: false };

@@ -226,7 +226,9 @@ FINLORA_INLINE float scaled_scores(float* s, const float* bias, float scale, int
     v8f x = load8(s + 8 * c) * vs + load8(bias + 8 * c);
     x = lanes_from(8 * c) < vlim ? x : ninf;
     store8(s + 8 * c, x);
-    vmax = x > vmax ? x : vmax;
+    // NOTE: NaN must win the maximum, so a NaN score makes its whole row NaN (as in
+    // the reference and PyTorch) instead of being skipped like a masked key.
+    vmax = (x > vmax) | (x != x) ? x : vmax;
   }
   return hmax8(vmax);
 }

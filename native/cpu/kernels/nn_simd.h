@@ -136,9 +136,10 @@ FINLORA_INLINE float max_of(const float* x, int64_t n) {
   return nan ? NAN : m;
 }
 
+// NaN-propagating: a NaN lane makes the result NaN, as torch.max does.
 FINLORA_INLINE float hmax8(v8f v) {
   float m = v[0];
-  for (int k = 1; k < 8; ++k) m = v[k] > m ? v[k] : m;
+  for (int k = 1; k < 8; ++k) m = (v[k] > m || v[k] != v[k]) ? v[k] : m;
   return m;
 }
 
