@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CUDA backend's addon, build/Release/finlora_cuda.node, with nvcc: every
-# kernels/*.cu plus runtime.cu and the N-API binding, linked against cuBLAS and the
+# kernels/*.cu plus runtime.cu and the N-API binding, linked against cuBLAS, cuBLASLt and the
 # static CUDA runtime. Run through `npm run build:cuda` on a machine with nvcc and the
 # cuBLAS headers; `npm install` never calls it, so machines without CUDA are unaffected.
 #
@@ -74,5 +74,5 @@ libdirs=(-L"$cuda_home/lib64" -L"$cuda_home/targets/x86_64-linux/lib")
 rpath=()
 if [[ -n "$cublas_lib" ]]; then libdirs+=(-L"$cublas_lib"); rpath=(-Xlinker -rpath -Xlinker "$cublas_lib"); fi
 "$nvcc_bin" -shared "-gencode=arch=compute_$arch,code=sm_$arch" -o build/Release/finlora_cuda.node "${objects[@]}" \
-  "${libdirs[@]}" "${rpath[@]}" -lcublas -cudart static
+  "${libdirs[@]}" "${rpath[@]}" -lcublasLt -lcublas -cudart static
 echo "build:cuda: built build/Release/finlora_cuda.node (sm_$arch + PTX)"

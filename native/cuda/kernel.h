@@ -13,7 +13,9 @@
 // parameter-gradient kernels say when they accumulate (+=), others overwrite (=).
 #pragma once
 #include <cuda_runtime.h>
+#include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -53,9 +55,27 @@ struct RegisterKernel {
 // dtype codes, shared with src/tensor/dtype.ts
 enum DType : int64_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, U8 = 4, I32 = 5 };
 
-// The backend's stream and cuBLAS handle (created on first use, in runtime.cu).
+// The backend's stream and cuBLAS handles (created on first use, in runtime.cu).
 cudaStream_t stream();
 cublasHandle_t cublas();
+cublasLtHandle_t cublas_lt();
+// One device workspace for cuBLASLt's GEMMs (every use is ordered on the one stream);
+// *bytes is 0 (and the pointer null) when it could not be allocated.
+void* gemm_workspace(size_t* bytes);
+
+// The activation dtype T of a kernel (the bf16 compute contract): the trailing int of
+// its layout, after the `base` ints it has always had. A layout without it means f32.
+inline int64_t trailing_dtype(const KernelArgs& a, size_t base) { return a.ints.size() > base ? a.ints.back() : F32; }
+
+// True when T is one the kernels compute in (f32 or bf16); otherwise sets a.error.
+inline bool compute_dtype_ok(const KernelArgs& a, int64_t dt) {
+  if (dt == F32 || dt == BF16) return true;
+  a.error = "activation dtype code " + std::to_string(dt) + " is neither f32 (0) nor bf16 (1)";
+  return false;
+}
+
+// 16-byte aligned, so a kernel may move 8 bf16 or 4 f32 per load.
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // A small device scratch area (an int) and its pinned host mirror, for kernels that
 // must validate indices before writing anything (gather, crossEntropy): a check
@@ -95,6 +115,56 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
 __device__ __forceinline__ float f16_load(const uint16_t* p, int64_t i) {
   return __half2float(__ushort_as_half(p[i]));
 }
+
+// Activation storage: kernels are templates over T = float or bf16 (the bits of a
+// bfloat16, as in the tensor's buffer) and compute in f32; ld widens exactly, st rounds
+// once to nearest even (the hardware cvt.rn, which matches f32_to_bf16_bits for every
+// non-NaN value).
+struct bf16 {
+  uint16_t bits;
+};
+static_assert(sizeof(bf16) == 2, "bf16 is two bytes");
+
+__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16* p, int64_t i) { return __uint_as_float(static_cast<uint32_t>(p[i].bits) << 16); }
+__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16* p, int64_t i, float v) { p[i].bits = __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+// v rounded to T and widened back: the value a T store followed by a load gives.
+__device__ __forceinline__ float round_to(const float*, float v) { return v; }
+__device__ __forceinline__ float round_to(const bf16*, float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+// Eight consecutive elements at a 16-byte aligned address (two float4 or one uint4).
+__device__ __forceinline__ void ld8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void ld8(const bf16* p, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    v[2 * j] = __uint_as_float(w[j] << 16);
+    v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void st8(float* p, const float (&v)[8]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // .x (low half) from lo
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ void st8(bf16* p, const float (&v)[8]) {
+  *reinterpret_cast<uint4*>(p) =
+      make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+}
+
+// The elementwise kernels walk their n elements in chunks of 8: a full chunk at
+// aligned addresses (VEC) moves through ld8/st8, the tail and unaligned views one
+// element at a time. Same arithmetic either way, so the results do not depend on it.
+__device__ __forceinline__ int64_t chunk_begin() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
+__device__ __forceinline__ int64_t chunk_step() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
 // Block-wide reductions for kernels that give one block to a row. Every thread of the
 // block must call them; the result is returned to all threads. blockDim.x must be a

@@ -1,6 +1,6 @@
 // The CUDA backend's runtime pieces that kernels share: the kernel registry, the one
-// stream every launch goes to, the cuBLAS handle bound to it, and the index check
-// that gather and crossEntropy run before they write.
+// stream every launch goes to, the cuBLAS and cuBLASLt handles and the GEMM
+// workspace, and the index check that gather and crossEntropy run before they write.
 #include <cstdio>
 #include <cstdlib>
 
@@ -40,6 +40,36 @@ cublasHandle_t cublas() {
     return handle;
   }();
   return h;
+}
+
+cublasLtHandle_t cublas_lt() {
+  static cublasLtHandle_t h = [] {
+    cublasLtHandle_t handle = nullptr;
+    if (cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+      std::fprintf(stderr, "finlora cuda: cublasLtCreate failed\n");
+      std::abort();
+    }
+    return handle;
+  }();
+  return h;
+}
+
+void* gemm_workspace(size_t* bytes) {
+  // 32 MiB: what cuBLASLt's Hopper kernels ask for at most on large shapes (split-K
+  // and stream-K partials); allocated once, never grown.
+  static size_t size = 0;
+  static void* buf = [] {
+    void* p = nullptr;
+    const size_t want = size_t{32} << 20;
+    if (cudaMalloc(&p, want) != cudaSuccess) {
+      cudaGetLastError();
+      return static_cast<void*>(nullptr);
+    }
+    size = want;
+    return p;
+  }();
+  *bytes = size;
+  return buf;
 }
 
 namespace {
