@@ -230,4 +230,11 @@ export interface Kernels {
    * dg [cols] = Σ over rows of dout ⊙ (base + s·lora), summed in f64.
    */
   doraScaleBackward(base: Tensor, lora: Tensor, g: Tensor, dout: Tensor, dbase: Tensor, dlora: Tensor, dg: Tensor, s: number): void;
+  /**
+   * DoRA's weight norm in the direct form: out[i] = ‖W_i + s·(B·A)_i‖₂ with w [rows, cols]
+   * f32 or bf16, a f32 [r, cols], b f32 [rows, r], out f32 [rows], all contiguous. No
+   * low-rank identity (so no cancellation) and no host read; sums in f32 or better with a
+   * fixed per-row accumulation order (independent of the thread count).
+   */
+  doraNorm(w: Tensor, a: Tensor, b: Tensor, out: Tensor, s: number): void;
 }

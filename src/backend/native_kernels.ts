@@ -121,6 +121,7 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
     doraScale: (base, lora, g, out, s) => run('doraScale', [base, lora, g, out], [out.size / g.size, g.size], [s]),
     doraScaleBackward: (base, lora, g, dout, dbase, dlora, dg, s) =>
       run('doraScaleBackward', [base, lora, g, dout, dbase, dlora, dg], [dbase.size / g.size, g.size], [s]),
+    doraNorm: (w, a, b, out, s) => run('doraNorm', [w, a, b, out], [w.shape[0], w.shape[1], a.shape[0], DTYPE_CODE[w.dtype]], [s]),
     quantizedMatmul: (a, w, out, { transW, accumulate }) => {
       const { tensors, ints, offset } = quantizedOperands(w, out);
       const [format, rows, cols, blocksize, nested, nestedBlocksize] = ints;

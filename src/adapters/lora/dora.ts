@@ -10,8 +10,11 @@
 // with x̃ = dropout(x) while training (x otherwise, where both lines are the same
 // function). At initialisation m = ‖W + s·B·A‖ = ‖W‖ (B = 0), so g = 1 exactly.
 //
-// The norm is computed without materialising W + s·B·A (out × in values per layer and
-// step): per row,
+// On a backend with the doraNorm kernel (src/ops/dora.ts) the norm is one kernel in the
+// direct form, W_i + s·B_i·A formed and squared row by row in registers: no cancellation
+// to guard against and nothing read back to the host, which on a GPU would stall the
+// stream once per DoRA layer and step. Elsewhere it is computed without materialising
+// W + s·B·A (out × in values per layer and step): per row,
 //   ‖W + s·B·A‖² = ‖W‖² + 2s·rowsum((W·Aᵀ) ⊙ B) + s²·rowsum((B·A·Aᵀ) ⊙ B),
 // with ‖W‖² computed once for the frozen W (f64 sums in the reduce kernel; the row sums
 // below accumulate in f64 too). The products W·Aᵀ and B·A·Aᵀ run in f32, so each term
@@ -25,7 +28,7 @@
 // where its relative error in n² stays within about ε·S/n² ≤ 2ε. Such rows need a strongly
 // anti-aligned update as large as W itself; trained adapters have ‖s·B·A‖ ≪ ‖W‖, so the
 // fallback almost never runs. The check costs one host read of an [out] vector per
-// layer and forward.
+// layer and forward (free on the host, a stall on a device: hence the kernel above).
 //
 // Merge: W' = (m / ‖W + s·B·A‖)[:, None] ⊙ (W + s·B·A), the norm in the direct form as
 // PEFT's merge computes it and kept for unmerge (W = W' / (m / n) − s·B·A).
@@ -33,12 +36,12 @@ import { noGrad } from '../../autograd/tape.js';
 import { add, div, maximum, mul, sub } from '../../ops/binary.js';
 import { tensor } from '../../ops/creation.js';
 import { indexSelect } from '../../ops/concat.js';
-import { doraScale } from '../../ops/dora.js';
+import { doraNorm, doraScale, hasDoraNormKernel } from '../../ops/dora.js';
 import { matmul } from '../../ops/matmul.js';
 import { rowNorm } from '../../ops/norm.js';
 import { sum } from '../../ops/reduce.js';
 import { sqrt, square } from '../../ops/unary.js';
-import { clone, contiguous, reshape, transpose } from '../../ops/view.js';
+import { cast, clone, contiguous, reshape, transpose } from '../../ops/view.js';
 import { keep, scope, type Tensor } from '../../tensor/tensor.js';
 import { AdapterWeight, type FrozenWeight, type LoraLayer, type LoraVariant } from './layer.js';
 
@@ -47,7 +50,8 @@ export const NORM_FALLBACK_RATIO = 0.5;
 
 /** ‖W‖² per row, f32 [out] (sums of squares accumulate in f64). */
 export function weightNormSquared(frozen: FrozenWeight): Tensor {
-  return noGrad(() => scope(() => frozen.withDense((w) => sum(square(w), -1))));
+  // A bf16 W would be squared in bf16 on a backend that computes in bf16.
+  return noGrad(() => scope(() => frozen.withDense((w) => sum(square(cast(w, 'f32')), -1))));
 }
 
 export interface LowRankNorm {
@@ -78,7 +82,7 @@ export function directRowNorms(frozen: FrozenWeight, A: Tensor, B: Tensor, s: nu
       frozen.withDense((w) => {
         const wr = rows === undefined ? w : indexSelect(w, 0, rows);
         const br = rows === undefined ? B : indexSelect(B, 0, rows);
-        return rowNorm(add(wr, mul(matmul(br, A), s)));
+        return rowNorm(add(cast(wr, 'f32'), mul(matmul(br, A), s)));
       }),
     ),
   );
@@ -154,6 +158,11 @@ export class DoraVariant implements LoraVariant {
   }
 
   private computeNorm(layer: LoraLayer): Tensor {
+    const A = layer.lora_A.weight, B = layer.lora_B.weight;
+    if (hasDoraNormKernel(A.backend)) {
+      this.lastFallbackRows = [];
+      return noGrad(() => layer.frozen.withDense((w) => doraNorm(w, A, B, layer.scaling)));
+    }
     if (this.wNormSq === null) this.wNormSq = keep(weightNormSquared(layer.frozen));
     const { norm, fallbackRows } = doraWeightNorm(layer.frozen, this.wNormSq, layer.lora_A.weight, layer.lora_B.weight, layer.scaling);
     this.lastFallbackRows = fallbackRows;
