@@ -3,7 +3,12 @@
 // out[i] = u(seed, offset + i) >= p ? 1/(1-p) : 0. Each element depends only on
 // (seed, offset + i), so the mask is the same on every backend and launch shape.
 //
-// ints: [n, seed (uint32), offset (0 <= offset + n <= 2^53)]; floats: [p]; ptrs: [out f32 [n]]
+// dropout applies the mask without storing it: out[i] = x[i] * mask[i] in f32, bit
+// for bit x times dropoutMask's output (a bf16 x is widened exactly and the product
+// rounded once to bf16), in one pass and with no mask buffer.
+//
+// dropoutMask ints: [n, seed (uint32), offset (0 <= offset + n <= 2^53)]; floats: [p]; ptrs: [out f32 [n]]
+// dropout ints: [n, seed, offset, dtype T]; floats: [p]; ptrs: [x T [n], out T [n] (=)]
 #include "kernel.h"
 
 namespace finlora {
@@ -20,34 +25,90 @@ __device__ __forceinline__ uint32_t mix32(uint32_t x) {
   return x;
 }
 
-__global__ void dropout_kernel(float* out, int64_t n, uint32_t seed, uint64_t offset, uint32_t threshold, float keep) {
+// The keys depend only on the counter's high word; the mask of the counter with low
+// word lo is keep or 0.
+__device__ __forceinline__ uint32_t key1(uint32_t seed, uint32_t hi) { return mix32(mix32(seed ^ 0x9e3779b9u) + hi); }
+__device__ __forceinline__ float mask_from(uint32_t lo, uint32_t k1, uint32_t threshold, float keep) {
+  const uint32_t k2 = mix32(k1 ^ 0x85ebca6bu);
+  const uint32_t bits = mix32(mix32(lo + k1) ^ k2) >> 8;
+  return bits >= threshold ? keep : 0.0f;
+}
+__device__ __forceinline__ float mask_at(uint64_t c, uint32_t seed, uint32_t threshold, float keep) {
+  return mask_from(static_cast<uint32_t>(c), key1(seed, static_cast<uint32_t>(c >> 32)), threshold, keep);
+}
+
+__global__ void dropout_mask_kernel(float* out, int64_t n, uint32_t seed, uint64_t offset, uint32_t threshold, float keep) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = mask_at(offset + static_cast<uint64_t>(i), seed, threshold, keep);
+}
+
+template <class T, bool VEC>
+__global__ void dropout_kernel(const T* x, T* out, int64_t n, uint32_t seed, uint64_t offset, uint32_t threshold, float keep) {
+  for (int64_t i = chunk_begin() * 8; i < n; i += chunk_step() * 8) {
     const uint64_t c = offset + static_cast<uint64_t>(i);
-    const uint32_t hi = static_cast<uint32_t>(c >> 32), lo = static_cast<uint32_t>(c);
-    const uint32_t k1 = mix32(mix32(seed ^ 0x9e3779b9u) + hi);
-    const uint32_t k2 = mix32(k1 ^ 0x85ebca6bu);
-    const uint32_t bits = mix32(mix32(lo + k1) ^ k2) >> 8;
-    out[i] = bits >= threshold ? keep : 0.0f;
+    // A chunk inside one run of 2^32 counters (all but one chunk per run) shares its keys.
+    if (VEC && i + 8 <= n && (c >> 32) == ((c + 7) >> 32)) {
+      float v[8];
+      ld8(x + i, v);
+      const uint32_t k1 = key1(seed, static_cast<uint32_t>(c >> 32)), lo = static_cast<uint32_t>(c);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] *= mask_from(lo + j, k1, threshold, keep);
+      st8(out + i, v);
+    } else {
+      for (int64_t e = i; e < i + 8 && e < n; ++e) st(out, e, ld(x, e) * mask_at(c + (e - i), seed, threshold, keep));
+    }
   }
 }
 
-void dropout_mask(const KernelArgs& a) {
-  const int64_t n = a.ints[0];
-  if (n <= 0) return;
-  const uint32_t seed = static_cast<uint32_t>(a.ints[1]);
-  const uint64_t offset = static_cast<uint64_t>(a.ints[2]);
+struct Params {
+  int64_t n;
+  uint32_t seed;
+  uint64_t offset;
+  uint32_t threshold;
+  float keep;
+};
+
+Params params(const KernelArgs& a) {
   const double p = a.floats[0];
-  const float keep = static_cast<float>(1.0 / (1.0 - p));
   // u = bits / 2^24 >= p  <=>  bits >= ceil(p * 2^24), exactly (p * 2^24 is exact in f64)
   const double scaled = p * 16777216.0;
   const uint32_t threshold = static_cast<uint32_t>(scaled) + (static_cast<double>(static_cast<uint32_t>(scaled)) < scaled ? 1u : 0u);
-  dropout_kernel<<<grid_for(n, 256), 256, 0, stream()>>>(static_cast<float*>(a.ptrs[0]), n, seed, offset, threshold, keep);
+  return {a.ints[0], static_cast<uint32_t>(a.ints[1]), static_cast<uint64_t>(a.ints[2]), threshold,
+          static_cast<float>(1.0 / (1.0 - p))};
+}
+
+void dropout_mask(const KernelArgs& a) {
+  const Params q = params(a);
+  if (q.n <= 0) return;
+  dropout_mask_kernel<<<grid_for(q.n, 256), 256, 0, stream()>>>(static_cast<float*>(a.ptrs[0]), q.n, q.seed, q.offset,
+                                                                 q.threshold, q.keep);
+}
+
+template <class T>
+void launch(const KernelArgs& a, const Params& q) {
+  const T* x = static_cast<const T*>(a.ptrs[0]);
+  T* out = static_cast<T*>(a.ptrs[1]);
+  const unsigned grid = grid_for((q.n + 7) / 8, 256);
+  if (aligned16(x) && aligned16(out))
+    dropout_kernel<T, true><<<grid, 256, 0, stream()>>>(x, out, q.n, q.seed, q.offset, q.threshold, q.keep);
+  else
+    dropout_kernel<T, false><<<grid, 256, 0, stream()>>>(x, out, q.n, q.seed, q.offset, q.threshold, q.keep);
+}
+
+void dropout(const KernelArgs& a) {
+  const int64_t dt = trailing_dtype(a, 3);
+  if (!compute_dtype_ok(a, dt)) return;
+  const Params q = params(a);
+  if (q.n <= 0) return;
+  if (dt == BF16) launch<bf16>(a, q);
+  else launch<float>(a, q);
 }
 
 }  // namespace
 
 FINLORA_CUDA_KERNEL("dropoutMask", dropout_mask)
+FINLORA_CUDA_KERNEL("dropout", dropout)
 
 }  // namespace cuda
 }  // namespace finlora

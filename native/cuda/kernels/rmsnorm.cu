@@ -1,9 +1,11 @@
 // rmsnorm and its backward, as native/cpu/kernels/rmsnorm.cc (Hugging Face's
 // LlamaRMSNorm): y = (x * rstd) * w with rstd = 1/sqrt(mean(x^2) + eps); the mean of
-// squares accumulates in f64 and rstd is rounded to f32 before use.
+// squares accumulates in f64 and rstd is rounded to f32 before use. x, out, dy and dx
+// are T (f32 or bf16, computed in f32, a bf16 result rounded once); weight, rstd and
+// dweight are always f32.
 //
-// rmsnorm ints: [N, D]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
-// rmsnormBackward ints: [N, D]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (+=)]
+// rmsnorm ints: [N, D, dtype T]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
+// rmsnormBackward ints: [N, D, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (+=)]
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
 //   dweight += sum over rows of dy * x * rstd, in f64 per column
 #include "kernel.h"
@@ -12,58 +14,89 @@ namespace finlora {
 namespace cuda {
 namespace {
 
-__global__ void rmsnorm_rows(const float* x, const float* w, float* out, float* rstd, int64_t D, double eps) {
-  const float* xr = x + blockIdx.x * D;
-  float* y = out + blockIdx.x * D;
+template <class T>
+__global__ void rmsnorm_rows(const T* x, const float* w, T* out, float* rstd, int64_t D, double eps) {
+  const T* xr = x + blockIdx.x * D;
+  T* y = out + blockIdx.x * D;
   double s = 0;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += static_cast<double>(xr[i]) * xr[i];
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const double v = ld(xr, i);
+    s += v * v;
+  }
   s = block_reduce(s, SumOp());
   const float rs = static_cast<float>(1.0 / sqrt(s / static_cast<double>(D) + eps));
   if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) y[i] = (xr[i] * rs) * w[i];
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(y, i, (ld(xr, i) * rs) * w[i]);
 }
 
-__global__ void rmsnorm_dx(const float* x, const float* w, const float* rstd, const float* dy, float* dx, int64_t D) {
-  const float* xr = x + blockIdx.x * D;
-  const float* g = dy + blockIdx.x * D;
-  float* o = dx + blockIdx.x * D;
+template <class T>
+__global__ void rmsnorm_dx(const T* x, const float* w, const float* rstd, const T* dy, T* dx, int64_t D) {
+  const T* xr = x + blockIdx.x * D;
+  const T* g = dy + blockIdx.x * D;
+  T* o = dx + blockIdx.x * D;
   double s = 0;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += static_cast<double>(g[i]) * w[i] * xr[i];
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += static_cast<double>(ld(g, i)) * w[i] * ld(xr, i);
   s = block_reduce(s, SumOp());
   const double rs = rstd[blockIdx.x];
   const float a = static_cast<float>(rs);
   const float b = static_cast<float>(rs * rs * rs * s / static_cast<double>(D));
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) o[i] = a * w[i] * g[i] - b * xr[i];
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(o, i, a * w[i] * ld(g, i) - b * ld(xr, i));
 }
 
-__global__ void rmsnorm_dweight(const float* x, const float* rstd, const float* dy, float* dw, int64_t N, int64_t D) {
-  for (int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; d < D;
-       d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double s = 0;
-    for (int64_t r = 0; r < N; ++r) s += static_cast<double>(dy[r * D + d]) * x[r * D + d] * rstd[r];
-    dw[d] += static_cast<float>(s);
+// dweight: each column's sum over rows in f64, in a fixed order: blocks of 32 columns
+// by 8 row lanes; lane l sums rows l, l + 8, ... and the 8 partials are added in lane
+// order (one owner per column, no atomics, the same bits every run). Eight lanes give
+// a [4096, 4096] gradient 128 x 8 warps of work instead of one thread per column.
+template <class T>
+__global__ void rmsnorm_dweight(const T* x, const float* rstd, const T* dy, float* dw, int64_t N, int64_t D) {
+  __shared__ double part[8][33];
+  const int64_t d = blockIdx.x * 32LL + threadIdx.x;
+  double s = 0;
+  if (d < D)
+    for (int64_t r = threadIdx.y; r < N; r += 8) s += static_cast<double>(ld(dy, r * D + d)) * ld(x, r * D + d) * rstd[r];
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && d < D) {
+    double t = part[0][threadIdx.x];
+    for (int l = 1; l < 8; ++l) t += part[l][threadIdx.x];
+    dw[d] += static_cast<float>(t);
   }
 }
 
 int block_for(int64_t D) { return D >= 2048 ? 512 : D >= 256 ? 256 : 64; }
 
 void rmsnorm(const KernelArgs& a) {
-  const int64_t N = a.ints[0], D = a.ints[1];
+  const int64_t N = a.ints[0], D = a.ints[1], dt = trailing_dtype(a, 2);
+  if (!compute_dtype_ok(a, dt)) return;
   if (N == 0) return;
-  rmsnorm_rows<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(
-      static_cast<const float*>(a.ptrs[0]), static_cast<const float*>(a.ptrs[1]), static_cast<float*>(a.ptrs[2]),
-      static_cast<float*>(a.ptrs[3]), D, a.floats[0]);
+  const float* w = static_cast<const float*>(a.ptrs[1]);
+  float* rstd = static_cast<float*>(a.ptrs[3]);
+  const unsigned grid = static_cast<unsigned>(N);
+  if (dt == BF16)
+    rmsnorm_rows<<<grid, block_for(D), 0, stream()>>>(static_cast<const bf16*>(a.ptrs[0]), w, static_cast<bf16*>(a.ptrs[2]),
+                                                     rstd, D, a.floats[0]);
+  else
+    rmsnorm_rows<<<grid, block_for(D), 0, stream()>>>(static_cast<const float*>(a.ptrs[0]), w, static_cast<float*>(a.ptrs[2]),
+                                                     rstd, D, a.floats[0]);
+}
+
+template <class T>
+void backward(const KernelArgs& a, int64_t N, int64_t D) {
+  const T* x = static_cast<const T*>(a.ptrs[0]);
+  const float* w = static_cast<const float*>(a.ptrs[1]);
+  const float* rstd = static_cast<const float*>(a.ptrs[2]);
+  const T* dy = static_cast<const T*>(a.ptrs[3]);
+  rmsnorm_dx<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, static_cast<T*>(a.ptrs[4]), D);
+  rmsnorm_dweight<<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8), 0, stream()>>>(x, rstd, dy,
+                                                                                   static_cast<float*>(a.ptrs[5]), N, D);
 }
 
 void rmsnorm_backward(const KernelArgs& a) {
-  const int64_t N = a.ints[0], D = a.ints[1];
+  const int64_t N = a.ints[0], D = a.ints[1], dt = trailing_dtype(a, 2);
+  if (!compute_dtype_ok(a, dt)) return;
   if (N == 0 || D == 0) return;
-  const float* x = static_cast<const float*>(a.ptrs[0]);
-  const float* w = static_cast<const float*>(a.ptrs[1]);
-  const float* rstd = static_cast<const float*>(a.ptrs[2]);
-  const float* dy = static_cast<const float*>(a.ptrs[3]);
-  rmsnorm_dx<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, static_cast<float*>(a.ptrs[4]), D);
-  rmsnorm_dweight<<<grid_for(D, 128), 128, 0, stream()>>>(x, rstd, dy, static_cast<float*>(a.ptrs[5]), N, D);
+  if (dt == BF16) backward<bf16>(a, N, D);
+  else backward<float>(a, N, D);
 }
 
 }  // namespace
