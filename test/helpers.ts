@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { backward } from '../src/autograd/tape.js';
 import { getBackend } from '../src/backend/registry.js';
-import { read, write } from '../src/backend/reference/reference.js';
+import { read, ReferenceBackend, write } from '../src/backend/reference/reference.js';
 import { tensor } from '../src/ops/creation.js';
 import { contiguous } from '../src/ops/view.js';
 import { Rng } from '../src/tensor/rng.js';
@@ -75,6 +75,22 @@ function materialise(spec: InputSpec, index: number, device: string, seed: numbe
   const strided = view(stored, spec.shape, strides, 0);
   stored.dispose();
   return strided;
+}
+
+/**
+ * Runs fn with the reference backend computing in f32 only, as the cpu backend does:
+ * bf16 inputs are widened and outputs are f32, so the two can be compared.
+ */
+export function withReferenceInF32<T>(fn: () => T): T {
+  const ref = getBackend('reference');
+  if (!(ref instanceof ReferenceBackend)) throw new Error('withReferenceInF32: the reference backend is not a ReferenceBackend');
+  const saved = ref.computeDtypes;
+  ref.computeDtypes = ['f32'];
+  try {
+    return fn();
+  } finally {
+    ref.computeDtypes = saved;
+  }
 }
 
 /** Host values of any tensor (strided or not), as numbers. */

@@ -3,10 +3,13 @@
 // backward() walks it in reverse topological order. Leaves (parameters) accumulate
 // their gradient in .grad (+=); frozen tensors (requiresGrad false) are never visited
 // and cost no gradient memory. Backward closures are built from ops, so every backend
-// gets every gradient.
+// gets every gradient. A tensor's gradient has its activation dtype (gradDtype: bf16 for
+// a bf16 tensor on a backend that computes in bf16, else f32); a gradient an op returns
+// in another dtype (a cast's, or a widened product's) is converted on arrival.
 import { empty, keep, type Tensor } from '../tensor/tensor.js';
 import { formatShape, sameShape } from '../tensor/shape.js';
 import { kernel } from '../backend/backend.js';
+import { gradDtype } from '../ops/util.js';
 
 let disabled = 0;
 
@@ -69,13 +72,22 @@ function topoOrder(root: Tensor): Tensor[] {
   return order;
 }
 
+/** A fresh gradient for `like`, in its gradient dtype. */
 function make(like: Tensor): Tensor {
-  return empty(like.shape, 'f32', like.backend);
+  return empty(like.shape, gradDtype(like), like.backend);
 }
 
-/** out = a + b into a fresh tensor, or into `into` (in place) when given. */
+/** g converted to the gradient dtype of t (g itself when it has it already). */
+function asGradOf(t: Tensor, g: Tensor): Tensor {
+  if (g.dtype === gradDtype(t)) return g;
+  const c = make(t);
+  kernel(t.backend, 'copy')(g, c);
+  return c;
+}
+
+/** out = a + b (both in one dtype) into a fresh tensor, or into `into` (in place) when given. */
 function addGrads(a: Tensor, b: Tensor, into: Tensor | null): Tensor {
-  const out = into ?? make(a);
+  const out = into ?? empty(a.shape, a.dtype, a.backend);
   kernel(a.backend, 'binary')('add', a, b, out);
   return out;
 }
@@ -117,12 +129,16 @@ export function backward(root: Tensor, grad?: Tensor): void {
         }
       } else {
         const inputGrads = fn.backward(g);
+        // Gradients given in another dtype than their input's: freed once converted.
+        const converted = new Set<Tensor>();
         fn.inputs.forEach((input, k) => {
-          const gi = inputGrads[k];
-          if (gi === null || gi === undefined || !input.requiresGrad) return;
-          if (!sameShape(gi.shape, input.shape)) {
-            throw new Error(`backward: ${fn.name} gave a gradient ${formatShape(gi.shape)} for an input ${formatShape(input.shape)}`);
+          const given = inputGrads[k];
+          if (given === null || given === undefined || !input.requiresGrad) return;
+          if (!sameShape(given.shape, input.shape)) {
+            throw new Error(`backward: ${fn.name} gave a gradient ${formatShape(given.shape)} for an input ${formatShape(input.shape)}`);
           }
+          const gi = asGradOf(input, given);
+          if (gi !== given) converted.add(given);
           const prev = grads.get(input.id);
           if (prev === undefined) {
             grads.set(input.id, gi);
@@ -132,6 +148,7 @@ export function backward(root: Tensor, grad?: Tensor): void {
             if (!inUse(gi) && gi !== g) gi.dispose();
           }
         });
+        for (const t of converted) if (t !== g && !inUse(t)) t.dispose();
         node.gradFn = null;
       }
       if (g !== grad && !inUse(g)) g.dispose();

@@ -21,6 +21,13 @@ export interface Backend {
    * their strides (see kernels.ts); absent or false, they take contiguous tensors.
    */
   readonly stridedAttention?: boolean;
+  /**
+   * Activation dtypes the kernels compute in (absent: ['f32']). With 'bf16' listed, an op
+   * whose floating inputs are all bf16 computes and returns bf16 (f32 arithmetic inside,
+   * each output rounded once); elsewhere bf16 inputs are widened to f32 first
+   * (computeDtype in src/ops/util.ts decides).
+   */
+  readonly computeDtypes?: readonly ('f32' | 'bf16')[];
   alloc(bytes: number): BackendBuffer;
   free(buf: BackendBuffer): void;
   /** Copies raw bytes of the given dtype into the buffer. */

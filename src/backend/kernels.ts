@@ -2,8 +2,18 @@
 // inputs, allocate outputs and call these; backends (cpu, reference, cuda) implement
 // them. Unless a contract says otherwise:
 //   - every output is a fresh contiguous tensor that the kernel overwrites (=);
-//   - every input is contiguous f32 (ops make it so);
+//   - every input is contiguous (ops make it so);
 //   - accumulating kernels say "+=".
+//
+// Activation dtype T. A kernel's floating activations (inputs, outputs and their
+// gradients) share one dtype T: f32, or bf16 on a backend that lists 'bf16' in
+// Backend.computeDtypes (ops pick T, src/ops/util.ts computeDtype, and widen inputs to
+// f32 otherwise). Arithmetic inside is f32 (or f64 where a contract says sums are), and
+// each T output is rounded to T once (round to nearest even). Whatever T is, these stay
+// f32: rmsnorm's weight, dweight and rstd; rope's cos and sin; attention's lse and
+// keyMask; crossEntropy's loss, lse and dloss; doraScale's g and dg; doraNorm's out;
+// adamw's operands; dropoutMask's out; scatterAdd's out. A backend without bf16 compute
+// (cpu) only ever gets T = f32.
 import type { Tensor } from '../tensor/tensor.js';
 
 export const BINARY_OPS = ['add', 'sub', 'mul', 'div', 'maximum', 'eq'] as const;
@@ -113,44 +123,50 @@ export interface Kernels {
   copy(x: Tensor, out: Tensor): void;
   /** Every element of out (contiguous, any dtype) = value. */
   fill(out: Tensor, value: number): void;
-  /** out = a op b; a and b are f32 views already broadcast to out.shape (any strides). */
+  /** out = a op b; a and b are views of dtype T already broadcast to out.shape (any strides); out is T. */
   binary(op: BinaryOp, a: Tensor, b: Tensor, out: Tensor): void;
   /**
    * out = op(x), elementwise, IEEE special values as libm gives them (log of a negative
    * is NaN, rsqrt(-0) = -inf). Accuracy against the exact value: exp, log, rsqrt within
-   * 1.5 ulp, sigmoid 1.5, silu 2; the rest correctly rounded.
+   * 1.5 ulp, sigmoid 1.5, silu 2; the rest correctly rounded (in f32, before rounding to
+   * T). x and out are T and may be the same tensor.
    */
   unary(op: UnaryOp, x: Tensor, out: Tensor): void;
-  /** Sum or max over the middle axis of x viewed as [outer, n, inner]; sums accumulate in f64. */
+  /** Sum or max over the middle axis of x viewed as [outer, n, inner]; x and out T; sums accumulate in f64. */
   reduce(op: ReduceOp, x: Tensor, out: Tensor, attrs: ReduceAttrs): void;
   /**
    * Softmax (or log-softmax) over the last axis. A row whose entries are all -inf (fully
    * masked) gives zeros (log-softmax: -inf) where PyTorch gives NaN, so a masked row
-   * passes no gradient; a NaN or +inf in a row makes the whole row NaN.
+   * passes no gradient; a NaN or +inf in a row makes the whole row NaN. x and out are T.
    */
   softmax(x: Tensor, out: Tensor, log: boolean): void;
   /**
    * Batched GEMM: a [batch, M, K] (or [batch, K, M] with transA), b [batch, K, N] (or
    * [batch, N, K] with transB); out [batch, M, N] contiguous. a and b may be strided
    * views whose last two axes have one unit stride each; the batch stride may be 0.
-   * b may be f32 or bf16.
+   * Exactly two dtype combinations: a f32, b f32 or bf16 (widened), out f32; or a, b
+   * and out all bf16 (T = bf16: products accumulated in f32, out rounded once; alpha
+   * and accumulate as for f32). An op widens a bf16 a whose b is f32.
    */
   matmul(a: Tensor, b: Tensor, out: Tensor, attrs: MatmulAttrs): void;
   /**
    * Embedding lookup: table [V, D] (contiguous f32, bf16 or f16), ids int32 [N] ->
-   * out f32 [N, D]. Ids out of range throw (naming the id and its position) before
-   * anything is written.
+   * out [N, D] of dtype T (each row converted from the table's dtype). Ids out of range
+   * throw (naming the id and its position) before anything is written.
    */
   gather(table: Tensor, ids: Tensor, out: Tensor): void;
-  /** out[ids[i], :] += src[i, :] (+=): src [N, D], ids int32 [N], out [V, D]; repeated ids accumulate. */
+  /** out[ids[i], :] += src[i, :] (+=): src T [N, D], ids int32 [N], out f32 [V, D]; repeated ids accumulate. */
   scatterAdd(src: Tensor, ids: Tensor, out: Tensor): void;
-  /** RMSNorm over the last axis: x [N, D], weight [D]; out [N, D], rstd [N] = 1/sqrt(mean(x^2) + eps). */
+  /**
+   * RMSNorm over the last axis: x T [N, D], weight f32 [D]; out T [N, D], rstd f32 [N] =
+   * 1/sqrt(mean(x^2) + eps).
+   */
   rmsnorm(x: Tensor, weight: Tensor, out: Tensor, rstd: Tensor, eps: number): void;
-  /** Backward of rmsnorm: dx [N, D] (=), dweight [D] (+=). */
+  /** Backward of rmsnorm: x, dy, dx T [N, D] (dx =); weight, rstd and dweight f32 (dweight +=). */
   rmsnormBackward(x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor, dx: Tensor, dweight: Tensor): void;
   /**
    * Rotary embedding, Hugging Face's rotate_half layout (pairs i and i + D/2):
-   * x [B, T, H, D]; cos, sin [B or 1, T, D/2]; out [B, T, H, D].
+   * x T [B, T, H, D]; cos, sin f32 [B or 1, T, D/2]; out T [B, T, H, D].
    * out1 = x1*cos - x2*sin, out2 = x2*cos + x1*sin; inverse flips the sign of sin
    * (the backward).
    */
@@ -159,10 +175,11 @@ export interface Kernels {
    * Scaled dot-product attention with grouped-query heads: q [B, Hq, T, D],
    * k, v [B, Hkv, S, D] (Hq a multiple of Hkv; query head h reads kv head
    * h / (Hq/Hkv)); keyMask null or f32 [B, S] (1 attend, 0 masked);
-   * out [B, Hq, T, D]; lse [B, Hq, T] = log-sum-exp of the scaled, masked scores.
+   * out [B, Hq, T, D]; lse f32 [B, Hq, T] = log-sum-exp of the scaled, masked scores.
+   * q, k, v, out (and dout, dq, dk, dv in the backward) are T.
    * A query row with every key masked gives zeros and lse = -Infinity (and no
    * gradient in the backward). On a backend with stridedAttention, q, k, v and out
-   * (and in the backward dout, dq, dk, dv) may be f32 views with any strides over their
+   * (and in the backward dout, dq, dk, dv) may be views with any strides over their
    * first three axes and a unit stride on the last, and out and the gradients are
    * written through their strides; lse and keyMask are contiguous.
    */
@@ -173,12 +190,12 @@ export interface Kernels {
     dq: Tensor, dk: Tensor, dv: Tensor, attrs: AttentionAttrs,
   ): void;
   /**
-   * Cross-entropy per row: logits [N, V], targets int32 [N]; loss [N] = lse - logit[target]
-   * (0 where target == ignoreIndex); lse [N] saved for backward. A target outside
+   * Cross-entropy per row: logits T [N, V], targets int32 [N]; loss f32 [N] = lse - logit[target]
+   * (0 where target == ignoreIndex); lse f32 [N] saved for backward. A target outside
    * [0, V) other than ignoreIndex throws, naming its row, before anything is written.
    */
   crossEntropy(logits: Tensor, targets: Tensor, loss: Tensor, lse: Tensor, ignoreIndex: number): void;
-  /** dlogits [N, V] (=) = dloss[i] * (softmax(logits[i]) - onehot(target[i])), 0 for ignored rows. */
+  /** dlogits T [N, V] (=) = dloss[i] * (softmax(logits[i]) - onehot(target[i])), 0 for ignored rows; dloss and lse f32. */
   crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, dloss: Tensor, dlogits: Tensor, ignoreIndex: number): void;
   /**
    * Dropout scale mask: out[i] = u(seed, offset + i) >= p ? 1/(1-p) : 0, with u the
@@ -188,12 +205,14 @@ export interface Kernels {
   dropoutMask(out: Tensor, p: number, seed: number, offset: number): void;
   /**
    * out = x ⊙ the mask dropoutMask(p, seed, offset) would write, without storing the
-   * mask: bit for bit the product of x and that mask. x, out f32 contiguous, one size.
+   * mask: bit for bit the product of x and that mask (then rounded to T). x, out T
+   * contiguous, one size.
    */
   dropout(x: Tensor, out: Tensor, p: number, seed: number, offset: number): void;
   /**
    * out (+)= a · op(W) with W quantized and decoded on the fly (no f32 copy of W):
-   * a [M, K], out [M, N] contiguous f32; transW: K = cols, N = rows; else K = rows, N = cols.
+   * a [M, K], out [M, N] contiguous, both f32 or both bf16 (T); transW: K = cols, N =
+   * rows; else K = rows, N = cols.
    */
   quantizedMatmul(a: Tensor, w: QuantizedOperand, out: Tensor, attrs: QuantizedMatmulAttrs): void;
   /** out f32 [rows, cols] = the dequantized W. */
@@ -216,18 +235,18 @@ export interface Kernels {
    * rounded to f32 before use, as torch applies Python scalars to f32 tensors.
    */
   adamw(operands: readonly AdamWOperands[], attrs: AdamWAttrs): void;
-  /** out = silu(gate) ⊙ up (Llama's gated MLP activation); gate, up, out of one shape. */
+  /** out = silu(gate) ⊙ up (Llama's gated MLP activation); gate, up, out T of one shape. */
   siluMul(gate: Tensor, up: Tensor, out: Tensor): void;
   /**
-   * Backward of siluMul (both =): with s = sigmoid(gate), dup = dout ⊙ silu(gate) and
+   * Backward of siluMul (both =, all tensors T): with s = sigmoid(gate), dup = dout ⊙ silu(gate) and
    * dgate = (dout ⊙ up) ⊙ s ⊙ (1 + gate ⊙ (1 − s)).
    */
   siluMulBackward(gate: Tensor, up: Tensor, dout: Tensor, dgate: Tensor, dup: Tensor): void;
-  /** DoRA's output scaling: out = (base + s·lora) ⊙ g; base, lora, out [rows, cols], g [cols]. */
+  /** DoRA's output scaling: out = (base + s·lora) ⊙ g; base, lora, out T [rows, cols], g f32 [cols]. */
   doraScale(base: Tensor, lora: Tensor, g: Tensor, out: Tensor, s: number): void;
   /**
-   * Backward of doraScale (all =): dbase = dout ⊙ g, dlora = s·dbase, and
-   * dg [cols] = Σ over rows of dout ⊙ (base + s·lora), summed in f64.
+   * Backward of doraScale (all =): dbase = dout ⊙ g, dlora = s·dbase (dout, dbase, dlora
+   * T), and dg f32 [cols] = Σ over rows of dout ⊙ (base + s·lora), summed in f64.
    */
   doraScaleBackward(base: Tensor, lora: Tensor, g: Tensor, dout: Tensor, dbase: Tensor, dlora: Tensor, dg: Tensor, s: number): void;
   /**

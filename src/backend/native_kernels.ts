@@ -3,6 +3,10 @@
 // integer attributes (shapes, strides in elements, dtype codes, flags) and its float
 // attributes, in the order the native side reads them (documented beside each
 // registration in native/cpu/kernels/ and native/cuda/kernels/).
+//
+// Kernels that compute in an activation dtype T (f32, or bf16 on a backend that lists it
+// in computeDtypes; see kernels.ts) take T's DTYPE_CODE as their last int, after all the
+// others; the cpu kernels only ever get f32 and ignore it.
 import { BINARY_OPS, type Kernels, type QuantizedOperand, REDUCE_OPS, UNARY_OPS } from './kernels.js';
 import { DTYPE_CODE } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -45,6 +49,11 @@ export interface NativeKernelOptions {
   readonly stridedAttention: boolean;
 }
 
+/** The DTYPE_CODE of a kernel's activation dtype T, read off the tensor that has it. */
+function code(t: Tensor): number {
+  return DTYPE_CODE[t.dtype];
+}
+
 /** Every kernel, marshalled for a native addon's run entry. */
 export function nativeKernels(run: NativeRun, { stridedAttention: strided }: NativeKernelOptions): Kernels {
   return {
@@ -52,12 +61,12 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
       run('copy', [x, out], [x.rank, DTYPE_CODE[x.dtype], DTYPE_CODE[out.dtype], ...x.shape, ...x.strides, ...out.strides]),
     fill: (out, value) => run('fill', [out], [DTYPE_CODE[out.dtype], out.size], [value]),
     binary: (op, a, b, out) =>
-      run('binary', [a, b, out], [BINARY_OPS.indexOf(op), out.rank, ...out.shape, ...a.strides, ...b.strides], [], op),
-    unary: (op, x, out) => run('unary', [x, out], [UNARY_OPS.indexOf(op), x.size], [], op),
-    reduce: (op, x, out, { outer, n, inner }) => run('reduce', [x, out], [REDUCE_OPS.indexOf(op), outer, n, inner], [], op),
+      run('binary', [a, b, out], [BINARY_OPS.indexOf(op), out.rank, ...out.shape, ...a.strides, ...b.strides, code(out)], [], op),
+    unary: (op, x, out) => run('unary', [x, out], [UNARY_OPS.indexOf(op), x.size, code(x)], [], op),
+    reduce: (op, x, out, { outer, n, inner }) => run('reduce', [x, out], [REDUCE_OPS.indexOf(op), outer, n, inner, code(x)], [], op),
     softmax: (x, out, log) => {
       const cols = x.shape[x.rank - 1] ?? 1;
-      run('softmax', [x, out], [x.size / Math.max(cols, 1), cols, log ? 1 : 0]);
+      run('softmax', [x, out], [x.size / Math.max(cols, 1), cols, log ? 1 : 0, code(x)]);
     },
     matmul: (a, b, out, { transA, transB, alpha, accumulate }) => {
       // Fold transposition into strides: op(a) is [M, K] with strides (ars, acs), op(b) [K, N] with (brs, bcs).
@@ -69,28 +78,28 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
       const abs = a.rank === 3 && a.shape[0] !== 1 ? a.strides[0] : 0, bbs = b.rank === 3 && b.shape[0] !== 1 ? b.strides[0] : 0;
       const [ars, acs] = transA ? [a.strides[ra - 1], a.strides[ra - 2]] : [a.strides[ra - 2], a.strides[ra - 1]];
       const [brs, bcs] = transB ? [b.strides[rb - 1], b.strides[rb - 2]] : [b.strides[rb - 2], b.strides[rb - 1]];
-      run('matmul', [a, b, out], [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate ? 1 : 0, DTYPE_CODE[b.dtype]], [alpha], () => `${batch > 1 ? `${batch}x` : ''}${M}x${N}x${K}`);
+      run('matmul', [a, b, out], [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate ? 1 : 0, DTYPE_CODE[b.dtype], code(a)], [alpha], () => `${batch > 1 ? `${batch}x` : ''}${M}x${N}x${K}`);
     },
     gather: (table, ids, out) =>
-      run('gather', [table, ids, out], [table.shape[0], table.shape[1], ids.size, DTYPE_CODE[table.dtype]]),
-    scatterAdd: (src, ids, out) => run('scatterAdd', [src, ids, out], [out.shape[0], out.shape[1], ids.size]),
+      run('gather', [table, ids, out], [table.shape[0], table.shape[1], ids.size, DTYPE_CODE[table.dtype], code(out)]),
+    scatterAdd: (src, ids, out) => run('scatterAdd', [src, ids, out], [out.shape[0], out.shape[1], ids.size, code(src)]),
     rmsnorm: (x, weight, out, rstd, eps) => {
       const D = x.shape[x.rank - 1];
-      run('rmsnorm', [x, weight, out, rstd], [x.size / D, D], [eps]);
+      run('rmsnorm', [x, weight, out, rstd], [x.size / D, D, code(x)], [eps]);
     },
     rmsnormBackward: (x, weight, rstd, dy, dx, dweight) => {
       const D = x.shape[x.rank - 1];
-      run('rmsnormBackward', [x, weight, rstd, dy, dx, dweight], [x.size / D, D]);
+      run('rmsnormBackward', [x, weight, rstd, dy, dx, dweight], [x.size / D, D, code(x)]);
     },
     rope: (x, cos, sin, out, inverse) => {
       const [B, T, H, D] = x.shape;
-      run('rope', [x, cos, sin, out], [B, T, H, D, cos.shape[0] === 1 ? 0 : T * (D / 2), inverse ? 1 : 0]);
+      run('rope', [x, cos, sin, out], [B, T, H, D, cos.shape[0] === 1 ? 0 : T * (D / 2), inverse ? 1 : 0, code(x)]);
     },
     attention: (q, k, v, keyMask, out, lse, { scale, causal }) => {
       const [B, Hq, T, D] = q.shape;
       const [, Hkv, S] = k.shape;
       const dims = [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0];
-      run('attention', [q, k, v, keyMask ?? q, out, lse], [...dims, ...(strided ? headStrides(q, k, v, out) : [])], [scale]);
+      run('attention', [q, k, v, keyMask ?? q, out, lse], [...dims, ...(strided ? headStrides(q, k, v, out) : []), code(q)], [scale]);
     },
     attentionBackward: (q, k, v, keyMask, out, lse, dout, dq, dk, dv, { scale, causal }) => {
       const [B, Hq, T, D] = q.shape;
@@ -99,16 +108,16 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
       run(
         'attentionBackward',
         [q, k, v, keyMask ?? q, out, lse, dout, dq, dk, dv],
-        [...dims, ...(strided ? headStrides(q, k, v, out, dout, dq, dk, dv) : [])],
+        [...dims, ...(strided ? headStrides(q, k, v, out, dout, dq, dk, dv) : []), code(q)],
         [scale],
       );
     },
     crossEntropy: (logits, targets, loss, lse, ignoreIndex) =>
-      run('crossEntropy', [logits, targets, loss, lse], [logits.shape[0], logits.shape[1], ignoreIndex]),
+      run('crossEntropy', [logits, targets, loss, lse], [logits.shape[0], logits.shape[1], ignoreIndex, code(logits)]),
     crossEntropyBackward: (logits, targets, lse, dloss, dlogits, ignoreIndex) =>
-      run('crossEntropyBackward', [logits, targets, lse, dloss, dlogits], [logits.shape[0], logits.shape[1], ignoreIndex]),
+      run('crossEntropyBackward', [logits, targets, lse, dloss, dlogits], [logits.shape[0], logits.shape[1], ignoreIndex, code(logits)]),
     dropoutMask: (out, p, seed, offset) => run('dropoutMask', [out], [out.size, seed, offset], [p]),
-    dropout: (x, out, p, seed, offset) => run('dropout', [x, out], [out.size, seed, offset], [p]),
+    dropout: (x, out, p, seed, offset) => run('dropout', [x, out], [out.size, seed, offset, code(x)], [p]),
     adamw: (operands, a) =>
       run(
         'adamw',
@@ -116,16 +125,16 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
         [operands.length, ...operands.map((o) => o.param.size)],
         [a.lr, a.beta1, a.beta2, a.eps, a.weightDecay, a.biasCorrection1, a.biasCorrection2, a.gradScale],
       ),
-    siluMul: (gate, up, out) => run('siluMul', [gate, up, out], [out.size]),
-    siluMulBackward: (gate, up, dout, dgate, dup) => run('siluMulBackward', [gate, up, dout, dgate, dup], [dgate.size]),
-    doraScale: (base, lora, g, out, s) => run('doraScale', [base, lora, g, out], [out.size / g.size, g.size], [s]),
+    siluMul: (gate, up, out) => run('siluMul', [gate, up, out], [out.size, code(gate)]),
+    siluMulBackward: (gate, up, dout, dgate, dup) => run('siluMulBackward', [gate, up, dout, dgate, dup], [dgate.size, code(gate)]),
+    doraScale: (base, lora, g, out, s) => run('doraScale', [base, lora, g, out], [out.size / g.size, g.size, code(base)], [s]),
     doraScaleBackward: (base, lora, g, dout, dbase, dlora, dg, s) =>
-      run('doraScaleBackward', [base, lora, g, dout, dbase, dlora, dg], [dbase.size / g.size, g.size], [s]),
+      run('doraScaleBackward', [base, lora, g, dout, dbase, dlora, dg], [dbase.size / g.size, g.size, code(base)], [s]),
     doraNorm: (w, a, b, out, s) => run('doraNorm', [w, a, b, out], [w.shape[0], w.shape[1], a.shape[0], DTYPE_CODE[w.dtype]], [s]),
     quantizedMatmul: (a, w, out, { transW, accumulate }) => {
       const { tensors, ints, offset } = quantizedOperands(w, out);
       const [format, rows, cols, blocksize, nested, nestedBlocksize] = ints;
-      run('quantizedMatmul', [a, ...tensors, out], [format, a.shape[0], rows, cols, transW ? 1 : 0, accumulate ? 1 : 0, blocksize, nested, nestedBlocksize], [offset]);
+      run('quantizedMatmul', [a, ...tensors, out], [format, a.shape[0], rows, cols, transW ? 1 : 0, accumulate ? 1 : 0, blocksize, nested, nestedBlocksize, code(a)], [offset]);
     },
     dequantize: (w, out) => {
       const { tensors, ints, offset } = quantizedOperands(w, out);

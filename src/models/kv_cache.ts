@@ -1,6 +1,7 @@
 // Key/value cache for incremental decoding: per layer, keys and values of every position
-// seen so far, in preallocated f32 buffers [B, H_kv, capacity, D] (the layout attention
-// reads), so a decoding step writes only its new positions. A forward pass appends to
+// seen so far, in preallocated buffers [B, H_kv, capacity, D] (the layout attention
+// reads) of the model's activation dtype (f32 or bf16), so a decoding step writes only
+// its new positions. A forward pass appends to
 // every layer at the same offset and then advances the cache by its length.
 import type { Backend } from '../backend/backend.js';
 import { kernel } from '../backend/backend.js';
@@ -20,10 +21,12 @@ export class KVCache {
     /** Positions the cache can hold. */
     readonly capacity: number,
     backend: Backend,
+    /** The dtype keys and values are stored (and attended) in. */
+    readonly dtype: 'f32' | 'bf16' = 'f32',
   ) {
     for (let i = 0; i < numLayers; i++) {
-      this.keys.push(keep(empty([batch, numKvHeads, capacity, headDim], 'f32', backend)));
-      this.values.push(keep(empty([batch, numKvHeads, capacity, headDim], 'f32', backend)));
+      this.keys.push(keep(empty([batch, numKvHeads, capacity, headDim], dtype, backend)));
+      this.values.push(keep(empty([batch, numKvHeads, capacity, headDim], dtype, backend)));
     }
   }
 

@@ -1,7 +1,8 @@
 // Linear layer with PyTorch's layout: y = x @ weightᵀ + bias, weight [out_features,
 // in_features], bias [out_features] or none. The frozen base weight may be stored as
 // f32 or bf16, or quantized in a bitsandbytes format (setQuantizedWeight, src/quant/);
-// the output is f32.
+// the output is in the activation dtype of x (bf16 for bf16 x and a bf16 or quantized
+// weight on a backend that computes in bf16, else f32; src/ops/util.ts computeDtype).
 //
 // forward() is the layer's single entry point: every model calls a projection through
 // it and nothing else, so an adapter (LoRA, DoRA) or a quantized layer can take a
@@ -10,6 +11,8 @@
 import type { Backend, KernelName } from '../backend/backend.js';
 import { full } from '../ops/creation.js';
 import { linear } from '../ops/matmul.js';
+import { computeDtype } from '../ops/util.js';
+import { cast } from '../ops/view.js';
 import { quantizedLinear } from '../quant/ops.js';
 import type { QuantizedWeight } from '../quant/weight.js';
 import { formatShape } from '../tensor/shape.js';
@@ -72,9 +75,12 @@ export class Linear extends Module {
     else this.registerModule(name, m);
   }
 
-  /** x [..., in_features] -> f32 [..., out_features]. */
+  /** x [..., in_features] -> [..., out_features] in x's activation dtype. */
   forward(x: Tensor): Tensor {
-    return this.quant !== null ? quantizedLinear(x, this.quant, this.bias) : linear(x, this.dense, this.bias);
+    if (this.quant === null) return linear(x, this.dense, this.bias);
+    if (x.dtype === 'f32') return quantizedLinear(x, this.quant, this.bias);
+    // quantizedLinear takes f32 activations: widen, and round the product back to x's dtype.
+    return cast(quantizedLinear(cast(x, 'f32'), this.quant, this.bias), computeDtype(x.backend, x));
   }
 
   protected override ownOps(): KernelName[] {

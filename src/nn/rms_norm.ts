@@ -15,7 +15,7 @@ export class RMSNorm extends Module {
     this.weight = this.registerParameter('weight', weight);
   }
 
-  /** x [..., hidden] -> f32 [..., hidden]. */
+  /** x [..., hidden] -> [..., hidden] in x's activation dtype (the weight is used in f32). */
   forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight, this.eps);
   }

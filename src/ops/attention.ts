@@ -9,8 +9,12 @@
 // Backends compute it flash-style (no T x S matrix) and save only the per-row
 // log-sum-exp; backward recomputes the probabilities from it.
 //
+// q, k, v, the output and the gradients are in the op's compute dtype T: bf16 when q, k
+// and v are all bf16 on a backend that computes in bf16, else f32 (others are widened);
+// lse and the key mask are always f32.
+//
 // On a backend with stridedAttention, q, k, v and the output gradient go to the kernels
-// as they are when they are f32 with a contiguous last axis (a model's heads are
+// as they are when they are of dtype T with a contiguous last axis (a model's heads are
 // transposed views of its [B, T, H, D] projections), and the output and the input
 // gradients are made in the memory order of q, k and v, so a model's transposes around
 // attention cost no copies either way. Other backends get contiguous tensors.
@@ -18,41 +22,41 @@ import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
 import { contiguousStrides, formatShape } from '../tensor/shape.js';
 import { empty, type Tensor, view } from '../tensor/tensor.js';
-import { assertDtype, sameBackend, withF32Contiguous } from './util.js';
+import { assertDtype, type ComputeDType, computeDtype, sameBackend, withF32Contiguous } from './util.js';
 
-/** x itself when the kernels can read it (f32; contiguous, or a unit stride on the last axis where strides are taken), else an f32 contiguous copy. */
-function readable(x: Tensor, temps: Tensor[]): Tensor {
+/** x itself when the kernels can read it (dtype T; contiguous, or a unit stride on the last axis where strides are taken), else a contiguous copy in T. */
+function readable(x: Tensor, dtype: ComputeDType, temps: Tensor[]): Tensor {
   const strided = x.backend.stridedAttention === true;
-  if (x.dtype === 'f32' && (x.isContiguous() || (strided && (x.strides[3] === 1 || x.shape[3] === 1)))) return x;
-  const c = empty(x.shape, 'f32', x.backend);
+  if (x.dtype === dtype && (x.isContiguous() || (strided && (x.strides[3] === 1 || x.shape[3] === 1)))) return x;
+  const c = empty(x.shape, dtype, x.backend);
   kernel(x.backend, 'copy')(x, c);
   temps.push(c);
   return c;
 }
 
 /**
- * A fresh f32 [B, H, T, D] tensor laid out in like's memory order (its first three axes
- * by decreasing stride, D innermost): for a transposed view of [B, T, H, D], a
- * transposed view of a fresh [B, T, H, D] buffer. Contiguous where strides are not taken.
+ * A fresh [B, H, T, D] tensor of dtype T laid out in like's memory order (its first
+ * three axes by decreasing stride, D innermost): for a transposed view of [B, T, H, D],
+ * a transposed view of a fresh [B, T, H, D] buffer. Contiguous where strides are not taken.
  */
-function emptyInLayoutOf(like: Tensor): Tensor {
-  if (like.backend.stridedAttention !== true) return empty(like.shape, 'f32', like.backend);
+function emptyInLayoutOf(like: Tensor, dtype: ComputeDType): Tensor {
+  if (like.backend.stridedAttention !== true) return empty(like.shape, dtype, like.backend);
   const order = [0, 1, 2].sort((a, b) => like.strides[b] - like.strides[a] || a - b);
   const dense = [...order.map((a) => like.shape[a]), like.shape[3]];
   const denseStrides = contiguousStrides(dense);
   const strides = [0, 0, 0, 1];
   order.forEach((axis, k) => (strides[axis] = denseStrides[k]));
-  const buffer = empty(dense, 'f32', like.backend);
+  const buffer = empty(dense, dtype, like.backend);
   const out = view(buffer, like.shape, strides, 0);
   buffer.dispose();
   return out;
 }
 
 /** Runs fn with q, k, v (and more) as the kernels read them; copies made for it are freed after. */
-function withReadable<T>(xs: Tensor[], fn: (...ys: Tensor[]) => T): T {
+function withReadable<T>(dtype: ComputeDType, xs: Tensor[], fn: (...ys: Tensor[]) => T): T {
   const temps: Tensor[] = [];
   try {
-    return fn(...xs.map((x) => readable(x, temps)));
+    return fn(...xs.map((x) => readable(x, dtype, temps)));
   } finally {
     for (const t of temps) t.dispose();
   }
@@ -69,7 +73,7 @@ export interface AttentionOptions {
 
 /**
  * softmax(q kᵀ * scale + mask) v for q [B, Hq, T, D], k and v [B, Hkv, S, D]; the
- * output is f32 [B, Hq, T, D].
+ * output is [B, Hq, T, D] in the compute dtype of q, k and v.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
   const keyMask = opts.keyMask ?? null;
@@ -91,21 +95,22 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   if (!Number.isFinite(scale)) throw new Error(`attention: scale must be finite, got ${scale}`);
   const attrs = { scale, causal: opts.causal };
   const backend = q.backend;
-  const out = emptyInLayoutOf(q);
+  const dtype = computeDtype(backend, q, k, v);
+  const out = emptyInLayoutOf(q, dtype);
   const lse = empty([B, Hq, T], 'f32', backend);
   const masks = keyMask ? [keyMask] : [];
   if (out.size > 0) {
     withF32Contiguous(masks, (mc) =>
-      withReadable([q, k, v], (qc, kc, vc) => kernel(backend, 'attention')(qc, kc, vc, mc ?? null, out, lse, attrs)),
+      withReadable(dtype, [q, k, v], (qc, kc, vc) => kernel(backend, 'attention')(qc, kc, vc, mc ?? null, out, lse, attrs)),
     );
   } else if (lse.size > 0) {
     kernel(backend, 'fill')(lse, -Infinity);
   }
   const y = record(out, 'attention', [q, k, v], (g) => {
-    const dq = emptyInLayoutOf(q), dk = emptyInLayoutOf(k), dv = emptyInLayoutOf(v);
+    const dq = emptyInLayoutOf(q, dtype), dk = emptyInLayoutOf(k, dtype), dv = emptyInLayoutOf(v, dtype);
     if (out.size > 0) {
       withF32Contiguous(masks, (mc) =>
-        withReadable([q, k, v, g], (qc, kc, vc, gc) =>
+        withReadable(dtype, [q, k, v, g], (qc, kc, vc, gc) =>
           kernel(backend, 'attentionBackward')(qc, kc, vc, mc ?? null, out, lse, gc, dq, dk, dv, attrs),
         ),
       );

@@ -1,5 +1,7 @@
 // Broadcasting elementwise arithmetic: add, sub, mul, div, maximum, and eq (no
-// gradient). Operands may be numbers; compute is f32. Backward computes only the
+// gradient). Operands may be numbers, which take the dtype of the tensor operand's
+// computation; compute is in T (computeDtype: bf16 when both tensors are bf16 on a
+// backend that computes in bf16, else f32). Backward computes only the
 // gradients of operands that need one (a frozen weight or a constant costs no pass
 // over the output) and frees its temporaries as soon as they are summed.
 import { kernel } from '../backend/backend.js';
@@ -9,13 +11,16 @@ import { broadcastShapes } from '../tensor/shape.js';
 import { empty, type Tensor, Tensor as TensorClass } from '../tensor/tensor.js';
 import { scalar } from './creation.js';
 import { cast, expand, sumTo } from './view.js';
-import { sameBackend, type TensorLike, withF32Contiguous } from './util.js';
+import { computeDtype, sameBackend, type TensorLike, withContiguousAs } from './util.js';
 
 function operands(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
   if (!(a instanceof TensorClass) && !(b instanceof TensorClass)) throw new Error(`${op}: at least one operand must be a tensor`);
   const like = a instanceof TensorClass ? a : (b as Tensor);
-  const x = a instanceof TensorClass ? a : scalar(a, { device: like.backend });
-  const y = b instanceof TensorClass ? b : scalar(b, { device: like.backend });
+  // A number joins the tensor's computation: in bf16 when that is bf16 (PyTorch keeps a
+  // Python scalar wider; rounding it costs at most one bf16 ulp of relative error).
+  const dtype = computeDtype(like.backend, like);
+  const x = a instanceof TensorClass ? a : scalar(a, { device: like.backend, dtype });
+  const y = b instanceof TensorClass ? b : scalar(b, { device: like.backend, dtype });
   sameBackend(op, x, y);
   return [x, y];
 }
@@ -23,11 +28,12 @@ function operands(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
 /** out = a op b without recording (the kernel call every binary op shares). */
 function compute(op: BinaryOp, x: Tensor, y: Tensor): Tensor {
   const shape = broadcastShapes(x.shape, y.shape, op);
-  const xf = cast(x, 'f32');
-  const yf = cast(y, 'f32');
+  const dtype = computeDtype(x.backend, x, y);
+  const xf = cast(x, dtype);
+  const yf = cast(y, dtype);
   const xb = expand(xf, shape);
   const yb = expand(yf, shape);
-  const out = empty(shape, 'f32', x.backend);
+  const out = empty(shape, dtype, x.backend);
   kernel(x.backend, 'binary')(op, xb, yb, out);
   for (const t of [xb, yb]) t.dispose();
   if (xf !== x) xf.dispose();
@@ -68,8 +74,9 @@ function negateInPlace(t: Tensor): Tensor {
 
 /** -g into a new tensor. */
 function negated(g: Tensor): Tensor {
-  return withF32Contiguous([g], (gc) => {
-    const out = empty(g.shape, 'f32', g.backend);
+  const dtype = computeDtype(g.backend, g);
+  return withContiguousAs(dtype, [g], (gc) => {
+    const out = empty(g.shape, dtype, g.backend);
     kernel(g.backend, 'unary')('neg', gc, out);
     return out;
   });

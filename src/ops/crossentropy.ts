@@ -8,8 +8,10 @@
 // the sequence length) then costs nothing instead of turning the weights into NaN.
 //
 // Backends fuse the softmax: the forward saves one log-sum-exp per row, and the
-// backward kernel writes dlogits directly, so no N x V temporary is made for f32
-// contiguous logits (other dtypes or layouts get one f32 copy).
+// backward kernel writes dlogits directly, so no N x V temporary is made for contiguous
+// logits in their compute dtype (f32, or bf16 on a backend that computes in bf16; other
+// dtypes or layouts get one f32 copy). The loss, lse and the loss gradient are f32;
+// dlogits has the logits' compute dtype.
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
 import { formatShape, numel } from '../tensor/shape.js';
@@ -17,7 +19,7 @@ import { empty, type Tensor } from '../tensor/tensor.js';
 import { div, eq, maximum, sub } from './binary.js';
 import { cast, reshape } from './view.js';
 import { sum } from './reduce.js';
-import { assertDtype, sameBackend, withF32Contiguous } from './util.js';
+import { assertDtype, computeDtype, sameBackend, withContiguousAs, withF32Contiguous } from './util.js';
 import { withContiguous, withShapes } from './nn_util.js';
 
 export type CrossEntropyReduction = 'mean' | 'sum' | 'none';
@@ -64,8 +66,9 @@ function rowLosses(logits: Tensor, targets: Tensor, ignoreIndex: number): Tensor
   const backend = logits.backend;
   const loss = empty([N], 'f32', backend);
   const lse = empty([N], 'f32', backend);
+  const dtype = computeDtype(backend, logits);
   const call = <T>(fn: (lc: Tensor, tc: Tensor) => T): T =>
-    withF32Contiguous([logits], (lc) =>
+    withContiguousAs(dtype, [logits], (lc) =>
       withContiguous([[targets, null]], (tc) => withShapes([[lc, [N, V]], [tc, [N]]], (l2, t1) => fn(l2, t1))),
     );
   if (N > 0) {
@@ -79,7 +82,7 @@ function rowLosses(logits: Tensor, targets: Tensor, ignoreIndex: number): Tensor
     }
   }
   const out = record(loss, 'crossEntropy', [logits], (g) => {
-    const dlogits = empty(logits.shape, 'f32', backend);
+    const dlogits = empty(logits.shape, dtype, backend);
     if (N > 0) {
       withF32Contiguous([g], (gc) =>
         withShapes([[dlogits, [N, V]]], (d2) => call((l2, t1) => kernel(backend, 'crossEntropyBackward')(l2, t1, lse, gc, d2, ignoreIndex))),

@@ -11,7 +11,7 @@
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
-import { withF32Contiguous } from './util.js';
+import { computeDtype, withContiguousAs, withF32Contiguous } from './util.js';
 
 /** A 32-bit integer finaliser with low bias (Wellons' "lowbias32" constants); a bijection. */
 function mix32(x: number): number {
@@ -132,19 +132,27 @@ export function dropout(x: Tensor, p: number, from: DropoutOptions | DropoutGene
   return record(out, 'dropout', [x], (g) => [applyMask(g, p, at)]);
 }
 
-/** x ⊙ mask: one fused pass where the backend has it, else the mask and a product. */
+/**
+ * x ⊙ mask in x's compute dtype (bf16 stays bf16 where the backend computes in bf16):
+ * one fused pass where the backend has it, else the f32 mask and a product.
+ */
 function applyMask(x: Tensor, p: number, at: DropoutOptions): Tensor {
-  const out = empty(x.shape, 'f32', x.backend);
+  const dtype = computeDtype(x.backend, x);
+  const out = empty(x.shape, dtype, x.backend);
   const fused = x.backend.kernels.dropout;
   if (fused !== undefined) {
-    if (out.size > 0) withF32Contiguous([x], (xc) => fused(xc, out, p, at.seed, at.offset));
+    if (out.size > 0) withContiguousAs(dtype, [x], (xc) => fused(xc, out, p, at.seed, at.offset));
     return out;
   }
   const mask = dropoutMask(x.shape, p, at, x);
+  // The product is f32 (the mask is), rounded once into a bf16 out.
+  const wide = dtype === 'f32' ? out : empty(x.shape, 'f32', x.backend);
   try {
-    withF32Contiguous([x], (xc) => kernel(x.backend, 'binary')('mul', xc, mask, out));
+    withF32Contiguous([x], (xc) => kernel(x.backend, 'binary')('mul', xc, mask, wide));
+    if (wide !== out) kernel(x.backend, 'copy')(wide, out);
   } finally {
     mask.dispose();
+    if (wide !== out) wide.dispose();
   }
   return out;
 }

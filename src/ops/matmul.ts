@@ -8,6 +8,11 @@
 // the strides allow, else the product loops over the leading batch entries that do not
 // flatten. Operands are passed as views: transposition costs no copy.
 //
+// Dtypes (the kernel takes a f32 with b f32 or bf16 into f32 out, or a, b and out all
+// bf16 on a backend that computes in bf16 — tensor cores, f32 accumulation): a bf16 a
+// with a bf16 b gives bf16 there; a bf16 a with an f32 b (a LoRA weight) is widened, and
+// the product is f32, as everywhere on a backend without bf16 compute.
+//
 // Gradients (C = op(A) op(B), G = dC):
 //   d op(A) = G op(B)ᵀ,  d op(B) = op(A)ᵀ G,
 // summed over broadcast batch dims. When b has no batch of its own, d op(B) is one GEMM
@@ -17,7 +22,7 @@ import { record } from '../autograd/tape.js';
 import { broadcastShapes, contiguousStrides, formatShape, numel, type Shape } from '../tensor/shape.js';
 import { empty, type Tensor, view } from '../tensor/tensor.js';
 import { reshape, sumTo, transpose } from './view.js';
-import { sameBackend } from './util.js';
+import { computeDtype, computesBf16, sameBackend } from './util.js';
 
 export interface MatmulOptions {
   /** a is given as [..., K, M] and used transposed. */
@@ -43,7 +48,7 @@ function checkOperands(op: string, a: Tensor, b: Tensor, transA: boolean, transB
   if (a.rank < 2 || b.rank < 2) {
     throw new Error(`${op}: operands must have rank >= 2, got a ${formatShape(a.shape)} and b ${formatShape(b.shape)}`);
   }
-  if (a.dtype !== 'f32') throw new Error(`${op}: a must be f32, got ${a.dtype} (a ${formatShape(a.shape)})`);
+  if (a.dtype !== 'f32' && a.dtype !== 'bf16') throw new Error(`${op}: a must be f32 or bf16, got ${a.dtype} (a ${formatShape(a.shape)})`);
   if (b.dtype !== 'f32' && b.dtype !== 'bf16') throw new Error(`${op}: b must be f32 or bf16, got ${b.dtype} (b ${formatShape(b.shape)})`);
   const ra = a.rank, rb = b.rank;
   const M = transA ? a.shape[ra - 1] : a.shape[ra - 2];
@@ -172,11 +177,31 @@ function gemmInto(a: Tensor, b: Tensor, out: Tensor, transA: boolean, transB: bo
   }
 }
 
+/** The output dtype of op(a) op(b): bf16 for two bf16 operands where the backend computes in bf16, else f32. */
+function productDtype(a: Tensor, b: Tensor): 'f32' | 'bf16' {
+  return computeDtype(a.backend, a, b);
+}
+
+/** a as the kernel's a operand for an output of `dtype`: widened to f32 unless the product is bf16. */
+function asOperandA(a: Tensor, dtype: 'f32' | 'bf16', temps: Tensor[]): Tensor {
+  if (a.dtype === dtype) return a;
+  const c = empty(a.shape, 'f32', a.backend);
+  kernel(a.backend, 'copy')(a, c);
+  temps.push(c);
+  return c;
+}
+
 function product(op: string, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
   const dims = checkOperands(op, a, b, transA, transB);
-  const out = empty([...dims.batch, dims.M, dims.N], 'f32', a.backend);
-  if (dims.K === 0) kernel(out.backend, 'fill')(out, 0);
-  else gemmInto(a, b, out, transA, transB, dims, false);
+  const dtype = productDtype(a, b);
+  const out = empty([...dims.batch, dims.M, dims.N], dtype, a.backend);
+  const temps: Tensor[] = [];
+  try {
+    if (dims.K === 0) kernel(out.backend, 'fill')(out, 0);
+    else gemmInto(asOperandA(a, dtype, temps), b, out, transA, transB, dims, false);
+  } finally {
+    for (const t of temps) t.dispose();
+  }
   return out;
 }
 
@@ -189,11 +214,12 @@ function opShape(x: Tensor, trans: boolean): number[] {
 
 /** d a for C = op(a) op(b) with output gradient g (no record). */
 function gradA(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
-  if (transA && b.dtype === 'f32') {
+  // b in the kernel's a slot is fine when it is f32, or bf16 with a bf16 product.
+  if (transA && (b.dtype === 'f32' || (b.dtype === 'bf16' && g.dtype === 'bf16' && computesBf16(b.backend)))) {
     // d a = (G op(B)ᵀ)ᵀ = op(B) Gᵀ, computed in a's own layout.
     return reduceTo(product('matmul backward', b, g, transB, true), a.shape);
   }
-  // b may be bf16, which only the kernel's b operand takes: d op(A), then a transposed view.
+  // A bf16 b with an f32 g goes in the kernel's b slot: d op(A), then a transposed view.
   const dop = reduceTo(product('matmul backward', g, b, false, !transB), opShape(a, transA));
   if (!transA) return dop;
   const d = transpose(dop);
@@ -232,7 +258,7 @@ function gradB(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean
 /**
  * Batched matrix product with NumPy broadcasting of the batch dims:
  * a [..., M, K] (or [..., K, M] with transA) times b [..., K, N] (or [..., N, K] with
- * transB) gives [...batch, M, N]. a is f32; b is f32 or bf16 (a frozen base weight).
+ * transB) gives [...batch, M, N]. a and b are f32 or bf16 (see the dtypes above).
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
@@ -247,6 +273,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
  * A Linear layer in Hugging Face / PyTorch layout: y = x @ weightᵀ + bias, with x
  * [..., in], weight [out, in] (f32 or bf16) and bias [out]. The bias is written into
  * the output first and the product accumulated onto it, so it costs no extra pass.
+ * The output is bf16 for bf16 x and weight where the backend computes in bf16, else f32.
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
   if (x.rank < 1) throw new Error(`linear: x must have rank >= 1, got ${formatShape(x.shape)}`);
@@ -263,7 +290,9 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   const x2 = x.rank === 1 ? reshapeView(x, [1, inF]) : x;
   const dims = checkOperands('linear', x2, weight, false, true);
   const outShape = [...x.shape.slice(0, -1), outF];
-  const out = empty([...dims.batch, dims.M, dims.N], 'f32', x.backend);
+  const dtype = productDtype(x2, weight);
+  const out = empty([...dims.batch, dims.M, dims.N], dtype, x.backend);
+  const temps: Tensor[] = [];
   if (b !== null) {
     const bb = view(b, out.shape, out.shape.map((_, i) => (i === out.rank - 1 ? b.strides[0] : 0)), b.offset);
     kernel(out.backend, 'copy')(bb, out);
@@ -271,7 +300,8 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   } else if (dims.K === 0) {
     kernel(out.backend, 'fill')(out, 0);
   }
-  if (dims.K > 0) gemmInto(x2, weight, out, false, true, dims, b !== null);
+  if (dims.K > 0) gemmInto(asOperandA(x2, dtype, temps), weight, out, false, true, dims, b !== null);
+  for (const t of temps) t.dispose();
   if (x2 !== x) x2.dispose();
   const y = x.rank === 1 ? reshapeView(out, outShape) : out;
   if (y !== out) out.dispose();

@@ -1,4 +1,5 @@
-// Reductions over axes: sum, mean, max (sums accumulate in f64 in the kernels).
+// Reductions over axes: sum, mean, max (sums accumulate in f64 in the kernels), in the
+// input's compute dtype T (computeDtype: bf16 out for bf16 in where the backend computes in bf16).
 import { kernel } from '../backend/backend.js';
 import type { ReduceOp } from '../backend/kernels.js';
 import { record } from '../autograd/tape.js';
@@ -6,7 +7,7 @@ import { normAxis, numel } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
 import { div, eq, mul } from './binary.js';
 import { contiguous, expand, reshape } from './view.js';
-import { withF32Contiguous } from './util.js';
+import { computeDtype, withContiguousAs } from './util.js';
 
 export interface ReduceOptions {
   keepDims?: boolean;
@@ -22,13 +23,22 @@ function normAxes(x: Tensor, axes: number | readonly number[] | undefined, op: s
 
 /** Reduces the given axes (keeping them as size 1) with no autograd record. */
 function reduceKeep(op: ReduceOp, x: Tensor, axes: number[]): Tensor {
-  return withF32Contiguous([x], (xc) => {
+  const dtype = computeDtype(x.backend, x);
+  if (dtype === 'bf16' && axes.length > 1) {
+    // Partial sums over the first axes stay f32, so the result is rounded to bf16 once.
+    const wide = withContiguousAs('f32', [x], (xf) => reduceKeep(op, xf, axes));
+    const out = empty(wide.shape, 'bf16', x.backend);
+    kernel(x.backend, 'copy')(wide, out);
+    wide.dispose();
+    return out;
+  }
+  return withContiguousAs(dtype, [x], (xc) => {
     let cur = xc;
     for (const axis of axes) {
       const shape = [...cur.shape];
       const n = shape[axis];
       shape[axis] = 1;
-      const out = empty(shape, 'f32', x.backend);
+      const out = empty(shape, dtype, x.backend);
       kernel(x.backend, 'reduce')(op, cur, out, { outer: numel(cur.shape.slice(0, axis)), n, inner: numel(cur.shape.slice(axis + 1)) });
       if (cur !== xc) cur.dispose();
       cur = out;
@@ -38,7 +48,7 @@ function reduceKeep(op: ReduceOp, x: Tensor, axes: number[]): Tensor {
 }
 
 function contiguousCopy(x: Tensor): Tensor {
-  const out = empty(x.shape, 'f32', x.backend);
+  const out = empty(x.shape, x.dtype, x.backend);
   kernel(x.backend, 'copy')(x, out);
   return out;
 }

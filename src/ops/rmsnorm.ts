@@ -1,20 +1,22 @@
 // RMSNorm over the last axis, as Hugging Face's LlamaRMSNorm (Zhang & Sennrich 2019):
 // y = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps), computed in f32 with the mean
 // of squares accumulated in f64. Hugging Face rounds x * rstd back to the input dtype
-// before multiplying by the weight; for f32 inputs that is the same, and here the
-// output is always f32 (bf16 inputs are normalised without the intermediate rounding).
+// before multiplying by the weight; for f32 inputs that is the same, and here a bf16
+// input is normalised without the intermediate rounding. The output (and dx) is in the
+// input's compute dtype T (bf16 for bf16 x where the backend computes in bf16, else
+// f32); the weight, dweight and rstd are always f32 (a bf16 weight is widened).
 // Backward is one fused kernel giving dx and dweight from the saved rstd.
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
 import { formatShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
-import { assertDtype, sameBackend, withF32Contiguous } from './util.js';
+import { assertDtype, computeDtype, sameBackend, withContiguousAs, withF32Contiguous } from './util.js';
 import { withShapes } from './nn_util.js';
 
 /** Hugging Face LlamaRMSNorm's default epsilon. */
 export const RMS_NORM_EPS = 1e-6;
 
-/** RMSNorm of x [..., D] with weight [D]; the output is f32 [..., D]. */
+/** RMSNorm of x [..., D] with weight [D]; the output is [..., D] in x's compute dtype. */
 export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
   sameBackend('rmsNorm', x, weight);
   assertDtype('rmsNorm', x, ['f32', 'bf16', 'f16'], 'x');
@@ -26,21 +28,26 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
   if (!(eps >= 0)) throw new Error(`rmsNorm: eps must be non-negative, got ${eps}`);
   const backend = x.backend;
   const N = x.size / Math.max(D, 1);
-  const out = empty(x.shape, 'f32', backend);
+  const dtype = computeDtype(backend, x);
+  const out = empty(x.shape, dtype, backend);
   const rstd = empty([N], 'f32', backend);
   if (x.size > 0) {
-    withF32Contiguous([x, weight], (xc, wc) =>
-      withShapes([[xc, [N, D]], [out, [N, D]]], (xf, of) => kernel(backend, 'rmsnorm')(xf, wc, of, rstd, eps)),
+    withContiguousAs(dtype, [x], (xc) =>
+      withF32Contiguous([weight], (wc) =>
+        withShapes([[xc, [N, D]], [out, [N, D]]], (xf, of) => kernel(backend, 'rmsnorm')(xf, wc, of, rstd, eps)),
+      ),
     );
   }
   const y = record(out, 'rmsNorm', [x, weight], (g) => {
-    const dx = empty(x.shape, 'f32', backend);
+    const dx = empty(x.shape, dtype, backend);
     const dw = empty([D], 'f32', backend);
     kernel(backend, 'fill')(dw, 0);
     if (x.size > 0) {
-      withF32Contiguous([x, weight, g], (xc, wc, gc) =>
-        withShapes([[xc, [N, D]], [gc, [N, D]], [dx, [N, D]]], (xf, gf, dxf) =>
-          kernel(backend, 'rmsnormBackward')(xf, wc, rstd, gf, dxf, dw),
+      withContiguousAs(dtype, [x, g], (xc, gc) =>
+        withF32Contiguous([weight], (wc) =>
+          withShapes([[xc, [N, D]], [gc, [N, D]], [dx, [N, D]]], (xf, gf, dxf) =>
+            kernel(backend, 'rmsnormBackward')(xf, wc, rstd, gf, dxf, dw),
+          ),
         ),
       );
     }

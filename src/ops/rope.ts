@@ -11,7 +11,7 @@ import { record } from '../autograd/tape.js';
 import { formatShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
 import { resolveBackend, tensor, type TensorOptions } from './creation.js';
-import { sameBackend, withF32Contiguous } from './util.js';
+import { computeDtype, sameBackend, withContiguousAs, withF32Contiguous } from './util.js';
 
 /** config.json's rope_scaling (Hugging Face names; "type" is the older key for "rope_type"). */
 export interface RopeScaling {
@@ -126,9 +126,13 @@ export function rotaryTables(
   return { cos: tensor(cos, shape, { device }), sin: tensor(sin, shape, { device }) };
 }
 
+/** x rotated in its compute dtype (bf16 x stays bf16 where the backend computes in bf16); cos and sin are f32. */
 function rotate(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
-  const out = empty(x.shape, 'f32', x.backend);
-  if (x.size > 0) withF32Contiguous([x, cos, sin], (xc, cc, sc) => kernel(x.backend, 'rope')(xc, cc, sc, out, inverse));
+  const dtype = computeDtype(x.backend, x);
+  const out = empty(x.shape, dtype, x.backend);
+  if (x.size > 0) {
+    withContiguousAs(dtype, [x], (xc) => withF32Contiguous([cos, sin], (cc, sc) => kernel(x.backend, 'rope')(xc, cc, sc, out, inverse)));
+  }
   return out;
 }
 

@@ -1,5 +1,5 @@
 // softmax and logSoftmax along an axis, through the `softmax` kernel (last axis,
-// max-subtracted, f64 sums). Another axis is moved last by a permuted view, made
+// max-subtracted, f64 sums; bf16 in and out where computeDtype says so). Another axis is moved last by a permuted view, made
 // contiguous, and the result is viewed back, so the output is then a strided view.
 // A row of all -inf gives zeros (log: -inf); see the kernel contract in kernels.ts.
 //
@@ -14,15 +14,16 @@ import { mul, sub } from './binary.js';
 import { sum } from './reduce.js';
 import { exp } from './unary.js';
 import { permute } from './view.js';
-import { withF32Contiguous } from './util.js';
+import { computeDtype, withContiguousAs } from './util.js';
 
 function compute(x: Tensor, axis: number, log: boolean, op: string): [Tensor, number] {
   x.assertAlive(op);
   const ax = normAxis(axis, x.rank, op);
   const last = Math.max(x.rank - 1, 0);
+  const dtype = computeDtype(x.backend, x);
   const run = (t: Tensor) =>
-    withF32Contiguous([t], (tc) => {
-      const out = empty(t.shape, 'f32', t.backend);
+    withContiguousAs(dtype, [t], (tc) => {
+      const out = empty(t.shape, dtype, t.backend);
       kernel(t.backend, 'softmax')(tc, out, log);
       return out;
     });

@@ -10,21 +10,22 @@ import { formatShape, sameShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
 import { mul } from './binary.js';
 import { silu } from './unary.js';
-import { sameBackend, withF32Contiguous } from './util.js';
+import { computeDtype, sameBackend, withContiguousAs } from './util.js';
 
-/** silu(gate) ⊙ up for gate and up of one shape; f32 out. */
+/** silu(gate) ⊙ up for gate and up of one shape, in their compute dtype (bf16 for two bf16 inputs where the backend computes in bf16). */
 export function siluMul(gate: Tensor, up: Tensor): Tensor {
   sameBackend('siluMul', gate, up);
   if (!sameShape(gate.shape, up.shape)) throw new Error(`siluMul: gate ${formatShape(gate.shape)} and up ${formatShape(up.shape)} differ`);
   const backend = gate.backend;
   const fused = backend.kernels.siluMul !== undefined && backend.kernels.siluMulBackward !== undefined;
   if (!fused) return mul(silu(gate), up);
-  const out = empty(gate.shape, 'f32', backend);
-  if (out.size > 0) withF32Contiguous([gate, up], (g, u) => kernel(backend, 'siluMul')(g, u, out));
+  const dtype = computeDtype(backend, gate, up);
+  const out = empty(gate.shape, dtype, backend);
+  if (out.size > 0) withContiguousAs(dtype, [gate, up], (g, u) => kernel(backend, 'siluMul')(g, u, out));
   return record(out, 'siluMul', [gate, up], (dout) => {
-    const dgate = empty(gate.shape, 'f32', backend);
-    const dup = empty(up.shape, 'f32', backend);
-    if (out.size > 0) withF32Contiguous([gate, up, dout], (g, u, d) => kernel(backend, 'siluMulBackward')(g, u, d, dgate, dup));
+    const dgate = empty(gate.shape, dtype, backend);
+    const dup = empty(up.shape, dtype, backend);
+    if (out.size > 0) withContiguousAs(dtype, [gate, up, dout], (g, u, d) => kernel(backend, 'siluMulBackward')(g, u, d, dgate, dup));
     const grads: (Tensor | null)[] = [dgate, dup];
     // Both come out of one pass; drop the one nobody needs.
     [gate, up].forEach((t, i) => {

@@ -1,19 +1,20 @@
 // Elementwise maths: neg, exp, log, sqrt, rsqrt, silu, sigmoid, abs, square. Each runs
-// the `unary` kernel on an f32 contiguous copy of its input (when it is not one
-// already) and records a backward built from ops; derivatives follow PyTorch,
-// including abs'(0) = 0.
+// the `unary` kernel on a contiguous copy of its input in the op's dtype T (bf16 for a
+// bf16 input where the backend computes in bf16, else f32; when it is not one already)
+// and records a backward built from ops; derivatives follow PyTorch, including abs'(0) = 0.
 import { kernel } from '../backend/backend.js';
 import type { UnaryOp } from '../backend/kernels.js';
 import { record } from '../autograd/tape.js';
 import { empty, scope, type Tensor } from '../tensor/tensor.js';
 import { add, div, eq, maximum, mul, sub } from './binary.js';
-import { withF32Contiguous } from './util.js';
+import { computeDtype, withContiguousAs } from './util.js';
 
 /** out = op(x) with no autograd record (the kernel call every unary op shares). */
 function compute(op: UnaryOp, x: Tensor): Tensor {
   x.assertAlive(op);
-  return withF32Contiguous([x], (xc) => {
-    const out = empty(x.shape, 'f32', x.backend);
+  const dtype = computeDtype(x.backend, x);
+  return withContiguousAs(dtype, [x], (xc) => {
+    const out = empty(x.shape, dtype, x.backend);
     kernel(x.backend, 'unary')(op, xc, out);
     return out;
   });

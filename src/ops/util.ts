@@ -1,5 +1,7 @@
-// Shared checks for ops: operands on one backend, f32 compute inputs, scalars.
-import { kernel } from '../backend/backend.js';
+// Shared checks for ops: operands on one backend, the activation dtype an op computes
+// in, contiguous inputs in that dtype, scalars.
+import { type Backend, kernel } from '../backend/backend.js';
+import { type DType, isFloat } from '../tensor/dtype.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
 import { formatShape } from '../tensor/shape.js';
 
@@ -13,15 +15,44 @@ export function sameBackend(op: string, ...ts: Tensor[]): void {
   }
 }
 
+/** An activation dtype: what an op computes and returns (Backend.computeDtypes). */
+export type ComputeDType = 'f32' | 'bf16';
+
+/** Whether the backend's kernels take bf16 activations. */
+export function computesBf16(backend: Backend): boolean {
+  return backend.computeDtypes?.includes('bf16') ?? false;
+}
+
 /**
- * Runs fn with an f32, contiguous version of each input; temporaries made for it are
- * disposed afterwards. Ops whose kernels want contiguous f32 call this.
+ * The activation dtype T of an op (the bf16 compute rule, in one place): bf16 when
+ * every floating input is bf16 and the backend computes in bf16; otherwise f32, and
+ * bf16 inputs are widened to f32 first. Integer inputs (ids, targets) do not count.
  */
-export function withF32Contiguous<T>(inputs: Tensor[], fn: (...xs: Tensor[]) => T): T {
+export function computeDtype(backend: Backend, ...inputs: Tensor[]): ComputeDType {
+  if (!computesBf16(backend)) return 'f32';
+  let any = false;
+  for (const t of inputs) {
+    if (!isFloat(t.dtype)) continue;
+    if (t.dtype !== 'bf16') return 'f32';
+    any = true;
+  }
+  return any ? 'bf16' : 'f32';
+}
+
+/** The dtype of a tensor's gradient: bf16 for a bf16 tensor where the backend computes in bf16, else f32. */
+export function gradDtype(t: Tensor): ComputeDType {
+  return computeDtype(t.backend, t);
+}
+
+/**
+ * Runs fn with a contiguous version of each input in dtype T; temporaries made for it
+ * are disposed afterwards.
+ */
+export function withContiguousAs<R>(dtype: DType, inputs: Tensor[], fn: (...xs: Tensor[]) => R): R {
   const temps: Tensor[] = [];
   const xs = inputs.map((x) => {
-    if (x.dtype === 'f32' && x.isContiguous()) return x;
-    const c = empty(x.shape, 'f32', x.backend);
+    if (x.dtype === dtype && x.isContiguous()) return x;
+    const c = empty(x.shape, dtype, x.backend);
     kernel(x.backend, 'copy')(x, c);
     temps.push(c);
     return c;
@@ -31,6 +62,14 @@ export function withF32Contiguous<T>(inputs: Tensor[], fn: (...xs: Tensor[]) => 
   } finally {
     for (const t of temps) t.dispose();
   }
+}
+
+/**
+ * Runs fn with an f32, contiguous version of each input; temporaries made for it are
+ * disposed afterwards. Ops whose kernels want contiguous f32 call this.
+ */
+export function withF32Contiguous<T>(inputs: Tensor[], fn: (...xs: Tensor[]) => T): T {
+  return withContiguousAs('f32', inputs, fn);
 }
 
 export function assertRank(op: string, x: Tensor, rank: number, what = 'input'): void {

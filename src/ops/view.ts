@@ -6,6 +6,7 @@ import { record } from '../autograd/tape.js';
 import type { DType } from '../tensor/dtype.js';
 import { contiguousStrides, formatShape, normAxis, numel, type Shape, checkShape } from '../tensor/shape.js';
 import { empty, type Tensor, view } from '../tensor/tensor.js';
+import { computeDtype, gradDtype } from './util.js';
 
 /** A contiguous copy (or x itself when already contiguous). */
 export function contiguous(x: Tensor): Tensor {
@@ -134,7 +135,7 @@ export function slice(x: Tensor, axis: number, start: number, end?: number, step
   strides[ax] = x.strides[ax] * step;
   const out = view(x, shape, strides, x.offset + s * x.strides[ax]);
   return record(out, 'slice', [x], (g) => {
-    const gx = empty(x.shape, 'f32', g.backend);
+    const gx = empty(x.shape, gradDtype(x), g.backend);
     kernel(g.backend, 'fill')(gx, 0);
     const target = view(gx, shape, contiguousStrides(x.shape).map((st, i) => (i === ax ? st * step : st)), s * contiguousStrides(x.shape)[ax]);
     kernel(g.backend, 'copy')(g, target);
@@ -180,15 +181,22 @@ export function squeeze(x: Tensor, axis: number): Tensor {
  */
 export function sumTo(g: Tensor, shape: Shape): Tensor {
   const lead = g.rank - shape.length;
+  const axes = g.shape.map((d, i) => (d !== 1 && (i < lead || shape[i - lead] === 1) ? i : -1)).filter((i) => i >= 0);
+  if (axes.length > 1 && computeDtype(g.backend, g) === 'bf16') {
+    // Partial sums over the first axes stay f32, so the gradient is rounded to bf16 once.
+    const wide = copyNoGrad(g, 'f32');
+    const summed = sumTo(wide, shape);
+    const result = copyNoGrad(summed, 'bf16');
+    if (summed !== wide) summed.dispose();
+    wide.dispose();
+    return result;
+  }
   let out = g;
   const owned: Tensor[] = [];
-  for (let i = 0; i < g.rank; i++) {
-    const target = i < lead ? 1 : shape[i - lead];
-    if (out.shape[i] !== 1 && target === 1) {
-      const next = reduceAxisSum(out, i);
-      owned.push(next);
-      out = next;
-    }
+  for (const i of axes) {
+    const next = reduceAxisSum(out, i);
+    owned.push(next);
+    out = next;
   }
   // Leading axes of size 1 need no sum but must still go: [1, m, n] -> [m, n].
   const result = out === g && lead === 0 ? g : reshapeNoGrad(out, shape);
@@ -197,25 +205,26 @@ export function sumTo(g: Tensor, shape: Shape): Tensor {
 }
 
 function reduceAxisSum(x: Tensor, axis: number): Tensor {
-  const c = x.isContiguous() && x.dtype === 'f32' ? x : copyNoGrad(x);
+  const dtype = computeDtype(x.backend, x);
+  const c = x.isContiguous() && x.dtype === dtype ? x : copyNoGrad(x, dtype);
   const outer = numel(x.shape.slice(0, axis));
   const inner = numel(x.shape.slice(axis + 1));
   const shape = [...x.shape];
   shape[axis] = 1;
-  const out = empty(shape, 'f32', x.backend);
+  const out = empty(shape, dtype, x.backend);
   kernel(x.backend, 'reduce')('sum', c, out, { outer, n: x.shape[axis], inner });
   if (c !== x) c.dispose();
   return out;
 }
 
-function copyNoGrad(x: Tensor): Tensor {
-  const c = empty(x.shape, 'f32', x.backend);
+function copyNoGrad(x: Tensor, dtype: DType): Tensor {
+  const c = empty(x.shape, dtype, x.backend);
   kernel(x.backend, 'copy')(x, c);
   return c;
 }
 
 function reshapeNoGrad(x: Tensor, shape: Shape): Tensor {
-  const c = x.isContiguous() ? x : copyNoGrad(x);
+  const c = x.isContiguous() ? x : copyNoGrad(x, computeDtype(x.backend, x));
   const out = view(c, [...shape], contiguousStrides(shape), c.offset);
   if (c !== x) c.dispose();
   return out;

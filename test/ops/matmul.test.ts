@@ -243,7 +243,7 @@ test('matmul and linear name the shapes that do not fit', () => {
       () => matmul(tensor(randomData(24, 3), [2, 4, 3]), tensor(randomData(18, 3), [3, 3, 2])),
       /matmul: batch dimensions of a \[2, 4, 3\] and b \[3, 3, 2\] cannot be broadcast/,
     );
-    assert.throws(() => matmul(tensor([1, 2], [1, 2], { dtype: 'bf16' }), tensor([1, 2], [2, 1])), /matmul: a must be f32, got bf16/);
+    assert.throws(() => matmul(tensor([1, 2], [1, 2], { dtype: 'f16' }), tensor([1, 2], [2, 1])), /matmul: a must be f32 or bf16, got f16/);
     assert.throws(() => linear(a, tensor(randomData(8, 2), [2, 4])), /linear: x \[2, 3\] has 3 features, weight \[2, 4\] expects 4/);
     assert.throws(() => linear(a, tensor(randomData(6, 2), [2, 3]), tensor([1], [1])), /linear: bias must be \[2\]/);
   });

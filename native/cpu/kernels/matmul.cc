@@ -5,7 +5,8 @@
 // converted while it is packed. out is contiguous [batch, M, N].
 //
 // ints:   [batch, M, N, K, a_batch_stride, a_row_stride, a_col_stride,
-//          b_batch_stride, b_row_stride, b_col_stride, accumulate, dtypeB]
+//          b_batch_stride, b_row_stride, b_col_stride, accumulate, dtypeB, dtypeA]
+//          (dtypeA, the activation dtype, is always f32 here: src/backend/native_kernels.ts)
 // floats: [alpha]
 // ptrs:   [a, b, out]
 //
@@ -424,8 +425,8 @@ void run_batched(const KernelArgs& args, const Operands& o, int64_t batch, int64
 }
 
 void matmul_kernel(const KernelArgs& args) {
-  if (args.ints.size() != 12 || args.floats.size() != 1 || args.ptrs.size() != 3) {
-    args.error = "matmul: expected 12 ints, 1 float and 3 buffers";
+  if (args.ints.size() != 13 || args.floats.size() != 1 || args.ptrs.size() != 3) {
+    args.error = "matmul: expected 13 ints, 1 float and 3 buffers";
     return;
   }
   const int64_t* v = args.ints.data();

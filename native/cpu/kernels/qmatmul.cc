@@ -6,7 +6,8 @@
 //   quantizedMatmul: out (+)= a · op(W), a [M, K] and out [M, N] contiguous f32;
 //     transW = 1: op(W) = Wᵀ, K = cols, N = rows (a Linear's forward, y = x Wᵀ)
 //     transW = 0: op(W) = W,  K = rows, N = cols (its input gradient, dx = dy W)
-//   ints:   [format, M, rows, cols, transW, accumulate, blocksize, nested, nestedBlocksize]
+//   ints:   [format, M, rows, cols, transW, accumulate, blocksize, nested, nestedBlocksize, dtypeA]
+//           (dtypeA, the activation dtype, is always f32 here)
 //   floats: [offset]
 //   ptrs:   [a, q0, q1, q2, q3, q4, out]
 //
@@ -400,8 +401,8 @@ void run_small_backward(const Problem& p) {
 }
 
 void quantized_matmul_kernel(const KernelArgs& args) {
-  if (args.ints.size() != 9 || args.floats.size() != 1 || args.ptrs.size() != 7) {
-    args.error = "quantizedMatmul: expected 9 ints, 1 float and 7 buffers";
+  if (args.ints.size() != 10 || args.floats.size() != 1 || args.ptrs.size() != 7) {
+    args.error = "quantizedMatmul: expected 10 ints, 1 float and 7 buffers";
     return;
   }
   const int64_t* v = args.ints.data();

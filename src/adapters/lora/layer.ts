@@ -14,6 +14,11 @@
 // q_proj.lora_magnitude_vector.weight (PEFT's in-memory name; the saved key drops
 // ".weight", see peft.ts). The Linear's previous forward — a plain matmul, or whatever
 // a quantized base put there — is kept and called for the frozen W·x + b.
+//
+// A, B (and DoRA's magnitude) stay f32 master weights whatever the model computes in.
+// With bf16 activations, x̃ = dropout(x) is bf16, the product with the f32 A widens it
+// (src/ops/matmul.ts), and the branch's scaled result is rounded to the base output's
+// dtype before the two are added, so the layer's output keeps the activation dtype.
 import { noGrad } from '../../autograd/tape.js';
 import { add, mul, sub } from '../../ops/binary.js';
 import { uniform, zeros } from '../../ops/creation.js';
@@ -194,7 +199,7 @@ export class LoraLayer {
     return dropout(x, this.lora_dropout, this.dropoutGen);
   }
 
-  /** B·A·x (unscaled), x [..., in] -> [..., out]. */
+  /** B·A·x (unscaled), x [..., in] -> f32 [..., out] (A and B are f32). */
   loraBranch(x: Tensor): Tensor {
     return linear(linear(x, this.lora_A.weight), this.lora_B.weight);
   }
@@ -205,7 +210,7 @@ export class LoraLayer {
     const base = this.baseForward(x);
     if (this._merged) return base;
     if (this.variant !== null) return this.variant.forward(this, x, base);
-    return add(base, mul(this.loraBranch(this.dropoutInput(x)), this.scaling));
+    return add(base, cast(mul(this.loraBranch(this.dropoutInput(x)), this.scaling), base.dtype));
   }
 
   /** s·B·A, f32 [out, in] (PEFT's get_delta_weight), without gradient. */

@@ -27,6 +27,8 @@ function handleOf(t: Tensor): CudaBufferHandle {
 export class CudaBackend implements Backend {
   readonly name = 'cuda';
   readonly kernels: Partial<Kernels>;
+  // bf16 activations run on the tensor cores (f32 accumulation), as a bf16 PyTorch model does.
+  readonly computeDtypes = ['f32', 'bf16'] as const;
   private readonly ids = new Map<string, number>();
 
   constructor(private readonly addon: CudaAddon = loadCudaAddon()) {

@@ -1,7 +1,8 @@
 // The reference backend: slow, plain TypeScript kernels that compute in f64 and are
 // used only by tests, to check every other backend and every gradient. f32 tensors
 // keep f64 values here (no rounding), so finite differences on this backend are
-// accurate; bf16, f16 and integer tensors round to their dtype on every store.
+// accurate; bf16, f16 and integer tensors round to their dtype on every store, which
+// is how its kernels take bf16 activations (computeDtypes).
 import { Backend, BackendBuffer } from '../backend.js';
 import type { Kernels } from '../kernels.js';
 import { type DType, DTYPE_BYTES, decode, encode, roundTo } from '../../tensor/dtype.js';
@@ -67,6 +68,12 @@ export class ReferenceBackend implements Backend {
   readonly name = 'reference';
   // Its kernels read and write every tensor through its strides.
   readonly stridedAttention = true;
+  /**
+   * Every store already rounds to the tensor's dtype, so bf16 activations follow the
+   * contract (f64 arithmetic, one rounding per output) and CI tests the bf16 plumbing.
+   * Tests set ['f32'] to compute as a backend without bf16 compute (cpu) does.
+   */
+  computeDtypes: readonly ('f32' | 'bf16')[] = ['f32', 'bf16'];
   readonly kernels: Partial<Kernels> = { ...elementwiseKernels(), ...linalgKernels(), ...nnKernels(), ...quantKernels(), ...optimKernels() };
   private live = 0;
 

@@ -14,13 +14,18 @@
 // A decoder layer is pre-norm: h += o_proj(attn(rope(q), rope(k), v)), then
 // h += mlp(post_attention_layernorm(h)). Attention is causal with grouped-query heads.
 // Weights are frozen and stored in f32 or bf16, or (fromPretrained's `quant`, and
-// checkpoints saved by bitsandbytes) the Linear projections in int8 / NF4 (src/quant/);
-// activations and logits are f32.
+// checkpoints saved by bitsandbytes) the Linear projections in int8 / NF4 (src/quant/).
+// Activations and logits are in the model's computeDtype: bf16 by default on a backend
+// that computes in bf16 (cuda) when the weights are bf16 or quantized, as a bf16 PyTorch
+// model runs; f32 otherwise. The embedding output is made in that dtype and every op
+// after it follows its inputs (src/ops/util.ts computeDtype); RMSNorm weights, rope
+// tables, attention's lse and the loss stay f32.
 import type { Backend, KernelName } from '../../backend/backend.js';
 import { isGradEnabled } from '../../autograd/tape.js';
 import { attention } from '../../ops/attention.js';
 import { add } from '../../ops/binary.js';
 import { resolveBackend } from '../../ops/creation.js';
+import { type ComputeDType, computesBf16 } from '../../ops/util.js';
 import { linear } from '../../ops/matmul.js';
 import { rope, ropeInvFreq, rotaryTables, type RopeConfig } from '../../ops/rope.js';
 import { siluMul } from '../../ops/swiglu.js';
@@ -52,6 +57,12 @@ export interface LoadOptions {
    * option (and must be in this format when it is given). See src/quant/load.ts.
    */
   quant?: QuantFormat;
+  /**
+   * The activation dtype (default: bf16 on a backend that computes in bf16 when the
+   * weights are bf16 or quantized, else f32). bf16 on a backend without bf16 compute is
+   * an error.
+   */
+  computeDtype?: ComputeDType;
 }
 
 export interface ForwardOptions {
@@ -185,10 +196,16 @@ function ignorable(name: string, config: LlamaConfig): boolean {
   return /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(name) || (config.tieWordEmbeddings && name === 'lm_head.weight');
 }
 
+/** The activation dtype a model on `backend` with these weights computes in unless told otherwise. */
+export function defaultComputeDtype(backend: Backend, dtype: WeightDType, quantized: boolean): ComputeDType {
+  return computesBf16(backend) && (dtype === 'bf16' || quantized) ? 'bf16' : 'f32';
+}
+
 export class LlamaForCausalLM extends Module {
   readonly model: LlamaModel;
   readonly lm_head: Linear | null;
   readonly invFreq: Float64Array;
+  private _computeDtype: ComputeDType;
 
   /**
    * Builds the module tree with uninitialised weights of the given dtype (see
@@ -202,7 +219,22 @@ export class LlamaForCausalLM extends Module {
     this.model = this.registerModule('model', new LlamaModel(config, under(alloc, 'model')));
     this.lm_head = config.tieWordEmbeddings ? null : this.registerModule('lm_head', linearLayer(alloc, 'lm_head', config.vocabSize, config.hiddenSize, false));
     this.invFreq = ropeInvFreq(ropeConfig(config));
+    this._computeDtype = defaultComputeDtype(backend, dtype, false);
     this.eval();
+  }
+
+  /** The dtype of activations and logits (see the file header). */
+  get computeDtype(): ComputeDType {
+    return this._computeDtype;
+  }
+
+  /** Computes in `d` from the next forward on; throws when the backend cannot. */
+  setComputeDtype(d: ComputeDType): void {
+    if (d !== 'f32' && d !== 'bf16') throw new Error(`${this.config.architecture}: computeDtype must be f32 or bf16, got ${String(d)}`);
+    if (d === 'bf16' && !computesBf16(this.backend)) {
+      throw new Error(`${this.config.architecture}: computeDtype bf16 is not supported on backend '${this.backend.name}' (it computes in ${(this.backend.computeDtypes ?? ['f32']).join(', ')})`);
+    }
+    this._computeDtype = d;
   }
 
   /**
@@ -217,6 +249,12 @@ export class LlamaForCausalLM extends Module {
     if (opts.quant !== undefined && opts.quant !== 'int8' && opts.quant !== 'nf4') throw new Error(`fromPretrained: quant must be int8 or nf4, got ${String(opts.quant)}`);
     const config = readLlamaConfig(dir);
     const backend = resolveBackend(opts.device);
+    if (opts.computeDtype === 'bf16' && !computesBf16(backend)) {
+      throw new Error(`fromPretrained: computeDtype bf16 is not supported on backend '${backend.name}' (it computes in ${(backend.computeDtypes ?? ['f32']).join(', ')})`);
+    }
+    if (opts.computeDtype !== undefined && opts.computeDtype !== 'f32' && opts.computeDtype !== 'bf16') {
+      throw new Error(`fromPretrained: computeDtype must be f32 or bf16, got ${String(opts.computeDtype)}`);
+    }
     const ckpt = Checkpoint.open(dir);
     const quant = new QuantizedLoading(ckpt, opts.quant);
     let model: LlamaForCausalLM | null = null;
@@ -259,6 +297,7 @@ export class LlamaForCausalLM extends Module {
           throw e;
         }
       }
+      model.setComputeDtype(opts.computeDtype ?? defaultComputeDtype(backend, dtype, quantized.size > 0));
       const loaded = model;
       model = null;
       return loaded;
@@ -272,10 +311,10 @@ export class LlamaForCausalLM extends Module {
   /** A cache for `batch` sequences of up to `capacity` positions. */
   createCache(batch: number, capacity: number): KVCache {
     const c = this.config;
-    return new KVCache(c.numHiddenLayers, batch, c.numKeyValueHeads, c.headDim, capacity, this.backend);
+    return new KVCache(c.numHiddenLayers, batch, c.numKeyValueHeads, c.headDim, capacity, this.backend, this._computeDtype);
   }
 
-  /** ids int32 [B, T] -> logits f32 [B, T, vocab] (or [B, 1, vocab] with lastPositionOnly). */
+  /** ids int32 [B, T] -> logits [B, T, vocab] in computeDtype (or [B, 1, vocab] with lastPositionOnly). */
   forward(ids: Tensor, opts: ForwardOptions = {}): Tensor {
     if (ids.dtype !== 'int32' || ids.rank !== 2 || ids.shape[1] === 0) {
       throw new Error(`${this.config.architecture}: input ids must be int32 [batch, seq] with seq >= 1, got ${ids.dtype} ${formatShape(ids.shape)}`);
@@ -300,7 +339,7 @@ export class LlamaForCausalLM extends Module {
     const run = (): Tensor => {
       const { cos, sin } = rotaryTables(this.invFreq, positions, { device: this.backend });
       const mask = keyMask === null ? null : cast(keyMask, 'f32');
-      let h = this.model.embed_tokens.forward(ids);
+      let h = this.model.embed_tokens.forward(ids, this._computeDtype);
       for (const layer of this.model.layers) {
         const input = h;
         h = training ? layer.forward(input, cos, sin, mask, cache) : scope(() => layer.forward(input, cos, sin, mask, cache));
