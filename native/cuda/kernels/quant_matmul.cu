@@ -1,0 +1,224 @@
+// quantizedMatmul and dequantize on the GPU: products with a frozen weight W [rows, cols]
+// stored in bitsandbytes' int8 or NF4 format, with the layouts and numerics of
+// native/cpu/kernels/qmatmul.cc and quant/quant.h (the reference: the same dequantized
+// values, products within f32 rounding):
+//
+//   int8  W[r, c] = CB[r, c] · (SCB[r] · (1/127))
+//   nf4   W at flat index f = code[nibble f] · absmax[f / blocksize] (the high nibble of
+//         byte f/2 for even f); double quantization stores absmax as uint8 codes:
+//         absmax[b] = nested_code[q[b]] · nested_absmax[b / nested_blocksize] + offset,
+//         the product rounded to f32 before the offset is added (bitsandbytes' order)
+//
+//   quantizedMatmul: out (+)= a · op(W), a [M, K] and out [M, N] contiguous, both f32 or
+//     both bf16 (T); transW = 1: op(W) = Wᵀ, K = cols, N = rows (a Linear's forward);
+//     transW = 0: op(W) = W, K = rows, N = cols (its input gradient).
+//   ints:   [format, M, rows, cols, transW, accumulate, blocksize, nested, nestedBlocksize, T]
+//   floats: [offset]
+//   ptrs:   [a, q0, q1, q2, q3, q4, out]
+//
+//   dequantize: out f32 [rows, cols] = W.
+//   ints:   [format, rows, cols, blocksize, nested, nestedBlocksize]
+//   floats: [offset]
+//   ptrs:   [q0, q1, q2, q3, q4, out]
+//
+// Weight operands q0..q4: int8: cb (int8), scb (f32 [rows]) and three unused; nf4:
+// packed (uint8), code (f32 [16]), absmax (f32, or uint8 when nested), nested absmax
+// (f32), nested code (f32 [256]).
+//
+// Design: W is decoded piece by piece into one scratch buffer of at most kScratchBytes
+// (T elements) and each piece goes through one cuBLAS GEMM (cublasGemmEx: bf16 operands
+// on tensor cores with f32 accumulation when T is bf16, plain f32 otherwise), so no
+// full-size copy of W is made per call. The forward takes W a band of rows at a time
+// (each band gives a band of out's columns); the input gradient takes a band of W's
+// columns at a time (each gives a band of out's columns too), so every output element
+// comes out of one GEMM over the whole K: one rounding to T, and accumulate means
+// beta = 1 exactly as on the CPU. Everything runs on the backend's one stream, so the
+// next piece is decoded only after the GEMM that read the last one.
+#include <cmath>
+#include <string>
+
+#include "kernel.h"
+
+namespace finlora {
+namespace cuda {
+namespace {
+
+constexpr size_t kScratchBytes = size_t{32} << 20;
+
+struct QWeight {
+  int64_t format;  // 0 int8, 1 nf4
+  int64_t rows, cols;
+  const int8_t* cb;
+  const float* scb;
+  const uint8_t* packed;
+  const float* code;
+  int64_t blocksize;
+  const float* absmax;
+  const uint8_t* qabsmax;
+  const float* nested_absmax;
+  const float* nested_code;
+  int64_t nested_blocksize;
+  float offset;
+  bool nested;
+};
+
+__device__ __forceinline__ float block_scale(const QWeight& w, int64_t b) {
+  if (!w.nested) return w.absmax[b];
+  // Two roundings, never an FMA: bitsandbytes rounds the product before adding the offset.
+  return __fadd_rn(__fmul_rn(w.nested_code[w.qabsmax[b]], w.nested_absmax[b / w.nested_blocksize]), w.offset);
+}
+
+__device__ __forceinline__ float weight_at(const QWeight& w, int64_t r, int64_t c) {
+  if (w.format == 0) return __fmul_rn(static_cast<float>(w.cb[r * w.cols + c]), __fmul_rn(w.scb[r], 1.0f / 127.0f));
+  const int64_t f = r * w.cols + c;
+  const uint8_t byte = w.packed[f >> 1];
+  return __fmul_rn(w.code[(f & 1) ? (byte & 15) : (byte >> 4)], block_scale(w, f / w.blocksize));
+}
+
+// dst[i * ld + j] = W[r0 + i, c0 + j] for i < nr, j < nc, rounded once to T.
+template <typename T>
+__global__ void decode(QWeight w, int64_t r0, int64_t nr, int64_t c0, int64_t nc, T* dst) {
+  const int64_t n = nr * nc;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / nc, j = e - i * nc;
+    st(dst, e, weight_at(w, r0 + i, c0 + j));
+  }
+}
+
+// The weight operands at ptrs[p0..p0+4] and ints [format, rows, cols, blocksize, nested, nestedBlocksize].
+bool parse_weight(const KernelArgs& args, size_t p0, int64_t format, int64_t rows, int64_t cols, int64_t blocksize, int64_t nested,
+                  int64_t nested_blocksize, QWeight& w) {
+  w = QWeight{};
+  w.format = format;
+  w.rows = rows;
+  w.cols = cols;
+  if (rows < 0 || cols < 0) {
+    args.error = "negative weight size";
+    return false;
+  }
+  if (format == 0) {
+    w.cb = static_cast<const int8_t*>(args.ptrs[p0]);
+    w.scb = static_cast<const float*>(args.ptrs[p0 + 1]);
+    return true;
+  }
+  if (format != 1) {
+    args.error = "unknown quantized format code " + std::to_string(format);
+    return false;
+  }
+  if (blocksize <= 0 || (nested != 0 && nested_blocksize <= 0)) {
+    args.error = "block sizes must be positive";
+    return false;
+  }
+  w.packed = static_cast<const uint8_t*>(args.ptrs[p0]);
+  w.code = static_cast<const float*>(args.ptrs[p0 + 1]);
+  w.blocksize = blocksize;
+  w.nested = nested != 0;
+  if (w.nested) {
+    w.qabsmax = static_cast<const uint8_t*>(args.ptrs[p0 + 2]);
+    w.nested_absmax = static_cast<const float*>(args.ptrs[p0 + 3]);
+    w.nested_code = static_cast<const float*>(args.ptrs[p0 + 4]);
+    w.nested_blocksize = nested_blocksize;
+    w.offset = static_cast<float>(args.floats[0]);
+  } else {
+    w.absmax = static_cast<const float*>(args.ptrs[p0 + 2]);
+  }
+  return true;
+}
+
+template <typename T>
+void launch_decode(const QWeight& w, int64_t r0, int64_t nr, int64_t c0, int64_t nc, T* dst) {
+  if (nr <= 0 || nc <= 0) return;
+  decode<T><<<grid_for(nr * nc, 256), 256, 0, stream()>>>(w, r0, nr, c0, nc, dst);
+}
+
+// One scratch buffer serves every call; growing it frees the old one (cudaFree waits
+// for the device, so no queued GEMM still reads it).
+void* scratch(size_t bytes) {
+  static void* buf = nullptr;
+  static size_t have = 0;
+  if (bytes > have) {
+    if (buf != nullptr) cudaFree(buf);
+    buf = nullptr;
+    have = 0;
+    if (cudaMalloc(&buf, bytes) != cudaSuccess) return nullptr;
+    have = bytes;
+  }
+  return buf;
+}
+
+void dequantize(const KernelArgs& args) {
+  QWeight w;
+  if (!parse_weight(args, 0, args.ints[0], args.ints[1], args.ints[2], args.ints[3], args.ints[4], args.ints[5], w)) return;
+  launch_decode(w, 0, w.rows, 0, w.cols, static_cast<float*>(args.ptrs[5]));
+}
+
+bool fits_int(int64_t v) { return v >= 0 && v <= 0x7fffffffLL; }
+
+void quantized_matmul(const KernelArgs& args) {
+  const int64_t format = args.ints[0], M = args.ints[1], rows = args.ints[2], cols = args.ints[3];
+  const bool trans_w = args.ints[4] != 0, accumulate = args.ints[5] != 0;
+  const int64_t dt = trailing_dtype(args, 9);
+  if (!compute_dtype_ok(args, dt)) return;
+  QWeight w;
+  if (!parse_weight(args, 1, format, rows, cols, args.ints[6], args.ints[7], args.ints[8], w)) return;
+  const int64_t K = trans_w ? cols : rows, N = trans_w ? rows : cols;
+  if (M < 0 || !fits_int(M) || !fits_int(K) || !fits_int(N)) {
+    args.error = "sizes must fit in a 32-bit int";
+    return;
+  }
+  const bool bf = dt == BF16;
+  const size_t es = bf ? 2 : 4;
+  void* a = args.ptrs[0];
+  void* out = args.ptrs[6];
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate) cudaMemsetAsync(out, 0, static_cast<size_t>(M * N) * es, stream());
+    return;
+  }
+  // A band of W of `span` rows (forward) or columns (gradient), a multiple of 64 when
+  // it is not all of them, so the scratch's leading dimension keeps tensor-core alignment.
+  const int64_t other = trans_w ? cols : rows, total = trans_w ? rows : cols;
+  int64_t span = static_cast<int64_t>(kScratchBytes / es) / other;
+  if (span >= total) span = total;
+  else span = span >= 64 ? span / 64 * 64 : (span < 1 ? 1 : span);
+  void* buf = scratch(static_cast<size_t>(span * other) * es);
+  if (buf == nullptr) {
+    args.error = "could not allocate the dequantization scratch";
+    return;
+  }
+  const cudaDataType_t type = bf ? CUDA_R_16BF : CUDA_R_32F;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  for (int64_t p0 = 0; p0 < total; p0 += span) {
+    const int64_t n = total - p0 < span ? total - p0 : span;
+    cublasStatus_t status;
+    if (trans_w) {
+      // out[:, p0:p0+n] (+)= a · W[p0:p0+n, :]ᵀ; column-major: outᵀ rows p0.. = Wband · aᵀ.
+      if (bf) launch_decode(w, p0, n, 0, cols, static_cast<bf16*>(buf));
+      else launch_decode(w, p0, n, 0, cols, static_cast<float*>(buf));
+      status = cublasGemmEx(cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(M), static_cast<int>(K), &alpha,
+                            buf, type, static_cast<int>(K), a, type, static_cast<int>(K), &beta,
+                            static_cast<char*>(out) + static_cast<size_t>(p0) * es, type, static_cast<int>(N), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT);
+    } else {
+      // out[:, p0:p0+n] (+)= a · W[:, p0:p0+n]; column-major: outᵀ rows p0.. = Wbandᵀ · aᵀ.
+      if (bf) launch_decode(w, 0, rows, p0, n, static_cast<bf16*>(buf));
+      else launch_decode(w, 0, rows, p0, n, static_cast<float*>(buf));
+      status = cublasGemmEx(cublas(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(M), static_cast<int>(K), &alpha,
+                            buf, type, static_cast<int>(n), a, type, static_cast<int>(K), &beta,
+                            static_cast<char*>(out) + static_cast<size_t>(p0) * es, type, static_cast<int>(N), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT);
+    }
+    if (status != CUBLAS_STATUS_SUCCESS) {
+      args.error = "cublasGemmEx failed with status " + std::to_string(static_cast<int>(status));
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+FINLORA_CUDA_KERNEL("quantizedMatmul", quantized_matmul)
+FINLORA_CUDA_KERNEL("dequantize", dequantize)
+
+}  // namespace cuda
+}  // namespace finlora

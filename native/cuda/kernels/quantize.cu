@@ -1,0 +1,162 @@
+// Quantization at load time into bitsandbytes' formats on the GPU, giving the same codes
+// and absmax values as native/cpu/kernels/quantize.cc (the reference; bitsandbytes'
+// backends/default/ops.py numerics):
+//
+// quantizeInt8: w [rows, cols] (f32, bf16 or f16) -> cb int8 [rows, cols], scb f32 [rows].
+//   Each value is first rounded to f16, scb[r] = max_c |w[r, c]|, cb =
+//   round_half_even(w · (127 / scb[r])) clamped to ±127; an all-zero row gives scb 0 and
+//   zero codes. One block per row.
+//   ints: [rows, cols, dtype]   ptrs: [w, cb, scb]
+//
+// quantizeBlockwise: x [n] (f32, bf16 or f16) in blocks of `blocksize`; per block
+//   absmax = max |x|; scaled = clamp(x · (1 / max(absmax, 1e-38)), -1, 1) (a partial
+//   last block divides by its clamped absmax and stores that); the index is the number
+//   of code midpoints strictly below the scaled value (torch.bucketize). pack4 stores two
+//   indices per byte, element 2i in the high nibble, an odd count padded with the index
+//   of 0. One warp per block.
+//   ints: [n, dtype, codeSize, blocksize, pack4]   ptrs: [x, code, q, absmax]
+//
+// Every comparison is written as the CPU's std::min / std::max expand (a NaN never wins
+// a max and clamps to -1 / -127), and every division and product is a single IEEE
+// operation (nvcc's default -prec-div, no contraction possible), so the codes match
+// the CPU's bit for bit.
+#include <string>
+
+#include "kernel.h"
+
+namespace finlora {
+namespace cuda {
+namespace {
+
+__device__ __forceinline__ float load_any(const void* p, int64_t dtype, int64_t i) {
+  if (dtype == F32) return static_cast<const float*>(p)[i];
+  if (dtype == BF16) return bf16_load(static_cast<const uint16_t*>(p), i);
+  return f16_load(static_cast<const uint16_t*>(p), i);
+}
+
+// std::max(a, b) and std::min(a, b) as the C++ library defines them.
+__device__ __forceinline__ float std_max(float a, float b) { return a < b ? b : a; }
+__device__ __forceinline__ float std_min(float a, float b) { return b < a ? b : a; }
+
+struct StdMaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return std_max(a, b); }
+};
+
+bool float_dtype(int64_t d) { return d == F32 || d == BF16 || d == F16; }
+
+__global__ void quantize_int8_rows(const void* w, int64_t dtype, int64_t cols, int8_t* cb, float* scb) {
+  const int64_t row = blockIdx.x;
+  float am = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float h = __half2float(__float2half_rn(load_any(w, dtype, row * cols + c)));
+    am = std_max(am, fabsf(h));
+  }
+  // The max of the non-NaN values whatever the order: the CPU's sequential scan's result.
+  am = block_reduce(am, StdMaxOp());
+  if (threadIdx.x == 0) scb[row] = am;
+  int8_t* q = cb + row * cols;
+  if (am == 0.0f) {
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) q[c] = 0;
+    return;
+  }
+  const float scale = __fdiv_rn(127.0f, am);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float h = __half2float(__float2half_rn(load_any(w, dtype, row * cols + c)));
+    const float v = rintf(__fmul_rn(h, scale));
+    q[c] = static_cast<int8_t>(std_min(127.0f, std_max(-127.0f, v)));
+  }
+}
+
+void quantize_int8(const KernelArgs& args) {
+  if (args.ints.size() != 3 || args.ptrs.size() != 3) {
+    args.error = "quantizeInt8: expected 3 ints and 3 buffers";
+    return;
+  }
+  const int64_t rows = args.ints[0], cols = args.ints[1], dtype = args.ints[2];
+  if (rows < 0 || cols < 0 || !float_dtype(dtype)) {
+    args.error = "quantizeInt8: bad size or dtype";
+    return;
+  }
+  if (rows == 0) return;
+  const int threads = cols >= 2048 ? 512 : cols >= 256 ? 256 : 64;
+  quantize_int8_rows<<<static_cast<unsigned>(rows), threads, 0, stream()>>>(args.ptrs[0], dtype, cols, static_cast<int8_t*>(args.ptrs[1]),
+                                                                             static_cast<float*>(args.ptrs[2]));
+}
+
+constexpr int kWarps = 8;
+
+// torch.bucketize(x, bounds, right=False): the number of bounds strictly below x.
+__device__ __forceinline__ int bucket(const float* bounds, int nb, float x) {
+  int lo = 0, hi = nb;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (bounds[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+__global__ void quantize_blocks(const void* x, int64_t dtype, const float* code, int nb, uint8_t* q, float* absmax, int64_t n,
+                                int64_t bs, bool pack4) {
+  __shared__ float bounds[255];
+  for (int i = threadIdx.x; i < nb; i += blockDim.x) bounds[i] = __fdiv_rn(__fadd_rn(code[i], code[i + 1]), 2.0f);
+  __syncthreads();
+  const int zero_index = bucket(bounds, nb, 0.0f);
+  const int lane = threadIdx.x & 31;
+  const int64_t blocks = (n + bs - 1) / bs;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (b >= blocks) return;
+  const int64_t start = b * bs, len = n - start < bs ? n - start : bs;
+  float am = 0.0f;
+  for (int64_t i = lane; i < len; i += 32) am = std_max(am, fabsf(load_any(x, dtype, start + i)));
+  for (int o = 16; o > 0; o >>= 1) am = std_max(am, __shfl_xor_sync(0xffffffffu, am, o));
+  const bool partial = len < bs;
+  const float clamped = std_max(am, 1e-38f);
+  if (lane == 0) absmax[b] = partial ? clamped : am;
+  const float inv = __fdiv_rn(1.0f, clamped);
+  auto index = [&](int64_t i) {
+    const float v = load_any(x, dtype, start + i);
+    const float s = partial ? __fdiv_rn(v, clamped) : __fmul_rn(v, inv);
+    return bucket(bounds, nb, std_min(1.0f, std_max(-1.0f, s)));
+  };
+  if (!pack4) {
+    for (int64_t i = lane; i < len; i += 32) q[start + i] = static_cast<uint8_t>(index(i));
+    return;
+  }
+  // blocksize is even, so a block's pairs are whole bytes; only the very last may be half.
+  for (int64_t i = 2 * lane; i < len; i += 64) {
+    const int hi = index(i), lo = i + 1 < len ? index(i + 1) : zero_index;
+    q[(start + i) >> 1] = static_cast<uint8_t>((hi << 4) | lo);
+  }
+}
+
+void quantize_blockwise(const KernelArgs& args) {
+  if (args.ints.size() != 5 || args.ptrs.size() != 4) {
+    args.error = "quantizeBlockwise: expected 5 ints and 4 buffers";
+    return;
+  }
+  const int64_t n = args.ints[0], dtype = args.ints[1], code_size = args.ints[2], bs = args.ints[3];
+  const bool pack4 = args.ints[4] != 0;
+  if (n < 0 || !float_dtype(dtype) || code_size < 2 || code_size > 256 || bs <= 0 || (pack4 && (code_size > 16 || bs % 2 != 0))) {
+    args.error = "quantizeBlockwise: bad size, dtype, code size or block size";
+    return;
+  }
+  if (n == 0) return;
+  const int64_t blocks = (n + bs - 1) / bs;
+  const int64_t grid = (blocks + kWarps - 1) / kWarps;
+  if (grid > 0x7fffffffLL) {
+    args.error = "quantizeBlockwise: too many blocks";
+    return;
+  }
+  quantize_blocks<<<static_cast<unsigned>(grid), kWarps * 32, 0, stream()>>>(
+      args.ptrs[0], dtype, static_cast<const float*>(args.ptrs[1]), static_cast<int>(code_size - 1), static_cast<uint8_t*>(args.ptrs[2]),
+      static_cast<float*>(args.ptrs[3]), n, bs, pack4);
+}
+
+}  // namespace
+
+FINLORA_CUDA_KERNEL("quantizeInt8", quantize_int8)
+FINLORA_CUDA_KERNEL("quantizeBlockwise", quantize_blockwise)
+
+}  // namespace cuda
+}  // namespace finlora
