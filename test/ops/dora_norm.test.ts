@@ -20,8 +20,11 @@ import { assertClose, checkAgainstReference, randomData, values } from '../helpe
 import { eachLevel } from './isa_levels.js';
 import { withThreads } from './nn_helpers.js';
 
-// [rows, cols, r]: 70 and 129 leave vector tails, 600 and 1100 cross 512-column stretches.
-const SHAPES: [number, number, number][] = [[5, 70, 1], [33, 129, 16], [4, 64, 8], [3, 1, 2], [7, 600, 3], [2, 1100, 8], [9, 40, 0]];
+// [rows, cols, r]: 70 and 129 leave vector tails, 600 and 1100 cross 512-column stretches,
+// 70 and 130 rows span 64-row tiles with groups of four and rows left over.
+const SHAPES: [number, number, number][] = [
+  [5, 70, 1], [33, 129, 16], [4, 64, 8], [3, 1, 2], [7, 600, 3], [2, 1100, 8], [9, 40, 0], [70, 45, 5], [130, 530, 2],
+];
 const S = 1.75;
 
 test('doraNorm: the kernels against the reference at every SIMD level and thread count, f32 and bf16 W', async (t) => {

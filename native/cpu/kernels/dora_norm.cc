@@ -5,20 +5,23 @@
 //
 // without the low-rank identity ‖W‖² + 2s·(W·Aᵀ ⊙ B) + s²·‖B·A‖², which subtracts
 // nearly equal numbers when an update cancels a row and so needs a check the host has
-// to read. Each row of W + s·B·A is formed 64 columns at a time in registers (the r
-// rows of A are small enough to stay in cache) and squared at once: W is read once and
-// nothing of size rows × cols is written.
+// to read. Rows of W + s·B·A are formed 32 columns at a time in registers and squared
+// at once, four rows sharing each loaded column of A, over 512-column stretches whose
+// r rows of A stay in L1 while a tile of 64 rows passes: W is read once and nothing of
+// size rows × cols is written.
 //
 // doraNorm ints: [rows, cols, r, dtype of w (0 f32, 1 bf16)]; floats: [s]
 //   ptrs: [w [rows, cols], a f32 [r, cols], b f32 [rows, r], out f32 [rows] (=)]
 //
-// Sums: each 512-column stretch of a row accumulates its squares in 64 f32 lanes, and
-// the stretches add up in f64, so a row's error stays near that of a 512-term f32 sum
-// whatever cols is. A row is one thread's work from start to end, so the result does
-// not depend on the thread count. The body is compiled for AVX-512, AVX2+FMA and the
-// baseline (nn_simd.h's FINLORA_ISA_VARIANTS) and follows isa().
+// Sums: each 512-column stretch of a row accumulates its squares in 32 f32 lanes, and
+// the stretches add up in f64 in column order, so a row's error stays near that of a
+// 16-term f32 sum whatever cols is. A row's arithmetic does not depend on which rows
+// share its loads or on the thread that runs it, so the result does not depend on the
+// thread count. The body is compiled for AVX-512, AVX2+FMA and the baseline
+// (nn_simd.h's FINLORA_ISA_VARIANTS) and follows isa().
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernel.h"
 #include "nn_simd.h"
@@ -34,10 +37,9 @@ struct NormParams {
   const void* w;
   bool bf16;
   const float* a;
-  const float* b;
+  const float* sb;  // s·B [rows, r]
   float* out;
   int64_t cols, r;
-  float s;
 };
 
 #define FINLORA_INLINE_DN inline __attribute__((always_inline))
@@ -57,46 +59,65 @@ FINLORA_INLINE_DN v16f load16_bf16(const uint16_t* p) {
   return v;
 }
 
-FINLORA_INLINE_DN double hsum16(v16f v) {
+FINLORA_INLINE_DN double hsum16(const v16f& v) {
   double s = 0;
   for (int i = 0; i < 16; ++i) s += static_cast<double>(v[i]);
   return s;
 }
 
-FINLORA_INLINE_DN void norm_rows(const NormParams& p, int64_t begin, int64_t end) {
+FINLORA_INLINE_DN v16f load_w(const NormParams& p, int64_t i, int64_t c) {
+  return p.bf16 ? load16_bf16(static_cast<const uint16_t*>(p.w) + i * p.cols + c) : load16(static_cast<const float*>(p.w) + i * p.cols + c);
+}
+
+// Adds to total[j] the squares of W_i + s·B_i·A over columns [c0, c1) of rows
+// i = i0 + j, j < NR: 32 columns at a time, each loaded column of A serving NR rows.
+template <int NR>
+FINLORA_INLINE_DN void stretch(const NormParams& p, int64_t i0, int64_t c0, int64_t c1, double* total) {
   const int64_t cols = p.cols, r = p.r;
-  const int64_t full = cols / 64 * 64;
-  for (int64_t i = begin; i < end; ++i) {
-    const float* brow = p.b + i * r;
-    const float* wf = static_cast<const float*>(p.w) + i * cols;
-    const uint16_t* wh = static_cast<const uint16_t*>(p.w) + i * cols;
-    double total = 0;
-    v16f q0 = {}, q1 = {}, q2 = {}, q3 = {};
-    for (int64_t c = 0; c < full; c += 64) {
-      v16f x0, x1, x2, x3;
-      if (p.bf16) {
-        x0 = load16_bf16(wh + c), x1 = load16_bf16(wh + c + 16), x2 = load16_bf16(wh + c + 32), x3 = load16_bf16(wh + c + 48);
-      } else {
-        x0 = load16(wf + c), x1 = load16(wf + c + 16), x2 = load16(wf + c + 32), x3 = load16(wf + c + 48);
-      }
-      for (int64_t k = 0; k < r; ++k) {
-        const float ck = p.s * brow[k];
-        const v16f vk = ck - v16f{};
-        const float* ak = p.a + k * cols + c;
-        x0 += vk * load16(ak), x1 += vk * load16(ak + 16), x2 += vk * load16(ak + 32), x3 += vk * load16(ak + 48);
-      }
-      q0 += x0 * x0, q1 += x1 * x1, q2 += x2 * x2, q3 += x3 * x3;
-      if ((c + 64) % 512 == 0 || c + 64 == full) {
-        total += hsum16((q0 + q1) + (q2 + q3));
-        q0 = q1 = q2 = q3 = v16f{};
+  const int64_t full = c0 + (c1 - c0) / 32 * 32;
+  v16f q[NR][2];
+  for (int j = 0; j < NR; ++j) q[j][0] = q[j][1] = v16f{};
+  for (int64_t c = c0; c < full; c += 32) {
+    v16f x[NR][2];
+    for (int j = 0; j < NR; ++j) x[j][0] = load_w(p, i0 + j, c), x[j][1] = load_w(p, i0 + j, c + 16);
+    for (int64_t k = 0; k < r; ++k) {
+      const v16f a0 = load16(p.a + k * cols + c), a1 = load16(p.a + k * cols + c + 16);
+      for (int j = 0; j < NR; ++j) {
+        const v16f ck = p.sb[(i0 + j) * r + k] - v16f{};
+        x[j][0] += ck * a0, x[j][1] += ck * a1;
       }
     }
-    for (int64_t c = full; c < cols; ++c) {
-      float x = p.bf16 ? bf16_to_f32(wh[c]) : wf[c];
-      for (int64_t k = 0; k < r; ++k) x += (p.s * brow[k]) * p.a[k * cols + c];
-      total += static_cast<double>(x * x);
+    for (int j = 0; j < NR; ++j) q[j][0] += x[j][0] * x[j][0], q[j][1] += x[j][1] * x[j][1];
+  }
+  for (int j = 0; j < NR; ++j) {
+    double t = hsum16(q[j][0] + q[j][1]);
+    const int64_t i = i0 + j;
+    for (int64_t c = full; c < c1; ++c) {
+      float x = p.bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.w)[i * cols + c]) : static_cast<const float*>(p.w)[i * cols + c];
+      for (int64_t k = 0; k < r; ++k) x += p.sb[i * r + k] * p.a[k * cols + c];
+      t += static_cast<double>(x * x);
     }
-    p.out[i] = static_cast<float>(std::sqrt(total));
+    total[j] += t;
+  }
+}
+
+// Rows [begin, end) in tiles of kTile rows; each tile walks the columns in stretches of
+// kStretch (the r rows of A for one stretch stay in L1 while the tile's rows pass) and
+// its rows in groups of four.
+constexpr int64_t kTile = 64, kStretch = 512;
+
+FINLORA_INLINE_DN void norm_rows(const NormParams& p, int64_t begin, int64_t end) {
+  double total[kTile];
+  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+    const int64_t t1 = end - t0 < kTile ? end : t0 + kTile;
+    for (int64_t i = t0; i < t1; ++i) total[i - t0] = 0;
+    for (int64_t c0 = 0; c0 < p.cols; c0 += kStretch) {
+      const int64_t c1 = p.cols - c0 < kStretch ? p.cols : c0 + kStretch;
+      int64_t i = t0;
+      for (; i + 4 <= t1; i += 4) stretch<4>(p, i, c0, c1, total + (i - t0));
+      for (; i < t1; ++i) stretch<1>(p, i, c0, c1, total + (i - t0));
+    }
+    for (int64_t i = t0; i < t1; ++i) p.out[i] = static_cast<float>(std::sqrt(total[i - t0]));
   }
 }
 
@@ -112,8 +133,11 @@ void dora_norm_kernel(const KernelArgs& a) {
     a.error = "negative size";
     return;
   }
-  const NormParams p{a.ptrs[0], dtype == BF16, static_cast<const float*>(a.ptrs[1]), static_cast<const float*>(a.ptrs[2]),
-                     static_cast<float*>(a.ptrs[3]), cols, r, static_cast<float>(a.floats[0])};
+  const float s = static_cast<float>(a.floats[0]);
+  const float* b = static_cast<const float*>(a.ptrs[2]);
+  std::vector<float> sb(static_cast<size_t>(rows * r));
+  for (size_t i = 0; i < sb.size(); ++i) sb[i] = s * b[i];
+  const NormParams p{a.ptrs[0], dtype == BF16, static_cast<const float*>(a.ptrs[1]), sb.data(), static_cast<float*>(a.ptrs[3]), cols, r};
   const auto fn = dora_norm_pick();
   parallel_for(rows, 1 + (1 << 15) / (cols * (r + 1) + 1), [&](int64_t r0, int64_t r1) { fn(p, r0, r1); });
 }
