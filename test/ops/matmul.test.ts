@@ -204,12 +204,14 @@ test('multithreaded and single-threaded GEMM give identical results on every SIM
   };
   const cases: [number, number, number, number, boolean][] = [
     [257, 300, 333, 1, false], // column slabs sharing packed A
+    [333, 300, 257, 1, true], // row slabs sharing packed B
     [512, 256, 8, 1, true], // LoRA-like N = 8: row slabs
     [8, 512, 2048, 1, false], // a few rows, many columns
     [45, 300, 130, 3, true], // an odd batch: each product split in turn
     [40, 300, 70, 5, false], // a larger batch: whole products per thread
-    [300, 15000, 100, 1, false], // packed A over 16 MiB: two depth bands
-    [7900, 512, 128, 1, false], // ... and two row bands
+    [290, 15000, 300, 1, false], // packed A over 16 MiB: two depth bands
+    [300, 15000, 290, 1, false], // packed B over 16 MiB: two depth bands
+    [7900, 512, 2100, 1, false], // packed A in two row bands
   ];
   try {
     for (const [M, K, N, batch, transB] of cases) {
@@ -221,7 +223,7 @@ test('multithreaded and single-threaded GEMM give identical results on every SIM
           return scope(() => Float32Array.from(matmul(a, b, { transB }).toArray()));
         };
         for (const level of order.slice(0, best + 1)) {
-          if (level === 'scalar' && K > 1000) continue; // slow there, and nothing level-specific
+          if (level === 'scalar' && (K > 1000 || M * N > 1e7)) continue; // slow there, and nothing level-specific
           be.setIsa(level);
           assert.deepEqual(run(threads), run(1), `${level} ${batch}x${M}x${K}x${N}`);
         }

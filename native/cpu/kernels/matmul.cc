@@ -18,11 +18,11 @@
 // The micro-kernel and its blocking (kernels/gemm/) are picked at run time from
 // finlora::isa().
 //
-// Threads (one fork per product, or per row band of a very tall one, and no barrier
-// inside): a wide product is cut into column slabs that share one packing of A,
-// packed block by block by whichever thread needs a block first (the others work on
-// blocks that are ready meanwhile); a narrow one (LoRA's N = 8) into row slabs; a
-// large batch into whole products. Slabs are taken from a shared counter, so a thread that
+// Threads (one fork per product, or per band of a very large one, and no barrier
+// inside): a product wider than tall is cut into column slabs that share one packing
+// of A, packed block by block by whichever thread needs a block first (the others
+// work on blocks that are ready meanwhile); a taller one into row slabs that share one
+// packing of B, panel by panel in the same way; a large batch into whole products. Slabs are taken from a shared counter, so a thread that
 // loses its core to another process for a while simply takes fewer of them. Every
 // output element is summed in the same order whatever the thread count, so results
 // do not depend on it.
@@ -269,31 +269,115 @@ void column_slab(const MicroKernel& uk, const Operands& o, const float* a, const
   }
 }
 
-// Storage for SharedA, owned by the calling thread and reused across calls.
+// The micro-panels of B for one band of depth, packed once and read by every thread:
+// panel (p, j) holds columns j * nr ... of depth k0 + p * kc_max ... . States as in
+// SharedA; whichever thread first needs a panel packs it.
+struct SharedB {
+  float* data;
+  std::atomic<int>* state;
+  int64_t k0;
+  int64_t kblocks, panels, kc_max, nr;
+  float* panel(int64_t p, int64_t j) const { return data + (p * panels + j) * kc_max * nr; }
+};
+
+// Rows [m0, m1) of the product, all columns, with B from `sb`: for each depth block the
+// slab packs its own rows of A (mc at a time, L2-sized) and runs them against B's
+// panels in whatever order they become ready.
+template <typename TB>
+void row_slab(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, const SharedB& sb,
+              int64_t m0, int64_t m1) {
+  const int mr = uk.mr, nr = uk.nr;
+  const int64_t rows = m1 - m0;
+  const int64_t mblocks = ceil_div(rows, uk.mc);
+  const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), mr) * mr;
+  float* pa = t_pack_a.get(static_cast<size_t>(mc_max * sb.kc_max));
+  if (pa == nullptr) std::abort();
+  std::array<bool, kMaxBandBlocks> done;
+  for (int64_t p = 0; p < sb.kblocks; ++p) {
+    const int64_t pc = sb.k0 + p * sb.kc_max, kc = std::min(sb.kc_max, o.K - pc);
+    const bool add = pc > 0 || o.accumulate;
+    for (int64_t ic = m0; ic < m1; ic += mc_max) {
+      const int64_t mc = std::min(mc_max, m1 - ic);
+      const float* asrc = a + ic * o.ars + pc * o.acs;
+      if (uk.pack_a == nullptr || !uk.pack_a(asrc, o.ars, o.acs, mc, kc, pa)) pack_a(asrc, o.ars, o.acs, mc, kc, mr, pa);
+      done.fill(false);
+      int64_t remaining = sb.panels;
+      int spins = 0;
+      while (remaining > 0) {
+        bool progressed = false;
+        for (int64_t j = 0; j < sb.panels; ++j) {
+          if (done[j]) continue;
+          const int64_t jc = j * nr;
+          const int ncols = static_cast<int>(std::min<int64_t>(nr, o.N - jc));
+          std::atomic<int>& st = sb.state[p * sb.panels + j];
+          float* bp = sb.panel(p, j);
+          int s = st.load(std::memory_order_acquire);
+          if (s == 0 && st.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) {
+            const TB* bsrc = b + pc * o.brs + jc * o.bcs;
+            if (!fast_pack_b(uk, bsrc, o.brs, o.bcs, kc, ncols, bp)) pack_b(bsrc, o.brs, o.bcs, kc, ncols, nr, bp);
+            st.store(2, std::memory_order_release);
+            s = 2;
+          }
+          if (s != 2) continue;
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
+            uk.run(kc, pa + ir * kc, bp, c + (ic + ir) * o.N + jc, o.N, nrows, ncols, o.alpha, add);
+          }
+          done[j] = true;
+          --remaining;
+          progressed = true;
+        }
+        if (!progressed) {
+          if (++spins < 64) cpu_relax();
+          else std::this_thread::yield();
+        }
+      }
+    }
+  }
+}
+
+// Storage for SharedA or SharedB, owned by the calling thread and reused across calls.
 thread_local PackBuffer t_shared_a;
 thread_local std::unique_ptr<std::atomic<int>[]> t_states;
 thread_local int64_t t_states_size = 0;
 
-// One product over `threads` threads. Wide products are cut into column slabs that
-// share one packing of A; narrow ones (LoRA's N = 8) into row slabs that each pack
-// their own rows of A and the small B. Slabs are taken from a shared counter, so a
-// thread that falls behind does fewer of them.
+// One product over `threads` threads, cut into slabs that share one packing of the
+// operand they all read: when the product is taller than it is wide (the lm_head's
+// dX = dlogits · W, 1024 x 32000 x 256), slabs of rows that share packed B, each slab
+// reading B once (K x N) and its own rows of A once; otherwise slabs of columns that
+// share packed A, each reading A once (M x K). Slabs are taken from a shared counter,
+// so a thread that falls behind does fewer of them.
 template <typename TB>
 void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, int64_t threads) {
   const int64_t pm = ceil_div(o.M, uk.mr), pn = ceil_div(o.N, uk.nr);
   const int64_t want = kTasksPerThread * threads;
+  const int64_t kc_max = ceil_div(o.K, ceil_div(o.K, uk.kc));
   std::atomic<int64_t> next{0};
-  if (pn < 2 * threads && pn < pm) {
+  if (o.N < o.M && pn <= kMaxBandBlocks) {
     const int64_t h = ceil_div(pm, want) * uk.mr;
     const int64_t tasks = ceil_div(o.M, h);
-    parallel_for(threads, 1, [&](int64_t, int64_t) {
-      for (int64_t t; (t = next.fetch_add(1)) < tasks;) gemm_rect<TB>(uk, o, a, b, c, t * h, std::min(o.M, (t + 1) * h), 0, o.N);
-    });
+    // Shared B stays within the shared budget: bands of whole kc blocks, one fork each.
+    const int64_t kband = std::max<int64_t>(1, kSharedAFloats / (pn * uk.nr) / kc_max) * kc_max;
+    for (int64_t k0 = 0; k0 < o.K; k0 += kband) {
+      const int64_t kblocks = ceil_div(std::min(kband, o.K - k0), kc_max);
+      const int64_t nstates = kblocks * pn;
+      float* data = t_shared_a.get(static_cast<size_t>(nstates * uk.nr * kc_max));
+      if (data == nullptr) std::abort();
+      if (nstates > t_states_size) {
+        t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
+        t_states_size = nstates;
+      }
+      for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
+      const SharedB sb{data, t_states.get(), k0, kblocks, pn, kc_max, uk.nr};
+      next.store(0);
+      parallel_for(threads, 1, [&](int64_t, int64_t) {
+        for (int64_t t; (t = next.fetch_add(1)) < tasks;) row_slab<TB>(uk, o, a, b, c, sb, t * h, std::min(o.M, (t + 1) * h));
+      });
+    }
     return;
   }
   const int64_t w = std::min(kMaxSlab, ceil_div(pn, want) * uk.nr);
   const int64_t tasks = ceil_div(o.N, w);
-  const int64_t kc_max = ceil_div(o.K, ceil_div(o.K, uk.kc));
   // Shared A stays within its budget: row bands of at most kMaxBandBlocks blocks, then
   // depth bands of whole kc blocks (at least one); each band pair is one fork.
   const int64_t band = std::min({o.M, kMaxBandBlocks * uk.mc, std::max(uk.mc, kSharedAFloats / kc_max / uk.mc * uk.mc)});
