@@ -27,7 +27,7 @@
 //   node dist/bench/gpu/train.js --quick            1B q,k,v rows, fewer steps (about a minute)
 //   node dist/bench/gpu/train.js --model 8b --targets qkv --dora --dropout 0.05
 //   options: --model 1b|8b, --targets qkv|all, --dora / --lora, --dropout P (repeatable),
-//            --sentiment / --no-sentiment, --no-peft, --steps N, --warmup N,
+//            --sentiment / --no-sentiment / --sentiment-only, --no-peft, --steps N, --warmup N,
 //            --row-timeout S, --peft-dropout (finlora with PEFT's DoRA dropout semantics),
 //            --json FILE (every result as JSON), --batch B / --seq T (every row), --layers N
 //            (finlora alone, N decoder layers), --device cpu (finlora's plumbing without a GPU),
@@ -112,13 +112,14 @@ interface GridOptions {
   methods: readonly ('lora' | 'dora')[];
   /** Dropouts asked for; null: DoRA at 0.05 and 0, LoRA at 0.05. */
   dropouts: readonly number[] | null;
-  sentiment: boolean;
+  /** The sentiment shape's rows after the 8 × 512 grid, or instead of it. */
+  sentiment: 'with' | 'without' | 'only';
 }
 
 /** The rows to run, in order: the 8 × 512 grid, then the sentiment shape. */
 export function grid(o: GridOptions): Row[] {
   const rows: Row[] = [];
-  for (const model of o.models) {
+  for (const model of o.sentiment === 'only' ? [] : o.models) {
     for (const targets of o.targets) {
       for (const method of ['lora', 'dora'] as const) {
         if (!o.methods.includes(method)) continue;
@@ -127,7 +128,7 @@ export function grid(o: GridOptions): Row[] {
       }
     }
   }
-  if (o.sentiment && o.models.includes('8b') && o.targets.includes('qkv')) {
+  if (o.sentiment !== 'without' && o.models.includes('8b') && o.targets.includes('qkv')) {
     for (const method of ['dora', 'lora'] as const) {
       if (!o.methods.includes(method)) continue;
       for (const dropout of o.dropouts ?? [0.05]) rows.push({ model: '8b', targets: 'qkv', dora: method === 'dora', dropout, batch: 8, seq: 128, checkpointing: true });
@@ -446,8 +447,9 @@ async function runner(values: Flags, log: (s: string) => void): Promise<number> 
   const targets = (values.targets ?? (quick ? ['qkv'] : ['qkv', 'all'])).map(parseTargets);
   const methods: ('lora' | 'dora')[] = values.dora === true || values.lora === true ? [...(values.lora ? ['lora' as const] : []), ...(values.dora ? ['dora' as const] : [])] : ['lora', 'dora'];
   const dropouts = values.dropout === undefined ? null : values.dropout.map(parseDropout);
-  const sentiment = values['no-sentiment'] === true ? false : values.sentiment === true || !quick;
-  const warmup = positive(values.warmup ?? (quick ? '2' : '3'), '--warmup');
+  const sentiment = values['sentiment-only'] === true ? 'only' : values['no-sentiment'] === true ? 'without' : values.sentiment === true || !quick ? 'with' : 'without';
+  // At least 2 on both sides: finlora's check spans the first two steps.
+  const warmup = Math.max(2, positive(values.warmup ?? (quick ? '2' : '3'), '--warmup'));
   const steps = positive(values.steps ?? (quick ? '5' : '10'), '--steps');
   const rowTimeout = positive(values['row-timeout'] ?? '150', '--row-timeout');
   const layers = values.layers === undefined ? undefined : positive(values.layers, '--layers');
@@ -496,6 +498,7 @@ interface Flags {
   dropout?: string[];
   sentiment?: boolean;
   'no-sentiment'?: boolean;
+  'sentiment-only'?: boolean;
   'no-peft'?: boolean;
   'peft-dropout'?: boolean;
   steps?: string;
@@ -551,7 +554,7 @@ async function main(): Promise<void> {
     options: {
       worker: { type: 'string' }, quick: { type: 'boolean' }, model: { type: 'string', multiple: true }, targets: { type: 'string', multiple: true },
       dora: { type: 'boolean' }, lora: { type: 'boolean' }, dropout: { type: 'string', multiple: true }, sentiment: { type: 'boolean' },
-      'no-sentiment': { type: 'boolean' }, 'no-peft': { type: 'boolean' }, 'peft-dropout': { type: 'boolean' }, steps: { type: 'string' },
+      'no-sentiment': { type: 'boolean' }, 'sentiment-only': { type: 'boolean' }, 'no-peft': { type: 'boolean' }, 'peft-dropout': { type: 'boolean' }, steps: { type: 'string' },
       warmup: { type: 'string' }, 'row-timeout': { type: 'string' }, json: { type: 'string' },
       layers: { type: 'string' }, device: { type: 'string' }, batch: { type: 'string' }, seq: { type: 'string' },
       compute: { type: 'string' },
