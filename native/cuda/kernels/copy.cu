@@ -77,6 +77,59 @@ __global__ void copy_kernel(const void* in, void* out, Layout L, int64_t n, int 
   }
 }
 
+// f32 <-> bf16 between contiguous buffers (a model's casts at the bf16 boundary:
+// the embedding output, the LoRA branch), eight elements per thread; the same
+// conversions as load/store above.
+__device__ __forceinline__ float ld_any(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float ld_any(const uint16_t* p, int64_t i) { return bf16_load(p, i); }
+__device__ __forceinline__ void st_any(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st_any(uint16_t* p, int64_t i, float v) { p[i] = f32_to_bf16_bits(v); }
+
+template <class TI, class TO, bool VEC>
+__global__ void cast_flat(const TI* in, TO* out, int64_t n) {
+  for (int64_t i = chunk_begin() * 8; i < n; i += chunk_step() * 8) {
+    if (VEC && i + 8 <= n) {
+      float v[8];
+      if constexpr (sizeof(TI) == 4) {
+        ld8(in + i, v);
+      } else {
+        ld8(reinterpret_cast<const bf16*>(in + i), v);
+      }
+      if constexpr (sizeof(TO) == 4) {
+        st8(out + i, v);
+      } else {
+        const uint4 u = make_uint4(f32_to_bf16_bits(v[0]) | static_cast<uint32_t>(f32_to_bf16_bits(v[1])) << 16,
+                                   f32_to_bf16_bits(v[2]) | static_cast<uint32_t>(f32_to_bf16_bits(v[3])) << 16,
+                                   f32_to_bf16_bits(v[4]) | static_cast<uint32_t>(f32_to_bf16_bits(v[5])) << 16,
+                                   f32_to_bf16_bits(v[6]) | static_cast<uint32_t>(f32_to_bf16_bits(v[7])) << 16);
+        *reinterpret_cast<uint4*>(out + i) = u;
+      }
+    } else {
+      for (int64_t e = i; e < i + 8 && e < n; ++e) st_any(out, e, ld_any(in, e));
+    }
+  }
+}
+
+template <class TI, class TO>
+void launch_cast(const void* in, void* out, int64_t n) {
+  const unsigned grid = grid_for((n + 7) / 8, 256);
+  if (aligned16(in) && aligned16(out))
+    cast_flat<TI, TO, true><<<grid, 256, 0, stream()>>>(static_cast<const TI*>(in), static_cast<TO*>(out), n);
+  else
+    cast_flat<TI, TO, false><<<grid, 256, 0, stream()>>>(static_cast<const TI*>(in), static_cast<TO*>(out), n);
+}
+
+// Row-major contiguous: every non-unit dimension has the stride the shape implies.
+bool contiguous(const Layout& L, bool out) {
+  int64_t expect = 1;
+  for (int d = L.nd - 1; d >= 0; --d) {
+    const int64_t stride = out ? L.sout[d] : L.sin[d];
+    if (L.shape[d] != 1 && stride != expect) return false;
+    expect *= L.shape[d];
+  }
+  return true;
+}
+
 int dtype_size(int64_t dt) { return dt == F32 || dt == I32 ? 4 : dt == BF16 || dt == F16 ? 2 : 1; }
 
 void copy(const KernelArgs& a) {
@@ -95,6 +148,14 @@ void copy(const KernelArgs& a) {
     n *= L.shape[d];
   }
   if (n == 0) return;
+  if (contiguous(L, false) && contiguous(L, true)) {
+    if (din == dout) {
+      cudaMemcpyAsync(a.ptrs[1], a.ptrs[0], static_cast<size_t>(n) * dtype_size(din), cudaMemcpyDeviceToDevice, stream());
+      return;
+    }
+    if (din == F32 && dout == BF16) return launch_cast<float, uint16_t>(a.ptrs[0], a.ptrs[1], n);
+    if (din == BF16 && dout == F32) return launch_cast<uint16_t, float>(a.ptrs[0], a.ptrs[1], n);
+  }
   const int raw = din == dout ? dtype_size(din) : 0;
   copy_kernel<<<grid_for(n, 256), 256, 0, stream()>>>(a.ptrs[0], a.ptrs[1], L, n, static_cast<int>(din),
                                                       static_cast<int>(dout), raw);

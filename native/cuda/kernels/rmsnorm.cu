@@ -44,21 +44,23 @@ __global__ void rmsnorm_dx(const T* x, const float* w, const float* rstd, const 
 }
 
 // dweight: each column's sum over rows in f64, in a fixed order: blocks of 32 columns
-// by 8 row lanes; lane l sums rows l, l + 8, ... and the 8 partials are added in lane
-// order (one owner per column, no atomics, the same bits every run). Eight lanes give
-// a [4096, 4096] gradient 128 x 8 warps of work instead of one thread per column.
+// by kLanes row lanes; lane l sums rows l, l + kLanes, ... and the partials are added
+// in lane order (one owner per column, no atomics, the same bits every run). The lanes
+// give a [4096, 4096] gradient 128 blocks of 1024 threads instead of 4096 threads.
+constexpr int kLanes = 32;
+
 template <class T>
 __global__ void rmsnorm_dweight(const T* x, const float* rstd, const T* dy, float* dw, int64_t N, int64_t D) {
-  __shared__ double part[8][33];
+  __shared__ double part[kLanes][33];
   const int64_t d = blockIdx.x * 32LL + threadIdx.x;
   double s = 0;
   if (d < D)
-    for (int64_t r = threadIdx.y; r < N; r += 8) s += static_cast<double>(ld(dy, r * D + d)) * ld(x, r * D + d) * rstd[r];
+    for (int64_t r = threadIdx.y; r < N; r += kLanes) s += static_cast<double>(ld(dy, r * D + d)) * ld(x, r * D + d) * rstd[r];
   part[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && d < D) {
     double t = part[0][threadIdx.x];
-    for (int l = 1; l < 8; ++l) t += part[l][threadIdx.x];
+    for (int l = 1; l < kLanes; ++l) t += part[l][threadIdx.x];
     dw[d] += static_cast<float>(t);
   }
 }
@@ -87,7 +89,7 @@ void backward(const KernelArgs& a, int64_t N, int64_t D) {
   const float* rstd = static_cast<const float*>(a.ptrs[2]);
   const T* dy = static_cast<const T*>(a.ptrs[3]);
   rmsnorm_dx<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, static_cast<T*>(a.ptrs[4]), D);
-  rmsnorm_dweight<<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8), 0, stream()>>>(x, rstd, dy,
+  rmsnorm_dweight<<<static_cast<unsigned>((D + 31) / 32), dim3(32, kLanes), 0, stream()>>>(x, rstd, dy,
                                                                                    static_cast<float*>(a.ptrs[5]), N, D);
 }
 

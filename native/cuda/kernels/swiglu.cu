@@ -7,11 +7,12 @@
 // siluMulBackward ints: [n, dtype T]; ptrs: [gate, up, dout, dgate (=), dup (=)], all T
 //   s = sigmoid(gate); dup = dout · silu(gate); dgate = (dout · up) · (s · (1 + gate · (1 − s)))
 //
-// sigmoid and silu are the unary kernel's: exp in f64 and one rounding to f32 (the
-// CUDA library's expf is 2 ulp, above the contract's silu/sigmoid bounds), so an f32
-// output has the bits of the composed silu(gate) * up. The products are f32; a bf16
-// result is rounded once more. Elements go eight per thread, through 16-byte loads
-// and stores when the operands are aligned.
+// For f32, sigmoid and silu are the unary kernel's: exp in f64 and one rounding to
+// f32 (the CUDA library's expf is 2 ulp, above the contract's silu/sigmoid bounds), so
+// an f32 output has the bits of the composed silu(gate) * up. For bf16 they are f32
+// (expf): 2 f32 ulp is far below the bf16 rounding that follows, and f64 exps would
+// make the bf16 kernels compute-bound. The products are f32; a bf16 result is rounded
+// once. Elements go eight per thread, through 16-byte loads and stores when aligned.
 #include "kernel.h"
 
 namespace finlora {
@@ -22,13 +23,21 @@ struct SiluSigmoid {
   float silu, sigmoid;
 };
 
+template <class T>
 __device__ __forceinline__ SiluSigmoid silu_sigmoid(float x) {
-  const double d = 1.0 + exp(-static_cast<double>(x));
-  return {static_cast<float>(static_cast<double>(x) / d), static_cast<float>(1.0 / d)};
+  if constexpr (sizeof(T) == 4) {
+    const double d = 1.0 + exp(-static_cast<double>(x));
+    return {static_cast<float>(static_cast<double>(x) / d), static_cast<float>(1.0 / d)};
+  } else {
+    const float d = 1.0f + expf(-x);
+    return {x / d, 1.0f / d};
+  }
 }
 
+template <class T>
 __device__ __forceinline__ float silu(float x) {
-  return static_cast<float>(static_cast<double>(x) / (1.0 + exp(-static_cast<double>(x))));
+  if constexpr (sizeof(T) == 4) return static_cast<float>(static_cast<double>(x) / (1.0 + exp(-static_cast<double>(x))));
+  else return x / (1.0f + expf(-x));
 }
 
 template <class T, bool VEC>
@@ -39,16 +48,17 @@ __global__ void silu_mul_kernel(const T* gate, const T* up, T* out, int64_t n) {
       ld8(gate + i, g);
       ld8(up + i, u);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) g[j] = silu(g[j]) * u[j];
+      for (int j = 0; j < 8; ++j) g[j] = silu<T>(g[j]) * u[j];
       st8(out + i, g);
     } else {
-      for (int64_t e = i; e < i + 8 && e < n; ++e) st(out, e, silu(ld(gate, e)) * ld(up, e));
+      for (int64_t e = i; e < i + 8 && e < n; ++e) st(out, e, silu<T>(ld(gate, e)) * ld(up, e));
     }
   }
 }
 
+template <class T>
 __device__ __forceinline__ void backward_one(float x, float u, float d, float& dgate, float& dup) {
-  const SiluSigmoid f = silu_sigmoid(x);
+  const SiluSigmoid f = silu_sigmoid<T>(x);
   const float s = f.sigmoid;
   dup = d * f.silu;
   dgate = (d * u) * (s * (1.0f + x * (1.0f - s)));
@@ -63,13 +73,13 @@ __global__ void silu_mul_backward_kernel(const T* gate, const T* up, const T* do
       ld8(up + i, u);
       ld8(dout + i, d);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) backward_one(g[j], u[j], d[j], dg[j], du[j]);
+      for (int j = 0; j < 8; ++j) backward_one<T>(g[j], u[j], d[j], dg[j], du[j]);
       st8(dgate + i, dg);
       st8(dup + i, du);
     } else {
       for (int64_t e = i; e < i + 8 && e < n; ++e) {
         float dg, du;
-        backward_one(ld(gate, e), ld(up, e), ld(dout, e), dg, du);
+        backward_one<T>(ld(gate, e), ld(up, e), ld(dout, e), dg, du);
         st(dgate, e, dg);
         st(dup, e, du);
       }
