@@ -77,22 +77,6 @@ function materialise(spec: InputSpec, index: number, device: string, seed: numbe
   return strided;
 }
 
-/**
- * Runs fn with the reference backend computing in f32 only, as the cpu backend does:
- * bf16 inputs are widened and outputs are f32, so the two can be compared.
- */
-export function withReferenceInF32<T>(fn: () => T): T {
-  const ref = getBackend('reference');
-  if (!(ref instanceof ReferenceBackend)) throw new Error('withReferenceInF32: the reference backend is not a ReferenceBackend');
-  const saved = ref.computeDtypes;
-  ref.computeDtypes = ['f32'];
-  try {
-    return fn();
-  } finally {
-    ref.computeDtypes = saved;
-  }
-}
-
 /** Host values of any tensor (strided or not), as numbers. */
 export function values(t: Tensor): Float64Array {
   if (t.backend.name === 'reference') return read(t);
@@ -100,8 +84,27 @@ export function values(t: Tensor): Float64Array {
 }
 
 /**
+ * Runs fn with the reference backend computing in the activation dtypes `device` computes
+ * in, so the two take the same path through the ops (a bf16 input stays bf16 on both, or
+ * is widened on both).
+ */
+export function withReferenceAs<T>(device: string, fn: () => T): T {
+  const ref = getBackend('reference');
+  if (!(ref instanceof ReferenceBackend)) throw new Error('withReferenceAs: the reference backend is not a ReferenceBackend');
+  const saved = ref.computeDtypes;
+  ref.computeDtypes = getBackend(device).computeDtypes ?? ['f32'];
+  try {
+    return fn();
+  } finally {
+    ref.computeDtypes = saved;
+  }
+}
+
+/**
  * Runs fn on the reference backend and on every test backend with the same inputs and
- * checks the outputs agree.
+ * checks the outputs agree. The reference computes in the activation dtypes of the
+ * backend it is compared with; a bf16 output is allowed one bf16 rounding more (the
+ * reference rounds an f64 result, a backend its f32 one).
  */
 export function checkAgainstReference(
   fn: (...xs: Tensor[]) => Tensor | Tensor[],
@@ -113,13 +116,17 @@ export function checkAgainstReference(
     scope(() => {
       const xs = specs.map((s, i) => materialise(s, i, device, seed));
       const out = fn(...xs);
-      return (Array.isArray(out) ? out : [out]).map(values);
+      return (Array.isArray(out) ? out : [out]).map((t) => ({ dtype: t.dtype, values: values(t) }));
     });
-  const expected = run('reference');
   for (const device of testBackends()) {
+    const expected = withReferenceAs(device, () => run('reference'));
     const actual = run(device);
     assert.equal(actual.length, expected.length);
-    actual.forEach((a, i) => assertClose(a, expected[i], tol, `${device} output ${i}`));
+    actual.forEach((a, i) => {
+      assert.equal(a.dtype, expected[i].dtype, `${device} output ${i}: dtype`);
+      const t = a.dtype === 'bf16' ? { atol: Math.max(tol.atol ?? 1e-5, 2 ** -8), rtol: Math.max(tol.rtol ?? 1e-5, 2 ** -7) } : tol;
+      assertClose(a.values, expected[i].values, t, `${device} output ${i}`);
+    });
   }
 }
 

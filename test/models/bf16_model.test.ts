@@ -18,9 +18,11 @@ import { tensor } from '../../src/ops/creation.js';
 import { assign } from '../../src/ops/inplace.js';
 import { AdamW } from '../../src/train/adamw.js';
 import { Rng } from '../../src/tensor/rng.js';
+import { noGrad } from '../../src/autograd/tape.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, values } from '../helpers.js';
 
+const FIXTURES = new URL('../../../test/fixtures/models/', import.meta.url).pathname;
 const VOCAB = 128;
 const B = 2, T = 6;
 
@@ -115,6 +117,41 @@ test('bf16 compute: the default follows the backend and the weights; an unsuppor
   } finally {
     for (const m of models) m.dispose();
   }
+});
+
+test('bf16 compute: fromPretrained picks bf16 for bf16 or quantized weights where the backend has it, and takes LoadOptions.computeDtype', () => {
+  const dir = FIXTURES + 'llama3_gqa';
+  const ids = (device: string) => tensor([1, 5, 9, 200, 3, 7], [1, 6], { dtype: 'int32', device });
+  const logits = (m: LlamaForCausalLM) => noGrad(() => scope(() => {
+    const l = m.forward(ids(m.backend.name));
+    return { dtype: l.dtype, values: values(l) };
+  }));
+  const cases: [string, Parameters<typeof LlamaForCausalLM.fromPretrained>[1], string][] = [
+    ['bf16 weights', { device: 'reference', dtype: 'bf16' }, 'bf16'],
+    ['int8 base, f32 storage', { device: 'reference', quant: 'int8' }, 'bf16'],
+    ['f32 weights', { device: 'reference' }, 'f32'],
+    ['bf16 weights, f32 asked', { device: 'reference', dtype: 'bf16', computeDtype: 'f32' }, 'f32'],
+    ['f32 weights, bf16 asked', { device: 'reference', computeDtype: 'bf16' }, 'bf16'],
+    ['cpu, bf16 weights', { device: 'cpu', dtype: 'bf16' }, 'f32'],
+  ];
+  const got = new Map<string, { dtype: string; values: Float64Array }>();
+  for (const [what, opts, want] of cases) {
+    const m = LlamaForCausalLM.fromPretrained(dir, opts);
+    try {
+      assert.equal(m.computeDtype, want, what);
+      const l = logits(m);
+      assert.equal(l.dtype, want, `${what}: logits`);
+      got.set(what, l);
+    } finally {
+      m.dispose();
+    }
+  }
+  // The quantized base's products run in f32 (quantizedLinear) and round to bf16: close to the dense bf16 model's.
+  const dense = got.get('f32 weights')!.values;
+  assertClose(got.get('bf16 weights, f32 asked')!.values, got.get('cpu, bf16 weights')!.values, { atol: 1e-4, rtol: 1e-4 }, 'f32 compute of bf16 weights: reference vs cpu');
+  assertClose(got.get('f32 weights, bf16 asked')!.values, dense, { atol: 0.05, rtol: 0.05 }, 'bf16 compute of f32 weights');
+  assertClose(got.get('int8 base, f32 storage')!.values, dense, { atol: 0.1, rtol: 0.1 }, 'int8 base in bf16');
+  assert.throws(() => LlamaForCausalLM.fromPretrained(dir, { device: 'cpu', computeDtype: 'bf16' }), /computeDtype bf16 is not supported on backend 'cpu'/);
 });
 
 test('bf16 compute: a DoRA Llama on the reference agrees with its f32 computation and trains', (t) => {

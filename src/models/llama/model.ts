@@ -24,6 +24,7 @@ import type { Backend, KernelName } from '../../backend/backend.js';
 import { isGradEnabled } from '../../autograd/tape.js';
 import { attention } from '../../ops/attention.js';
 import { add } from '../../ops/binary.js';
+import { indexSelect } from '../../ops/concat.js';
 import { resolveBackend } from '../../ops/creation.js';
 import { type ComputeDType, computesBf16 } from '../../ops/util.js';
 import { linear } from '../../ops/matmul.js';
@@ -78,6 +79,12 @@ export interface ForwardOptions {
   cache?: KVCache;
   /** Compute logits for the last position only ([B, 1, V]): what decoding needs. */
   lastPositionOnly?: boolean;
+  /**
+   * Compute logits only at these positions of the flattened [B·T] sequence, as
+   * [rows.length, V]: a loss that scores a few positions (the target tokens of a
+   * fine-tuning example) need not pay the lm_head for the others.
+   */
+  rows?: readonly number[];
 }
 
 /**
@@ -332,6 +339,7 @@ export class LlamaForCausalLM extends Module {
     if (keyMask !== null && (keyMask.rank !== 2 || keyMask.shape[0] !== B || keyMask.shape[1] !== S)) {
       throw new Error(`${this.config.architecture}: keyMask must be [${B}, ${S}] (batch, cached + new positions), got ${formatShape(keyMask.shape)}`);
     }
+    if (opts.rows !== undefined && opts.lastPositionOnly) throw new Error(`${this.config.architecture}: rows and lastPositionOnly cannot be combined`);
     const positions = opts.positions ?? Int32Array.from({ length: T }, (_, i) => past + i);
     // Training keeps every intermediate for backward (the caller's scope frees them);
     // inference frees each layer's as soon as the layer returns.
@@ -346,8 +354,12 @@ export class LlamaForCausalLM extends Module {
         if (!training) input.dispose();
       }
       if (opts.lastPositionOnly) h = slice(h, 1, T - 1, T);
+      // RMSNorm is per position, so selecting before it is the same as after.
+      if (opts.rows !== undefined) h = indexSelect(reshape(h, [B * T, h.shape[2]]), 0, opts.rows);
       const x = this.model.norm.forward(h);
-      return this.lm_head !== null ? this.lm_head.forward(x) : linear(x, this.model.embed_tokens.weight);
+      const logits = this.lm_head !== null ? this.lm_head.forward(x) : linear(x, this.model.embed_tokens.weight);
+      // An f32 head (a quantized base keeps lm_head dense in its storage dtype) widens the product; logits are T all the same.
+      return cast(logits, this._computeDtype);
     };
     const logits = training ? run() : scope(run);
     cache?.advance(T);
