@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { backward, noGrad } from '../src/autograd/tape.js';
-import { getBackend } from '../src/backend/registry.js';
+import { defaultBackend } from '../src/backend/registry.js';
 import { causalLmLoss } from '../src/models/loss.js';
 import { LlamaForCausalLM } from '../src/models/llama/model.js';
 import { parseLlamaConfig } from '../src/models/llama/config.js';
@@ -22,13 +22,14 @@ setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
 test('a 1,000-step training loop keeps native memory flat', () => {
-  const cpu = getBackend('cpu');
+  // The default device (FINLORA_DEVICE): its allocations are the native memory that must stay flat.
+  const device = defaultBackend();
   const config = parseLlamaConfig({
     architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 32, intermediate_size: 64,
     num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 96,
     max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false,
   });
-  const model = new LlamaForCausalLM(config, cpu);
+  const model = new LlamaForCausalLM(config, device);
   const rng = new Rng(7);
   for (const [name, p] of model.namedParameters()) {
     scope(() => assign(p, randn(p.shape, rng, { std: name.endsWith('norm.weight') ? 0 : 0.1 })));
@@ -58,7 +59,7 @@ test('a 1,000-step training loop keeps native memory flat', () => {
     });
     if (step === 100 || step === 999) {
       gc();
-      live.push(cpu.liveBytes());
+      live.push(device.liveBytes());
       const m = process.memoryUsage();
       // V8 grows its young generation during warm-up (heapTotal); what is resident
       // besides the JS heap is native memory, and that must not grow.

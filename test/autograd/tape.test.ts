@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { backward, noGrad } from '../../src/autograd/tape.js';
 import { requireOps, type Backend } from '../../src/backend/backend.js';
-import { getBackend } from '../../src/backend/registry.js';
+import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { add, mul, sub } from '../../src/ops/binary.js';
 import { tensor } from '../../src/ops/creation.js';
 import { sum } from '../../src/ops/reduce.js';
@@ -57,30 +57,31 @@ test('gradients flow through views (transpose, slice, reshape)', () => {
 });
 
 test('scope frees intermediates and keeps what it returns', () => {
-  const cpu = getBackend('cpu');
-  const before = cpu.liveBytes();
+  // The tensors go to the default device (FINLORA_DEVICE), so that is whose memory is counted.
+  const device = defaultBackend();
+  const before = device.liveBytes();
   const kept = scope(() => {
     const a = tensor(new Float32Array(1000), [1000]);
     const b = add(a, 1);
     sub(b, 2);
     return b;
   });
-  assert.equal(cpu.liveBytes() - before, 4000, 'only the returned tensor survives');
+  assert.equal(device.liveBytes() - before, 4000, 'only the returned tensor survives');
   assertClose(kept.toArray().slice(0, 2), [1, 1]);
   kept.dispose();
-  assert.equal(cpu.liveBytes(), before);
+  assert.equal(device.liveBytes(), before);
   assert.throws(() => kept.toArray(), /was disposed/);
 });
 
 test('views keep storage alive until the last one is disposed', () => {
-  const cpu = getBackend('cpu');
-  const before = cpu.liveBytes();
+  const device = defaultBackend();
+  const before = device.liveBytes();
   const x = tensor([1, 2, 3, 4], [2, 2]);
   const v = transpose(x);
   x.dispose();
-  assert.equal(cpu.liveBytes() - before, 16);
+  assert.equal(device.liveBytes() - before, 16);
   v.dispose();
-  assert.equal(cpu.liveBytes(), before);
+  assert.equal(device.liveBytes(), before);
 });
 
 test('a backend without an op is refused with the op named', () => {

@@ -6,7 +6,7 @@
 // end rows of a batch individually, and streamed text joins to the returned text.
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { getBackend } from '../../src/backend/registry.js';
+import { defaultBackend } from '../../src/backend/registry.js';
 import { LlamaForCausalLM } from '../../src/models/llama/model.js';
 import { drawToken, generate, greedyGenerate, leftPad, samplingCandidates, type FinishReason, type GenerateOptions } from '../../src/models/generate.js';
 import { Rng } from '../../src/tensor/rng.js';
@@ -143,7 +143,8 @@ describe('sampling warpers on hand-made logits', () => {
 });
 
 describe('generation on a fixture model', () => {
-  const model = LlamaForCausalLM.fromPretrained(FIXTURE, { device: getBackend('cpu') });
+  // On the default device (FINLORA_DEVICE); every check compares runs on that one device.
+  const model = LlamaForCausalLM.fromPretrained(FIXTURE, { device: defaultBackend() });
   after(() => model.dispose());
   const long = [1, 17, 200, 33, 41, 5, 99, 120];
   const short = [1, 64, 3, 250];

@@ -11,14 +11,14 @@ import * as path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { backward, noGrad } from '../../src/autograd/tape.js';
 import type { Backend } from '../../src/backend/backend.js';
-import { getBackend } from '../../src/backend/registry.js';
+import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { SafetensorsError, withSafetensors, writeSafetensors } from '../../src/io/safetensors.js';
 import { CheckpointError } from '../../src/models/checkpoint.js';
 import { ConfigError } from '../../src/models/llama/config.js';
 import { LlamaForCausalLM, type LoadOptions } from '../../src/models/llama/model.js';
 import { causalLmLoss } from '../../src/models/loss.js';
 import { greedyGenerate } from '../../src/models/generate.js';
-import { tensor } from '../../src/ops/creation.js';
+import { resolveBackend, tensor } from '../../src/ops/creation.js';
 import { assign } from '../../src/ops/inplace.js';
 import { cast } from '../../src/ops/view.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
@@ -27,6 +27,8 @@ import { assertClose } from '../helpers.js';
 const FIXTURES = new URL('../../../test/fixtures/models/', import.meta.url).pathname;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'finlora-llama-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+// Models run on the default device (FINLORA_DEVICE, else cpu); files are rewritten through cpu tensors.
+const device = defaultBackend();
 const cpu = getBackend('cpu');
 
 interface Reference {
@@ -94,7 +96,7 @@ function unmasked(logits: Float32Array, mask: number[][], V: number): Float32Arr
 }
 
 function load(name: string, opts: LoadOptions = {}): LlamaForCausalLM {
-  return LlamaForCausalLM.fromPretrained(path.join(FIXTURES, name), { device: cpu, ...opts });
+  return LlamaForCausalLM.fromPretrained(path.join(FIXTURES, name), { device, ...opts });
 }
 
 const FIXTURE_NAMES = ['llama3_gqa', 'mistral_sharded', 'qwen2_bias_tied', 'llama_tied_bf16'];
@@ -181,7 +183,8 @@ const BF16_ATOL = 0.1;
 
 test(`bf16 storage of an f32 checkpoint: logits within ${BF16_ATOL} of transformers' f32, same greedy tokens`, () => {
   const ref = reference('llama3_gqa');
-  const model = load('llama3_gqa', { dtype: 'bf16' });
+  // Storage is what this tests: activations stay f32 where bf16 weights would compute in bf16 by default (cuda).
+  const model = load('llama3_gqa', { dtype: 'bf16', computeDtype: 'f32' });
   for (const [, t] of model.namedParameters()) assert.equal(t.dtype, 'bf16');
   const got = logitsOf(model, ref.inputIds);
   assertClose(got, ref.logits, { atol: BF16_ATOL, rtol: 0 }, 'bf16 logits');
@@ -194,7 +197,7 @@ test(`bf16 storage of an f32 checkpoint: logits within ${BF16_ATOL} of transform
 
 test('a bf16 checkpoint stored as bf16 computes exactly what transformers computes from its weights in f32', () => {
   const ref = reference('llama_tied_bf16');
-  const model = load('llama_tied_bf16', { dtype: 'bf16' });
+  const model = load('llama_tied_bf16', { dtype: 'bf16', computeDtype: 'f32' });
   assertClose(logitsOf(model, ref.inputIds), ref.logits, { atol: 1e-4, rtol: 0 }, 'logits');
   model.dispose();
 });
@@ -226,7 +229,7 @@ test('an F16 checkpoint loads (converted on load)', () => {
   const dir = copyFixture('llama3_gqa', 'f16');
   rewriteWeights(dir, (ts) => Object.fromEntries([...ts].map(([n, t]) => [n, cast(t, 'f16')])));
   const ref = reference('llama3_gqa');
-  const model = LlamaForCausalLM.fromPretrained(dir, { device: cpu });
+  const model = LlamaForCausalLM.fromPretrained(dir, { device });
   for (const [, t] of model.namedParameters()) assert.equal(t.dtype, 'f32');
   assertClose(logitsOf(model, ref.inputIds), ref.logits, { atol: 0.02, rtol: 0 }, 'f16 logits');
   model.dispose();
@@ -234,13 +237,14 @@ test('an F16 checkpoint loads (converted on load)', () => {
 
 /** Loading fails with an error of `type` whose message matches every pattern, and leaves nothing allocated. */
 function failsToLoad(dir: string, type: new (...a: never[]) => Error, patterns: RegExp[], opts: LoadOptions = {}): void {
-  const before = cpu.liveBytes();
-  assert.throws(() => LlamaForCausalLM.fromPretrained(dir, { device: cpu, ...opts }), (e: unknown) => {
+  const on = resolveBackend(opts.device ?? device);
+  const before = on.liveBytes();
+  assert.throws(() => LlamaForCausalLM.fromPretrained(dir, { device, ...opts }), (e: unknown) => {
     assert.ok(e instanceof type, `expected ${type.name}, got ${String(e)}`);
     for (const p of patterns) assert.match(e.message, p);
     return true;
   });
-  assert.equal(cpu.liveBytes(), before, 'a failed load left memory allocated');
+  assert.equal(on.liveBytes(), before, 'a failed load left memory allocated');
 }
 
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -322,7 +326,7 @@ describe('bad model directories', () => {
 test('forward refuses sequences longer than a sliding window, and malformed inputs', () => {
   const dir = copyFixture('mistral_sharded', 'window');
   editConfig(dir, { sliding_window: 6 });
-  const model = LlamaForCausalLM.fromPretrained(dir, { device: cpu });
+  const model = LlamaForCausalLM.fromPretrained(dir, { device });
   const ids = reference('mistral_sharded').inputIds;
   assert.doesNotThrow(() => logitsOf(model, ids.map((r) => r.slice(0, 6))));
   assert.throws(() => logitsOf(model, ids), /MistralForCausalLM: 8 positions exceed the sliding_window of 6 in config\.json/);
@@ -357,13 +361,13 @@ test('gradients flow through the model: a norm weight and a projection weight ma
       const at = (x: number) => {
         const v = Float32Array.from(values);
         v[i] = x;
-        assign(w, tensor(v, w.shape, { device: cpu }));
+        assign(w, tensor(v, w.shape, { device: w.backend }));
         return noGrad(loss);
       };
       const fd = (at(values[i] + h) - at(values[i] - h)) / (2 * h);
       assert.ok(Math.abs(g[i] - fd) <= 2e-4 + 1e-2 * Math.abs(fd), `d loss / d ${w.name}[${i}]: backward ${g[i]}, central difference ${fd}`);
     }
-    assign(w, tensor(values, w.shape, { device: cpu }));
+    assign(w, tensor(values, w.shape, { device: w.backend }));
   }
   model.dispose();
 });

@@ -4,7 +4,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { backward } from '../../src/autograd/tape.js';
-import { getBackend } from '../../src/backend/registry.js';
 import { causalLmLoss } from '../../src/models/loss.js';
 import { tensor } from '../../src/ops/creation.js';
 import { scope } from '../../src/tensor/tensor.js';
@@ -17,13 +16,13 @@ function step(checkpointing: boolean): { loss: number; grads: Map<string, number
   const { target, lora } = injectAdapters(model, { r: 4, alpha: 8, dropout: 0.1, targetModules: ['q_proj', 'v_proj', 'down_proj'], useDora: true, useRslora: false, baseModel: 't', seed: 2 });
   const undo = checkpointing ? enableGradientCheckpointing(model, lora.dropout) : () => {};
   model.train();
-  const cpu = getBackend('cpu');
+  const device = model.backend;
   const ids = tensor(Int32Array.from({ length: 3 * 24 }, (_, i) => (i * 37 + 11) % 250), [3, 24], { dtype: 'int32' });
   let held = 0;
   const loss = scope(() => {
-    const before = cpu.liveBytes();
+    const before = device.liveBytes();
     const l = causalLmLoss(model.forward(ids), ids);
-    held = cpu.liveBytes() - before;
+    held = device.liveBytes() - before;
     backward(l);
     return l.item();
   });

@@ -4,12 +4,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Backend } from '../../src/backend/backend.js';
-import { getBackend } from '../../src/backend/registry.js';
+import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { tensor } from '../../src/ops/creation.js';
 import { AdamW, clipCoefficient, clipGradNorm, gradNorm } from '../../src/train/adamw.js';
 import { LrSchedule, lrLambda } from '../../src/train/schedule.js';
 import { keep, type Tensor } from '../../src/tensor/tensor.js';
-import { assertClose, randomData } from '../helpers.js';
+import { assertClose, randomData, testBackends } from '../helpers.js';
 
 /** torch.optim.AdamW (single tensor, non-amsgrad, non-maximize), step by step in f64. */
 function referenceAdamW(p: number[], grads: number[][], lrs: number[], b1: number, b2: number, eps: number, wd: number): number[] {
@@ -29,7 +29,8 @@ function referenceAdamW(p: number[], grads: number[][], lrs: number[], b1: numbe
   return x;
 }
 
-function param(data: ArrayLike<number>, shape: number[], device: string | Backend = 'cpu'): Tensor {
+/** A trainable tensor, on the default device (FINLORA_DEVICE) unless told. */
+function param(data: ArrayLike<number>, shape: number[], device: string | Backend = defaultBackend()): Tensor {
   return keep(tensor(data, shape, { requiresGrad: true, device }));
 }
 
@@ -98,15 +99,15 @@ test('AdamW matches torch.optim.AdamW over several steps (weight decay, changing
   opt.dispose();
 });
 
-test('the fused cpu kernel, the reference kernel and the composed elementwise update agree (gradient scale too)', () => {
+test('the fused kernels (cpu and every test backend), the reference kernel and the composed elementwise update agree (gradient scale too)', () => {
   for (const scale of [1, 0.37]) {
     const ref = run('reference', 5, scale);
-    const fused = run('cpu', 5, scale);
     const composed = run(withoutFusedAdamW(), 5, scale);
-    ref.forEach((r, i) => {
-      assertClose(fused[i], r, { atol: 1e-6, rtol: 1e-5 }, `fused, tensor ${i}, scale ${scale}`);
-      assertClose(composed[i], r, { atol: 1e-6, rtol: 1e-5 }, `composed, tensor ${i}, scale ${scale}`);
-    });
+    ref.forEach((r, i) => assertClose(composed[i], r, { atol: 1e-6, rtol: 1e-5 }, `composed, tensor ${i}, scale ${scale}`));
+    for (const device of testBackends()) {
+      const fused = run(device, 5, scale);
+      ref.forEach((r, i) => assertClose(fused[i], r, { atol: 1e-6, rtol: 1e-5 }, `${device} fused, tensor ${i}, scale ${scale}`));
+    }
   }
 });
 

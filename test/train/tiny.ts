@@ -4,7 +4,7 @@
 // any text tokenizes and the CLI can load the directory like a downloaded model.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { getBackend } from '../../src/backend/registry.js';
+import { defaultBackend } from '../../src/backend/registry.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import { parseLlamaConfig } from '../../src/models/llama/config.js';
 import { LlamaForCausalLM } from '../../src/models/llama/model.js';
@@ -25,9 +25,9 @@ export function tinyConfigJson(): Record<string, unknown> {
   };
 }
 
-/** A tiny random Llama on the cpu backend (norm weights 1, the rest N(0, 0.1²)). */
+/** A tiny random f32 Llama on the default device, FINLORA_DEVICE (norm weights 1, the rest N(0, 0.1²)). */
 export function tinyLlama(seed = 7): LlamaForCausalLM {
-  const model = new LlamaForCausalLM(parseLlamaConfig(tinyConfigJson()), getBackend('cpu'));
+  const model = new LlamaForCausalLM(parseLlamaConfig(tinyConfigJson()), defaultBackend());
   const rng = new Rng(seed);
   for (const [name, p] of model.namedParameters()) {
     scope(() => {

@@ -12,7 +12,6 @@ import { tensor } from '../../src/ops/creation.js';
 import { assign } from '../../src/ops/inplace.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
-import { getBackend } from '../../src/backend/registry.js';
 import { injectAdapters } from '../../src/train/adapters.js';
 import { enableGradientCheckpointing } from '../../src/train/grad_checkpoint.js';
 import { listCheckpoints } from '../../src/train/checkpoint.js';
@@ -215,15 +214,15 @@ test('a DoRA run whose magnitudes are frozen, or get no gradient, fails at once'
 });
 
 test('native memory stays flat: what a run leaves allocated does not grow with its length', () => {
-  const cpu = getBackend('cpu');
   const model = tinyLlama();
+  const device = model.backend;
   const { target, lora } = injectAdapters(model, { r: 4, alpha: 8, dropout: 0.1, targetModules: ['q_proj', 'v_proj'], useDora: true, useRslora: false, baseModel: 'tiny', seed: 2 });
   enableGradientCheckpointing(model, lora.dropout);
-  const base = cpu.liveBytes();
+  const base = device.liveBytes();
   const left = [2, 12].map((maxSteps) => {
     const { o } = options(runDir(), { model, target, settings: { maxSteps } });
     runTraining(o);
-    return cpu.liveBytes() - base;
+    return device.liveBytes() - base;
   });
   assert.equal(left[1], left[0]);
   // DoRA's cached eval-mode norms (one per output row of each adapted layer), nothing else
