@@ -6,6 +6,9 @@
 // turns run by run and see the same machine load. That child's environment drops
 // OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE so OpenBLAS picks its kernel for this CPU.
 //
+// `node dist/bench/gemm.js train` runs TRAIN_CASES instead: the frozen products of the
+// d256 training benchmark (bench/train_cpu.ts), forward x @ Wᵀ and backward dY @ W.
+//
 // `npm run bench` runs this file; benchGemm() is exported for a wider benchmark runner.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface, type Interface } from 'node:readline';
@@ -43,6 +46,23 @@ export const DEFAULT_CASES: readonly GemmCase[] = [
   { M: 512, K: 2048, N: 2048, transB: true },
   { M: 512, K: 2048, N: 8192, transB: true },
   { M: 512, K: 8192, N: 2048, transB: true },
+];
+
+// The frozen base weights of bench/train_cpu.ts's d256 shape (8 x 128 tokens, hidden
+// 256, intermediate 688, vocab 32000): each Linear runs forward as x @ Wᵀ and backward
+// as dX = dY @ W (no dW: the weights are frozen). The lm_head pair is about half the step.
+export const TRAIN_CASES: readonly GemmCase[] = [
+  { M: 1024, K: 256, N: 32000, transB: true },
+  { M: 1024, K: 32000, N: 256, transB: false },
+  { M: 1024, K: 256, N: 256, transB: true },
+  { M: 1024, K: 256, N: 256, transB: false },
+  { M: 1024, K: 256, N: 688, transB: true },
+  { M: 1024, K: 688, N: 256, transB: false },
+  { M: 1024, K: 688, N: 256, transB: true },
+  { M: 1024, K: 256, N: 688, transB: false },
+  { M: 512, K: 768, N: 768, transB: true },
+  { M: 512, K: 768, N: 32000, transB: true },
+  { M: 512, K: 32000, N: 768, transB: false },
 ];
 
 // The numpy side: prints one JSON line describing itself, then answers
@@ -265,5 +285,5 @@ export async function benchGemm(cases: readonly GemmCase[] = DEFAULT_CASES, reps
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await benchGemm();
+  await benchGemm(process.argv[2] === 'train' ? TRAIN_CASES : DEFAULT_CASES);
 }

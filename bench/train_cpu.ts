@@ -29,6 +29,8 @@
 // FINLORA_PROFILE=1 adds, per shape, one profiled step: the time of each kernel and
 // what is left outside kernels (JS, marshalling, allocation).
 //
+// `node dist/bench/train_cpu.js d256` times one shape (any prefix of its name).
+//
 // `npm run bench` runs this file; benchTrainCpu() is exported for a wider runner.
 import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
@@ -67,7 +69,7 @@ export interface TrainShape {
 }
 
 export const TRAIN_SHAPES: readonly TrainShape[] = [
-  { name: 'd256 / 4 layers', hidden: 256, layers: 4, heads: 4, intermediate: 688, vocab: 32000, batch: 8, seq: 128, rank: 8, reps: 5 },
+  { name: 'd256 / 4 layers', hidden: 256, layers: 4, heads: 4, intermediate: 688, vocab: 32000, batch: 8, seq: 128, rank: 8, reps: 9 },
   { name: 'd768 / 12 layers', hidden: 768, layers: 12, heads: 12, intermediate: 2048, vocab: 32000, batch: 4, seq: 128, rank: 8, reps: 3 },
 ];
 
@@ -289,6 +291,8 @@ export interface TrainRow {
   readonly finlora: number;
   readonly finloraPeft: number;
   readonly torch: number | null;
+  /** The lowest and highest ratio of one turn (torch step / finlora step). */
+  readonly turnRatios: readonly [number, number] | null;
   readonly finloraLoss: number;
   readonly torchLoss: number | null;
 }
@@ -352,8 +356,10 @@ export async function benchTrainCpu(shapes: readonly TrainShape[] = TRAIN_SHAPES
             theirs.push(await worker.step());
           }
         }
+        const turns = theirs.map((t, i) => t / mine[i]);
         rows.push({
-          shape: s, tokens, finlora: median(mine), finloraPeft: median(minePeft), torch: theirs.length > 0 ? median(theirs) : null, finloraLoss, torchLoss,
+          shape: s, tokens, finlora: median(mine), finloraPeft: median(minePeft), torch: theirs.length > 0 ? median(theirs) : null,
+          turnRatios: turns.length > 0 ? [Math.min(...turns), Math.max(...turns)] : null, finloraLoss, torchLoss,
         });
         if (profiling) {
           cpu.resetProfile();
@@ -373,7 +379,7 @@ export async function benchTrainCpu(shapes: readonly TrainShape[] = TRAIN_SHAPES
     if (typeof worker !== 'string') worker.close();
   }
 
-  const header = ['shape', 'tokens/step', 'finlora tok/s', 'finlora (peft dropout) tok/s', 'PyTorch tok/s', 'ratio', 'first loss finlora / torch'];
+  const header = ['shape', 'tokens/step', 'finlora tok/s', 'finlora (peft dropout) tok/s', 'PyTorch tok/s', 'ratio', 'ratio by turn', 'first loss finlora / torch'];
   const table = rows.map((r) => [
     r.shape.name,
     `${r.shape.batch} x ${r.shape.seq}`,
@@ -381,6 +387,7 @@ export async function benchTrainCpu(shapes: readonly TrainShape[] = TRAIN_SHAPES
     (r.tokens / r.finloraPeft).toFixed(0),
     r.torch !== null ? (r.tokens / r.torch).toFixed(0) : '-',
     r.torch !== null ? `${(r.torch / r.finlora).toFixed(2)}x` : '-',
+    r.turnRatios !== null ? `${r.turnRatios[0].toFixed(2)}-${r.turnRatios[1].toFixed(2)}x` : '-',
     `${r.finloraLoss.toFixed(3)} / ${r.torchLoss !== null ? r.torchLoss.toFixed(3) : '-'}`,
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
@@ -391,10 +398,12 @@ export async function benchTrainCpu(shapes: readonly TrainShape[] = TRAIN_SHAPES
   for (const row of table) log(fmt(row));
   log(`\nmedian of ${shapes.map((s) => s.reps).join(' / ')} steps after warm-up, taking turns step by step; a step is forward + loss + backward + AdamW;`);
   log(`load average at the end: ${load()}`);
-  log('ratio = finlora / PyTorch tokens per second; DoRA r 8 on q/k/v, lora_dropout 0.05, f32');
+  log('ratio = finlora / PyTorch tokens per second (of the medians; by turn: the lowest and highest of one turn\'s pair); DoRA r 8 on q/k/v, lora_dropout 0.05, f32');
   return rows;
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await benchTrainCpu();
+  // `node dist/bench/train_cpu.js d256` times only the shapes whose name starts so.
+  const only = process.argv[2];
+  await benchTrainCpu(only === undefined ? TRAIN_SHAPES : TRAIN_SHAPES.filter((s) => s.name.startsWith(only)));
 }
