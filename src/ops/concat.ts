@@ -114,7 +114,8 @@ export function indexSelect(x: Tensor, axis: number, ids: Tensor | readonly numb
   const runs = idRuns(list);
   for (const [pos, id, len] of runs) copyInto(along(x, ax, id, len), along(out, ax, pos, len));
   return record(out, 'indexSelect', [x], (g) => {
-    const gx = empty(x.shape, 'f32', g.backend);
+    // In g's dtype: repeated ids add g's rows into gx with the binary kernel, whose operands share one dtype.
+    const gx = empty(x.shape, g.dtype === 'bf16' ? 'bf16' : 'f32', g.backend);
     kernel(g.backend, 'fill')(gx, 0);
     const distinct = new Set(list).size === list.length;
     for (const [pos, id, len] of runs) {
@@ -125,7 +126,7 @@ export function indexSelect(x: Tensor, axis: number, ids: Tensor | readonly numb
       } else {
         // gx[id..] += g[pos..]: the binary kernel writes contiguous output, so add into
         // a temporary and copy it back; runs are applied in order, so repeats accumulate.
-        const sum = empty(dst.shape, 'f32', g.backend);
+        const sum = empty(dst.shape, gx.dtype, g.backend);
         if (sum.size > 0) kernel(g.backend, 'binary')('add', dst, src, sum);
         copyInto(sum, dst);
         sum.dispose();

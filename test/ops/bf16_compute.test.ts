@@ -15,6 +15,7 @@ import { nativeKernels } from '../../src/backend/native_kernels.js';
 import type { Kernels } from '../../src/backend/kernels.js';
 import { add, div, maximum, mul, sub } from '../../src/ops/binary.js';
 import { tensor } from '../../src/ops/creation.js';
+import { indexSelect } from '../../src/ops/concat.js';
 import { crossEntropy } from '../../src/ops/crossentropy.js';
 import { dropout } from '../../src/ops/dropout.js';
 import { embedding } from '../../src/ops/embedding.js';
@@ -144,6 +145,7 @@ const CASES: Case[] = [
   { name: 'mean', specs: [{ shape: [5, 6] }], fn: (x) => mean(x, 0) },
   { name: 'max', specs: [{ shape: [5, 6] }], fn: (x) => max(x, 1), exact: true },
   { name: 'expand (sumTo backward)', specs: [{ shape: [1, 3, 1] }], fn: (x) => mul(expand(x, [4, 3, 5]), 1), exact: true },
+  { name: 'indexSelect with repeated ids', specs: [{ shape: [5, 3] }], fn: (x) => mul(indexSelect(x, 0, [1, 3, 1, 1]), 1), exact: true },
   { name: 'softmax', specs: [{ shape: [3, 10] }], fn: (x) => softmax(x), exact: true },
   { name: 'logSoftmax over axis 0', specs: [{ shape: [6, 4] }], fn: (x) => logSoftmax(x, 0), exact: true },
   { name: 'matmul', specs: [{ shape: [2, 4, 6] }, { shape: [6, 3] }], fn: (a, b) => matmul(a, b), exact: true },
