@@ -12,10 +12,13 @@ import type { Tensor } from '../tensor/tensor.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-/** A model the trainer can run: ids int32 [B, T] -> logits f32 [B, T, V]. */
+/**
+ * A model the trainer can run: ids int32 [B, T] -> logits f32 [B, T, V], or with `rows`
+ * the logits at those positions of the flattened [B·T] sequence, [rows.length, V].
+ */
 export interface CausalLM {
   readonly backend: Backend;
-  forward(ids: Tensor): Tensor;
+  forward(ids: Tensor, opts?: { rows?: readonly number[] }): Tensor;
   /** Training mode on (dropout active) or off. */
   train(mode?: boolean): unknown;
 }

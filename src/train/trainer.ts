@@ -26,7 +26,7 @@ import { performance } from 'node:perf_hooks';
 import { backward, noGrad } from '../autograd/tape.js';
 import type { ProgressStream } from '../io/progress.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { causalLmLoss } from '../models/loss.js';
+import { causalLmLossAt } from '../models/loss.js';
 import { mul } from '../ops/binary.js';
 import { tensor } from '../ops/creation.js';
 import { scope, type Tensor } from '../tensor/tensor.js';
@@ -109,11 +109,10 @@ export function stepCounts(nTrain: number, s: Pick<TrainSettings, 'batchSize' | 
   return { perEpoch, total: s.maxSteps ?? Math.max(1, Math.ceil(s.numEpochs * perEpoch - 1e-9)) };
 }
 
-function batchTensors(b: Batch, model: CausalLM): { ids: Tensor; labels: Tensor } {
-  return {
-    ids: tensor(b.inputIds, [b.rows, b.length], { dtype: 'int32', device: model.backend }),
-    labels: tensor(b.labels, [b.rows, b.length], { dtype: 'int32', device: model.backend }),
-  };
+/** A batch's mean causal-LM loss, with logits computed only where a label counts. */
+function batchLoss(b: Batch, model: CausalLM): Tensor {
+  const ids = tensor(b.inputIds, [b.rows, b.length], { dtype: 'int32', device: model.backend });
+  return causalLmLossAt((rows) => model.forward(ids, { rows }), b.labels, b.rows, b.length);
 }
 
 /** Mean loss over the target tokens of a set of examples, without gradients or dropout. */
@@ -125,8 +124,7 @@ export function evaluateLoss(model: CausalLM, examples: readonly Features[], bat
       for (const b of sequentialBatches(examples, batchSize, padId)) {
         if (b.targets === 0 || b.length < 2) continue;
         const l = scope(() => {
-          const { ids, labels } = batchTensors(b, model);
-          return causalLmLoss(model.forward(ids), labels).item();
+          return batchLoss(b, model).item();
         });
         total += l * b.targets;
         tokens += b.targets;
@@ -224,8 +222,7 @@ export function runTraining(o: TrainerOptions): TrainResult {
       for (const b of group) {
         if (b.targets === 0) continue;
         const value = scope(() => {
-          const { ids, labels } = batchTensors(b, o.model);
-          const l = causalLmLoss(o.model.forward(ids), labels);
+          const l = batchLoss(b, o.model);
           // Each micro-batch's mean times its share of the step's tokens: the step's gradient is that of the token mean.
           backward(mul(l, b.targets / targets));
           return l.item();
