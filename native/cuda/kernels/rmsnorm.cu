@@ -50,7 +50,7 @@ __global__ void rmsnorm_dx(const T* x, const float* w, const float* rstd, const 
 constexpr int kLanes = 32;
 
 template <class T>
-__global__ void rmsnorm_dweight(const T* x, const float* rstd, const T* dy, float* dw, int64_t N, int64_t D) {
+__global__ void __launch_bounds__(32 * kLanes) rmsnorm_dweight(const T* x, const float* rstd, const T* dy, float* dw, int64_t N, int64_t D) {
   __shared__ double part[kLanes][33];
   const int64_t d = blockIdx.x * 32LL + threadIdx.x;
   double s = 0;
