@@ -2,9 +2,11 @@
 // in bf16 the way a GPU backend does, rounding each stored value once): base bf16 makes
 // the op compute in bf16, lora is cast to bf16 (its gradient returns in its own dtype),
 // g and its gradient stay f32. Every value is checked against the f32 computation of
-// the same inputs, rounded once to bf16 where the contract says the output is bf16.
+// the same inputs, rounded once to bf16 where the contract says the output is bf16; and
+// the DoRA layer's combinations around it stay in bf16.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { doraCombine, doraCombinePeft } from '../../src/adapters/lora/dora.js';
 import { backward } from '../../src/autograd/tape.js';
 import { tensor } from '../../src/ops/creation.js';
 import { doraScale, doraScaleDtype } from '../../src/ops/dora.js';
@@ -60,5 +62,27 @@ test('doraScale: on a backend without bf16 compute (cpu) a bf16 base computes in
     assert.equal(y.dtype, 'f32');
     const b = values(base), l = values(lora), gv = values(g);
     assertClose(values(y), b.map((bi, i) => (bi + S * l[i]) * gv[i % COLS]), { atol: 1e-6, rtol: 1e-6 });
+  });
+});
+
+test('doraCombine and doraCombinePeft keep a bf16 base in bf16 (with a bias, and in PEFT form) and agree with the f32 computation', () => {
+  scope(() => {
+    const device = 'reference';
+    const bf16 = (data: Float32Array, shape: number[]) => tensor(data, shape, { device, dtype: 'bf16' });
+    const f32 = (data: Float32Array, shape: number[]) => tensor(data, shape, { device });
+    const base = randomData(ROWS * COLS, 11), wxd = randomData(ROWS * COLS, 12), lora = randomData(ROWS * COLS, 13);
+    const m = randomData(COLS, 14, 0.5, 1.5), n = randomData(COLS, 15, 0.5, 1.5), bias = randomData(COLS, 16);
+    const shape = [ROWS, COLS];
+    const cases = [
+      ['bias', (b: typeof bf16) => doraCombine(b(base, shape), b(lora, shape), f32(m, [COLS]), f32(n, [COLS]), S, b(bias, [COLS]))],
+      ['peft', (b: typeof bf16) => doraCombinePeft(b(base, shape), b(wxd, shape), b(lora, shape), f32(m, [COLS]), f32(n, [COLS]), S)],
+    ] as const;
+    for (const [what, run] of cases) {
+      const lowered = run(bf16);
+      assert.equal(lowered.dtype, 'bf16', what);
+      // The f32 computation on the same bf16-rounded inputs; the bf16 result differs by its roundings.
+      const exact = values(run((data, s) => f32(Float32Array.from(data, (v) => roundTo('bf16', v)), s)));
+      assertClose(values(lowered), exact, { atol: 2e-2, rtol: 2e-2 }, what);
+    }
   });
 });

@@ -36,7 +36,7 @@ import { noGrad } from '../../autograd/tape.js';
 import { add, div, maximum, mul, sub } from '../../ops/binary.js';
 import { tensor } from '../../ops/creation.js';
 import { indexSelect } from '../../ops/concat.js';
-import { doraNorm, doraScale, hasDoraNormKernel } from '../../ops/dora.js';
+import { doraNorm, doraScale, doraScaleDtype, hasDoraNormKernel } from '../../ops/dora.js';
 import { matmul } from '../../ops/matmul.js';
 import { rowNorm } from '../../ops/norm.js';
 import { sum } from '../../ops/reduce.js';
@@ -121,13 +121,15 @@ export function doraWeightNorm(frozen: FrozenWeight, wNormSq: Tensor, A: Tensor,
 export function doraCombine(base: Tensor, lora: Tensor, m: Tensor, n: Tensor, s: number, bias: Tensor | null): Tensor {
   const g = div(m, n);
   const y = doraScale(base, lora, g, s);
-  return bias === null ? y : add(y, mul(bias, sub(1, g)));
+  // g is f32, so the bias term is rounded to y's compute dtype before the add (bf16 stays bf16).
+  return bias === null ? y : add(y, cast(mul(bias, sub(1, g)), y.dtype));
 }
 
 /** PEFT's training forward with dropout: y = base + (g − 1) ⊙ wx̃ + g ⊙ s·lora, wx̃ = W·x̃ (no bias). */
 export function doraCombinePeft(base: Tensor, wxd: Tensor, lora: Tensor, m: Tensor, n: Tensor, s: number): Tensor {
   const g = div(m, n);
-  return add(add(base, mul(wxd, sub(g, 1))), mul(mul(lora, s), g));
+  // The f32 factors promote the terms to f32; the sum is rounded once to base's compute dtype.
+  return cast(add(add(base, mul(wxd, sub(g, 1))), mul(mul(lora, s), g)), doraScaleDtype(base));
 }
 
 export class DoraVariant implements LoraVariant {
