@@ -144,7 +144,13 @@ test('rows built to cancel (s·B·A ≈ −W) take the direct form; the identity
     }
     assert.deepEqual(got.fallbackRows, cancel, `${device}: rows taking the direct form`);
     // (f32 on both sides: the reference backend holds f64 values, the patched norm is f32)
-    for (const i of cancel) assert.equal(Math.fround(got.norm[i]), Math.fround(got.direct[i]), `${device}: row ${i} is the direct form`);
+    // cpu's GEMM gives a row the same bits whatever rows come with it; cuBLAS may take
+    // another kernel (another summation order) for the few fallback rows, so there the
+    // patched rows need only be far nearer the direct form than the identity (1e-3 off).
+    for (const i of cancel) {
+      if (device === 'reference' || device === 'cpu') assert.equal(Math.fround(got.norm[i]), Math.fround(got.direct[i]), `${device}: row ${i} is the direct form`);
+      else assertClose([got.norm[i]], [got.direct[i]], { atol: 0, rtol: 1e-4 }, `${device}: row ${i} is the direct form`);
+    }
     assertClose(got.norm, truth, { atol: 0, rtol: 2e-4 }, `${device}: norms with the fallback`);
     assertClose(partial.map((i) => got.norm[i]), partial.map((i) => truth[i]), { atol: 0, rtol: 5e-6 }, `${device}: partial cancellation`);
   }

@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { loadPeftAdapter } from '../../src/adapters/peft.js';
-import { getBackend } from '../../src/backend/registry.js';
+import { defaultBackend } from '../../src/backend/registry.js';
 import { command } from '../../src/cli/commands/generate.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
 import { generate, leftPad, type SamplingOptions } from '../../src/models/generate.js';
@@ -63,7 +63,8 @@ function finlora(args: readonly string[], env: Record<string, string> = {}): Pro
 }
 
 const tokenizer = await Tokenizer.fromDir(MODEL, { warn: () => {} });
-const model = LlamaForCausalLM.fromPretrained(MODEL, { device: getBackend('cpu') });
+// The expected text comes from the default device (FINLORA_DEVICE), which the command uses as well.
+const model = LlamaForCausalLM.fromPretrained(MODEL, { device: defaultBackend() });
 after(() => {
   model.dispose();
   fs.rmSync(tmp, { recursive: true, force: true });
@@ -156,7 +157,7 @@ test('--chat renders the chat template (with --system) and opens the assistant t
 test('--adapter applies a PEFT adapter: the text of the adapted model', async () => {
   const adapter = fileURLToPath(new URL('../../../test/fixtures/adapters/dora_qkv/adapter', import.meta.url));
   const args = ['generate', '--model', MODEL, '--prompt', 'Revenue rose', '--max-new-tokens', '12'];
-  const adapted = LlamaForCausalLM.fromPretrained(MODEL, { device: getBackend('cpu') });
+  const adapted = LlamaForCausalLM.fromPretrained(MODEL, { device: defaultBackend() });
   loadPeftAdapter(adapter, adapted);
   const want = expected(['Revenue rose'], { maxNewTokens: 12 }, adapted);
   adapted.dispose();

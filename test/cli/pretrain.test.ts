@@ -12,6 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { defaultBackend } from '../../src/backend/registry.js';
 import { withSafetensors } from '../../src/io/safetensors.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
 import { readLlamaConfig } from '../../src/models/llama/config.js';
@@ -32,8 +33,10 @@ for (let i = 0; i < 240; i++) {
 }
 fs.writeFileSync(path.join(root, 'reports.txt'), paragraphs.join('\n\n'));
 fs.writeFileSync(path.join(root, 'finlora.jsonl'), `${JSON.stringify({ context: 'Explain EBITDA. Answer:', target: ' Earnings before interest.' })}\n${JSON.stringify({ text: 'Net debt fell.' })}\n`);
+// Training runs on the default device (FINLORA_DEVICE; the config's own default is cpu).
+const DEVICE = defaultBackend().name;
 const CONFIG = {
-  output_dir: 'out/tiny', data: ['reports.txt', 'finlora.jsonl'], vocab_size: 300, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+  device: DEVICE, output_dir: 'out/tiny', data: ['reports.txt', 'finlora.jsonl'], vocab_size: 300, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
   num_attention_heads: 4, num_key_value_heads: 2, sequence_len: 32, batch_size: 4, learning_rate: 0.01, warmup_steps: 5, max_steps: 60,
   val_set_size: 8, evals_per_epoch: 0, seed: 3,
 };
@@ -87,7 +90,7 @@ test('a new model learns the corpus and its directory loads as a Hugging Face mo
   const clash = finlora(['pretrain', '--config', 'pretrain.json', '--base-model', './out/tiny', '--output-dir', 'out/more']);
   assert.equal(clash.status, 1, 'architecture keys of the config file clash with base_model');
   assert.match(clash.stderr, /^finlora pretrain: pretrain\.json: hidden_size cannot be set with base_model, which gives the architecture and tokenizer/);
-  fs.writeFileSync(path.join(root, 'continue.json'), JSON.stringify({ data: 'reports.txt', base_model: './out/tiny', output_dir: 'out/more', sequence_len: 32, max_steps: 5, val_set_size: 8, evals_per_epoch: 0, warmup_steps: 0, learning_rate: 1e-4, dtype: 'f32' }));
+  fs.writeFileSync(path.join(root, 'continue.json'), JSON.stringify({ device: DEVICE, data: 'reports.txt', base_model: './out/tiny', output_dir: 'out/more', sequence_len: 32, max_steps: 5, val_set_size: 8, evals_per_epoch: 0, warmup_steps: 0, learning_rate: 1e-4, dtype: 'f32' }));
   const cont = finlora(['pretrain', '--config', 'continue.json']);
   assert.equal(cont.status, 0, cont.stderr);
   assert.match(cont.stderr, /continuing .*out\/tiny: hidden 32/);
