@@ -432,7 +432,8 @@ export function table(outcomes: readonly Outcome[]): { text: string; failed: num
       fmtGiB(f.peakBytes),
       fmtGiB(p?.peakBytes),
       `${f.loss0?.toFixed(3) ?? '-'} / ${p?.loss0?.toFixed(3) ?? '-'}`,
-      want === null ? '-' : mark(ratio === undefined ? false : ratio >= want, `≥ ${want}x`),
+      // A finlora failure fails the target; without a PEFT figure there is nothing to compare.
+      want === null ? '-' : f.error !== undefined ? mark(false, `≥ ${want}x`) : ratio === undefined ? 'no PEFT figure' : mark(ratio >= want, `≥ ${want}x`),
       vsLora === undefined ? '-' : mark(vsLora >= 0.9, `${vsLora.toFixed(2)}`),
       f.peakBytes === undefined || p === null || p.peakBytes === undefined ? '-' : mark(f.peakBytes < p.peakBytes, `${fmtGiB(f.peakBytes)} vs ${fmtGiB(p.peakBytes)}`),
     ];

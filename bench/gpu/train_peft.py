@@ -105,14 +105,14 @@ def run(args):
     for i in range(args.warmup):
         loss = step()
         if i == 0:
-            loss0 = float(loss)
+            loss0 = loss.detach().item()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - t0) / args.steps
-    last = float(loss)
+    last = loss.detach().item()
     if loss0 is None:
         loss0 = last
     tokens = args.batch * args.seq
