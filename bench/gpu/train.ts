@@ -23,15 +23,17 @@
 // 2×; all-linear DoRA (dropout 0.05) at least 4×; finlora's DoRA within 10% of its LoRA
 // on the same row; finlora's peak below PEFT's.
 //
-//   node dist/bench/gpu/train.js                    every row (about 8 minutes on an H200)
-//   node dist/bench/gpu/train.js --quick            1B q,k,v rows, fewer steps (about a minute)
+//   node dist/bench/gpu/train.js                    every row (6-8 minutes on an H200, estimated from
+//                                                   the quick run's cost per process and PEFT's step times)
+//   node dist/bench/gpu/train.js --quick            1B q,k,v rows, fewer steps (59 s on an H200)
 //   node dist/bench/gpu/train.js --model 8b --targets qkv --dora --dropout 0.05
 //   options: --model 1b|8b, --targets qkv|all, --dora / --lora, --dropout P (repeatable),
 //            --sentiment / --no-sentiment / --sentiment-only, --no-peft, --steps N, --warmup N,
 //            --row-timeout S, --peft-dropout (finlora with PEFT's DoRA dropout semantics),
 //            --json FILE (every result as JSON), --batch B / --seq T (every row), --layers N
 //            (finlora alone, N decoder layers), --device cpu (finlora's plumbing without a GPU),
-//            --compute f32|bf16 (finlora's activation dtype; default: the model's, bf16 here)
+//            --compute f32|bf16 (finlora's activation dtype; default: the model's, bf16 here),
+//            --list (print the rows the options select, run nothing)
 //   one side of one row: --worker '<row as JSON>' [--device, --layers]
 //
 // Needs the CUDA addon (npm run build:cuda); PEFT's side needs python3 (PYTHON
@@ -462,6 +464,10 @@ async function runner(values: Flags, log: (s: string) => void): Promise<number> 
   const seq = values.seq === undefined ? undefined : positive(values.seq, '--seq');
   const rows = grid({ models, targets, methods, dropouts, sentiment }).map((r) => ({ ...r, batch: batch ?? r.batch, seq: seq ?? r.seq }));
   if (rows.length === 0) throw new Error('no row matches the options');
+  if (values.list === true) {
+    for (const r of rows) console.log(rowName(r));
+    return 0;
+  }
   log(`${rows.length} rows, ${warmup} warm-up + ${steps} timed steps each, ${rowTimeout} s per side per row${withPeft ? `; PEFT through ${python}` : '; finlora only'}`);
 
   const outcomes: Outcome[] = [];
@@ -500,6 +506,7 @@ interface Flags {
   sentiment?: boolean;
   'no-sentiment'?: boolean;
   'sentiment-only'?: boolean;
+  list?: boolean;
   'no-peft'?: boolean;
   'peft-dropout'?: boolean;
   steps?: string;
@@ -555,7 +562,7 @@ async function main(): Promise<void> {
     options: {
       worker: { type: 'string' }, quick: { type: 'boolean' }, model: { type: 'string', multiple: true }, targets: { type: 'string', multiple: true },
       dora: { type: 'boolean' }, lora: { type: 'boolean' }, dropout: { type: 'string', multiple: true }, sentiment: { type: 'boolean' },
-      'no-sentiment': { type: 'boolean' }, 'sentiment-only': { type: 'boolean' }, 'no-peft': { type: 'boolean' }, 'peft-dropout': { type: 'boolean' }, steps: { type: 'string' },
+      'no-sentiment': { type: 'boolean' }, 'sentiment-only': { type: 'boolean' }, list: { type: 'boolean' }, 'no-peft': { type: 'boolean' }, 'peft-dropout': { type: 'boolean' }, steps: { type: 'string' },
       warmup: { type: 'string' }, 'row-timeout': { type: 'string' }, json: { type: 'string' },
       layers: { type: 'string' }, device: { type: 'string' }, batch: { type: 'string' }, seq: { type: 'string' },
       compute: { type: 'string' },
