@@ -354,8 +354,11 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
   const int64_t kc_max = ceil_div(o.K, ceil_div(o.K, uk.kc));
   std::atomic<int64_t> next{0};
   if (o.N < o.M && pn <= kMaxBandBlocks) {
-    const int64_t h = ceil_div(pm, want) * uk.mr;
-    const int64_t tasks = ceil_div(o.M, h);
+    // Slab t holds micro-panels [t pm / tasks, (t + 1) pm / tasks): even slabs. Cut by
+    // a fixed height instead, 1024 rows made seven slabs of 140 and one of 44, and the
+    // two threads' shares differed by a sixth.
+    const int64_t tasks = std::min(pm, want);
+    const auto row_of = [&](int64_t t) { return std::min(o.M, t * pm / tasks * uk.mr); };
     // Shared B stays within the shared budget: bands of whole kc blocks, one fork each.
     const int64_t kband = std::max<int64_t>(1, kSharedAFloats / (pn * uk.nr) / kc_max) * kc_max;
     for (int64_t k0 = 0; k0 < o.K; k0 += kband) {
@@ -371,13 +374,14 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
       const SharedB sb{data, t_states.get(), k0, kblocks, pn, kc_max, uk.nr};
       next.store(0);
       parallel_for(threads, 1, [&](int64_t, int64_t) {
-        for (int64_t t; (t = next.fetch_add(1)) < tasks;) row_slab<TB>(uk, o, a, b, c, sb, t * h, std::min(o.M, (t + 1) * h));
+        for (int64_t t; (t = next.fetch_add(1)) < tasks;) row_slab<TB>(uk, o, a, b, c, sb, row_of(t), row_of(t + 1));
       });
     }
     return;
   }
-  const int64_t w = std::min(kMaxSlab, ceil_div(pn, want) * uk.nr);
-  const int64_t tasks = ceil_div(o.N, w);
+  // Even slabs of whole micro-panels, at most kMaxSlab columns each.
+  const int64_t tasks = std::max(std::min(pn, want), ceil_div(pn * uk.nr, kMaxSlab));
+  const auto col_of = [&](int64_t t) { return std::min(o.N, t * pn / tasks * uk.nr); };
   // Shared A stays within its budget: row bands of at most kMaxBandBlocks blocks, then
   // depth bands of whole kc blocks (at least one); each band pair is one fork.
   const int64_t band = std::min({o.M, kMaxBandBlocks * uk.mc, std::max(uk.mc, kSharedAFloats / kc_max / uk.mc * uk.mc)});
@@ -400,7 +404,7 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
       next.store(0);
       parallel_for(threads, 1, [&](int64_t, int64_t) {
         for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
-          column_slab<TB>(uk, o, a, b, c, sa, m0, m1, t * w, std::min(o.N, (t + 1) * w));
+          column_slab<TB>(uk, o, a, b, c, sa, m0, m1, col_of(t), col_of(t + 1));
         }
       });
     }

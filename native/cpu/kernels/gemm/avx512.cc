@@ -147,6 +147,9 @@ FINLORA_AVX512 bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, i
         const int64_t kn = kc - k0 < 16 ? kc - k0 : 16;
         const __mmask16 m = first_lanes(kn);
         __m512 r[16];
+        // Each row is its own stream (dlogits' rows are 128 KB apart), more than the
+        // hardware prefetchers follow: ask for each row's line four lines ahead.
+        for (int i = 0; i < rows; ++i) _mm_prefetch(reinterpret_cast<const char*>(src + i * rs + k0 + 64), _MM_HINT_T0);
         for (int i = 0; i < 16; ++i) r[i] = i < rows ? load16(src + i * rs + k0, m) : _mm512_setzero_ps();
         transpose16(r);
         for (int64_t t = 0; t < kn; ++t) _mm512_mask_storeu_ps(dst + (k0 + t) * MR, panel, r[t]);
