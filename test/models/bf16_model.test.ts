@@ -16,6 +16,7 @@ import { LlamaForCausalLM, type WeightDType } from '../../src/models/llama/model
 import { causalLmLoss } from '../../src/models/loss.js';
 import { tensor } from '../../src/ops/creation.js';
 import { assign } from '../../src/ops/inplace.js';
+import { quantizeModel } from '../../src/quant/model.js';
 import { AdamW } from '../../src/train/adamw.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { noGrad } from '../../src/autograd/tape.js';
@@ -152,6 +153,19 @@ test('bf16 compute: fromPretrained picks bf16 for bf16 or quantized weights wher
   assertClose(got.get('f32 weights, bf16 asked')!.values, dense, { atol: 0.05, rtol: 0.05 }, 'bf16 compute of f32 weights');
   assertClose(got.get('int8 base, f32 storage')!.values, dense, { atol: 0.1, rtol: 0.1 }, 'int8 base in bf16');
   assert.throws(() => LlamaForCausalLM.fromPretrained(dir, { device: 'cpu', computeDtype: 'bf16' }), /computeDtype bf16 is not supported on backend 'cpu'/);
+
+  // The default follows the weights as they are held: quantized in place, the model computes in bf16; a choice sticks.
+  const m = LlamaForCausalLM.fromPretrained(dir, { device: 'reference' });
+  try {
+    assert.equal(m.computeDtype, 'f32');
+    quantizeModel(m, 'int8');
+    assert.equal(m.computeDtype, 'bf16');
+    assert.equal(logits(m).dtype, 'bf16');
+    m.setComputeDtype('f32');
+    assert.equal(logits(m).dtype, 'f32');
+  } finally {
+    m.dispose();
+  }
 });
 
 test('bf16 compute: a DoRA Llama on the reference agrees with its f32 computation and trains', (t) => {

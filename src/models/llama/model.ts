@@ -212,7 +212,8 @@ export class LlamaForCausalLM extends Module {
   readonly model: LlamaModel;
   readonly lm_head: Linear | null;
   readonly invFreq: Float64Array;
-  private _computeDtype: ComputeDType;
+  /** The activation dtype set by LoadOptions.computeDtype or setComputeDtype; null follows the default. */
+  private chosenDtype: ComputeDType | null = null;
 
   /**
    * Builds the module tree with uninitialised weights of the given dtype (see
@@ -226,13 +227,24 @@ export class LlamaForCausalLM extends Module {
     this.model = this.registerModule('model', new LlamaModel(config, under(alloc, 'model')));
     this.lm_head = config.tieWordEmbeddings ? null : this.registerModule('lm_head', linearLayer(alloc, 'lm_head', config.vocabSize, config.hiddenSize, false));
     this.invFreq = ropeInvFreq(ropeConfig(config));
-    this._computeDtype = defaultComputeDtype(backend, dtype, false);
     this.eval();
   }
 
-  /** The dtype of activations and logits (see the file header). */
+  /**
+   * The dtype of activations and logits (see the file header): the one chosen, else the
+   * default for the weights as they are held now (quantizing a dense model in place
+   * makes it bf16 on a backend that computes in bf16).
+   */
   get computeDtype(): ComputeDType {
-    return this._computeDtype;
+    if (this.chosenDtype !== null) return this.chosenDtype;
+    let quantized = false;
+    for (const [, m] of this.namedModules()) {
+      if (m instanceof Linear && m.quantized !== null) {
+        quantized = true;
+        break;
+      }
+    }
+    return defaultComputeDtype(this.backend, this.dtype, quantized);
   }
 
   /** Computes in `d` from the next forward on; throws when the backend cannot. */
@@ -241,7 +253,7 @@ export class LlamaForCausalLM extends Module {
     if (d === 'bf16' && !computesBf16(this.backend)) {
       throw new Error(`${this.config.architecture}: computeDtype bf16 is not supported on backend '${this.backend.name}' (it computes in ${(this.backend.computeDtypes ?? ['f32']).join(', ')})`);
     }
-    this._computeDtype = d;
+    this.chosenDtype = d;
   }
 
   /**
@@ -304,7 +316,7 @@ export class LlamaForCausalLM extends Module {
           throw e;
         }
       }
-      model.setComputeDtype(opts.computeDtype ?? defaultComputeDtype(backend, dtype, quantized.size > 0));
+      if (opts.computeDtype !== undefined) model.setComputeDtype(opts.computeDtype);
       const loaded = model;
       model = null;
       return loaded;
@@ -318,7 +330,7 @@ export class LlamaForCausalLM extends Module {
   /** A cache for `batch` sequences of up to `capacity` positions. */
   createCache(batch: number, capacity: number): KVCache {
     const c = this.config;
-    return new KVCache(c.numHiddenLayers, batch, c.numKeyValueHeads, c.headDim, capacity, this.backend, this._computeDtype);
+    return new KVCache(c.numHiddenLayers, batch, c.numKeyValueHeads, c.headDim, capacity, this.backend, this.computeDtype);
   }
 
   /** ids int32 [B, T] -> logits [B, T, vocab] in computeDtype (or [B, 1, vocab] with lastPositionOnly). */
@@ -341,13 +353,14 @@ export class LlamaForCausalLM extends Module {
     }
     if (opts.rows !== undefined && opts.lastPositionOnly) throw new Error(`${this.config.architecture}: rows and lastPositionOnly cannot be combined`);
     const positions = opts.positions ?? Int32Array.from({ length: T }, (_, i) => past + i);
+    const computeDtype = this.computeDtype;
     // Training keeps every intermediate for backward (the caller's scope frees them);
     // inference frees each layer's as soon as the layer returns.
     const training = isGradEnabled();
     const run = (): Tensor => {
       const { cos, sin } = rotaryTables(this.invFreq, positions, { device: this.backend });
       const mask = keyMask === null ? null : cast(keyMask, 'f32');
-      let h = this.model.embed_tokens.forward(ids, this._computeDtype);
+      let h = this.model.embed_tokens.forward(ids, computeDtype);
       for (const layer of this.model.layers) {
         const input = h;
         h = training ? layer.forward(input, cos, sin, mask, cache) : scope(() => layer.forward(input, cos, sin, mask, cache));
@@ -359,7 +372,7 @@ export class LlamaForCausalLM extends Module {
       const x = this.model.norm.forward(h);
       const logits = this.lm_head !== null ? this.lm_head.forward(x) : linear(x, this.model.embed_tokens.weight);
       // An f32 head (a quantized base keeps lm_head dense in its storage dtype) widens the product; logits are T all the same.
-      return cast(logits, this._computeDtype);
+      return cast(logits, computeDtype);
     };
     const logits = training ? run() : scope(run);
     cache?.advance(T);
