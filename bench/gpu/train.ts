@@ -145,6 +145,8 @@ export interface SideResult {
   readonly side: 'finlora' | 'peft';
   readonly tokensPerSecond?: number;
   readonly stepSeconds?: number;
+  /** finlora: host seconds per step spent queueing forward and backward. */
+  readonly queueSeconds?: number;
   readonly peakBytes?: number;
   readonly cachedBytes?: number;
   readonly loss0?: number;
@@ -261,10 +263,15 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
 
     // The trainer's step (src/train/trainer.ts) for one micro-batch: the loss read
     // back, the global gradient norm read back for clipping at 1.0, AdamW, grads freed.
+    // Host time spent queueing forward and backward (until backward returns, before the
+    // loss is read): near the step time means the GPU waits on the host.
+    let queueSeconds = 0;
     const step = (inspect?: (k: number) => void, k = 0): number => {
       const loss = scope(() => {
+        const q0 = process.hrtime.bigint();
         const l = causalLmLoss(model.forward(ids), ids);
         backward(l);
+        queueSeconds += Number(process.hrtime.bigint() - q0) / 1e9;
         return l.item();
       });
       const norm = gradNorm(params);
@@ -297,6 +304,7 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
     log(`finlora ${rowName(row)}: check passed (first loss ${losses[0].toFixed(4)}, ln V ${lnV.toFixed(4)}; adapter gradients finite and non-zero)`);
     sync();
     const t1 = process.hrtime.bigint();
+    queueSeconds = 0;
     let last = NaN;
     for (let k = 0; k < steps; k++) last = step();
     sync();
@@ -305,6 +313,7 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
       side: 'finlora',
       tokensPerSecond: (row.batch * row.seq) / seconds,
       stepSeconds: seconds,
+      queueSeconds: queueSeconds / steps,
       steps,
       warmup: Math.max(2, warmup),
       peakBytes: cuda?.peakBytes(),
@@ -476,7 +485,7 @@ async function runner(values: Flags, log: (s: string) => void): Promise<number> 
     log(`-- ${rowName(row)}`);
     const finlora = await runChild(process.execPath, workerArgs(row, warmup, steps, values), 'finlora', rowTimeout, log);
     const peft = withPeft ? await runChild(python, peftArgs(row, warmup, steps), 'peft', rowTimeout, log) : null;
-    const show = (r: SideResult) => (r.error !== undefined ? `error: ${r.error}` : `${fmtRate(r.tokensPerSecond)} tok/s, peak ${fmtGiB(r.peakBytes)} GiB, first loss ${r.loss0?.toFixed(4)}`);
+    const show = (r: SideResult) => (r.error !== undefined ? `error: ${r.error}` : `${fmtRate(r.tokensPerSecond)} tok/s, peak ${fmtGiB(r.peakBytes)} GiB, first loss ${r.loss0?.toFixed(4)}${r.queueSeconds !== undefined && r.stepSeconds !== undefined ? `, step ${(r.stepSeconds * 1e3).toFixed(1)} ms of which ${(r.queueSeconds * 1e3).toFixed(1)} ms queueing fwd+bwd on the host` : ''}`);
     log(`   finlora: ${show(finlora)}${peft !== null ? `\n   PEFT:    ${show(peft)}` : ''}`);
     outcomes.push({ row, finlora, peft });
   }
