@@ -16,7 +16,7 @@ import { tensor } from '../../src/ops/creation.js';
 import { doraNorm } from '../../src/ops/dora.js';
 import { roundTo } from '../../src/tensor/dtype.js';
 import { scope } from '../../src/tensor/tensor.js';
-import { assertClose, checkAgainstReference, randomData, values } from '../helpers.js';
+import { assertClose, checkAgainstReference, randomData, testBackends, values } from '../helpers.js';
 import { eachLevel } from './isa_levels.js';
 import { withThreads } from './nn_helpers.js';
 
@@ -92,43 +92,45 @@ test('doraNorm: the kernel agrees with the composed direct form, and rejects mis
   });
 });
 
-test('doraNorm: a DoRA layer on the cpu takes the kernel, reads nothing back, and gets the reference norm', () => {
-  const [rows, cols, r] = [24, 96, 4];
-  const { w, a, b } = cancelling(rows, cols, r, 1e-2, 'f32');
-  const target = new Linear(tensor(w, [rows, cols]));
-  const layer = new LoraLayer('proj', target, {
-    hyper: { r, lora_alpha: S * r, scaling: S },
-    lora_dropout: 0,
-    dropoutSemantics: 'finlora',
-    rng: new Rng(5),
-    dropout: null,
-    variant: (l) => new DoraVariant(l),
+for (const device of testBackends()) {
+  test(`doraNorm: a DoRA layer on ${device} takes the kernel, reads nothing back, and gets the reference norm`, () => {
+    const [rows, cols, r] = [24, 96, 4];
+    const { w, a, b } = cancelling(rows, cols, r, 1e-2, 'f32');
+    const target = new Linear(tensor(w, [rows, cols], { device }));
+    const layer = new LoraLayer('proj', target, {
+      hyper: { r, lora_alpha: S * r, scaling: S },
+      lora_dropout: 0,
+      dropoutSemantics: 'finlora',
+      rng: new Rng(5),
+      dropout: null,
+      variant: (l) => new DoraVariant(l),
+    });
+    noGrad(() => {
+      assign(layer.lora_A.weight, tensor(a, [r, cols], { device }));
+      assign(layer.lora_B.weight, tensor(b, [rows, r], { device }));
+    });
+    const variant = layer.variant;
+    assert.ok(variant instanceof DoraVariant);
+    const backend = target.weight.backend;
+    const read = backend.read;
+    let reads = 0;
+    backend.read = (...args) => {
+      reads++;
+      return read.apply(backend, args);
+    };
+    const norm = (() => {
+      try {
+        return variant.weightNorm(layer);
+      } finally {
+        backend.read = read;
+      }
+    })();
+    assert.equal(reads, 0, 'the norm is computed without reading from the backend');
+    assert.deepEqual(variant.lastFallbackRows, []);
+    const truth = scope(() => values(doraNorm(tensor(w, [rows, cols], { device: 'reference' }), tensor(a, [r, cols], { device: 'reference' }), tensor(b, [rows, r], { device: 'reference' }), S)));
+    assertClose(values(norm), truth, { atol: 0, rtol: 1e-5 });
+    norm.dispose();
+    layer.unload();
+    target.dispose();
   });
-  noGrad(() => {
-    assign(layer.lora_A.weight, tensor(a, [r, cols]));
-    assign(layer.lora_B.weight, tensor(b, [rows, r]));
-  });
-  const variant = layer.variant;
-  assert.ok(variant instanceof DoraVariant);
-  const backend = target.weight.backend;
-  const read = backend.read;
-  let reads = 0;
-  backend.read = (...args) => {
-    reads++;
-    return read.apply(backend, args);
-  };
-  const norm = (() => {
-    try {
-      return variant.weightNorm(layer);
-    } finally {
-      backend.read = read;
-    }
-  })();
-  assert.equal(reads, 0, 'the norm is computed without reading from the backend');
-  assert.deepEqual(variant.lastFallbackRows, []);
-  const truth = scope(() => values(doraNorm(tensor(w, [rows, cols], { device: 'reference' }), tensor(a, [r, cols], { device: 'reference' }), tensor(b, [rows, r], { device: 'reference' }), S)));
-  assertClose(values(norm), truth, { atol: 0, rtol: 1e-5 });
-  norm.dispose();
-  layer.unload();
-  target.dispose();
-});
+}
