@@ -2,8 +2,8 @@
 // them): load-time quantization gives the same bytes (int8 codes and row absmaxes, NF4
 // nibbles and block absmaxes, the double-quantized statistics), dequantize the same
 // values, and quantizedMatmul the same products within f32 rounding, in f32 and in bf16
-// (a and out bf16: tensor-core GEMMs on W decoded to bf16), including weights larger
-// than the kernel's decoding scratch so it works band by band. Runs with
+// (a and out bf16: tensor-core GEMMs on W decoded to bf16, or the GEMV for a few rows),
+// including weights larger than the kernel's decoding scratch so it works band by band. Runs with
 // FINLORA_DEVICE=cuda; skipped (saying so) elsewhere.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -148,7 +148,9 @@ function checkProducts(variant: Variant, rows: number, cols: number, Ms: readonl
 
 test('cuda quantizedMatmul: f32 and bf16 products against the cpu kernel (forward x·Wᵀ and gradient dy·W)', { skip }, () => {
   for (const variant of VARIANTS) {
-    for (const [rows, cols] of [[7, 3], [37, 70], [65, 130]] as const) checkProducts(variant, rows, cols, [1, 5, 33]);
+    // Widths that are multiples of 8 take the eight-at-a-time decoding and, for at most 4
+    // rows of a, the forward GEMV; the others decode value by value.
+    for (const [rows, cols] of [[7, 3], [37, 70], [65, 130], [40, 136], [41, 136], [3, 16]] as const) checkProducts(variant, rows, cols, [1, 3, 5, 33]);
   }
 });
 
@@ -158,7 +160,8 @@ test('cuda quantizedMatmul: a weight larger than the decoding scratch goes band 
   const { cpu, cuda } = pair('nf4-nested', normalData(rows * cols, 99), [rows, cols]);
   try {
     for (const transW of [true, false]) {
-      const M = 3, K = transW ? cols : rows, N = transW ? rows : cols;
+      // 6 rows: past the GEMV's 4, so the forward goes through the bands too.
+      const M = 6, K = transW ? cols : rows, N = transW ? rows : cols;
       const a = randomData(M * K, 5), c0 = randomData(M * N, 6);
       const want = product(cpu, 'cpu', a, c0, M, transW, true, 'f32');
       assertClose(product(cuda, 'cuda', a, c0, M, transW, true, 'f32'), want, { atol: 2e-5 * Math.sqrt(K + 1), rtol: 1e-4 }, `f32 transW ${transW}`);
