@@ -16,15 +16,16 @@
 // a quantized base put there — is kept and called for the frozen W·x + b.
 //
 // A, B (and DoRA's magnitude) stay f32 master weights whatever the model computes in.
-// With bf16 activations, x̃ = dropout(x) is bf16, the product with the f32 A widens it
-// (src/ops/matmul.ts), and the branch's scaled result is rounded to the base output's
-// dtype before the two are added, so the layer's output keeps the activation dtype.
+// With bf16 activations, x̃ = dropout(x) is bf16 and the branch's products run in bf16
+// with f32 accumulation (A and B rounded for the product, as under torch.autocast; see
+// loraBranch), so the layer's output keeps the activation dtype.
 import { noGrad } from '../../autograd/tape.js';
 import { add, mul, sub } from '../../ops/binary.js';
 import { uniform, zeros } from '../../ops/creation.js';
 import { dropout, type DropoutGenerator } from '../../ops/dropout.js';
 import { assign } from '../../ops/inplace.js';
 import { linear, matmul } from '../../ops/matmul.js';
+import { computeDtype } from '../../ops/util.js';
 import { cast } from '../../ops/view.js';
 import type { Linear } from '../../nn/linear.js';
 import { Module } from '../../nn/module.js';
@@ -199,9 +200,19 @@ export class LoraLayer {
     return dropout(x, this.lora_dropout, this.dropoutGen);
   }
 
-  /** B·A·x (unscaled), x [..., in] -> f32 [..., out] (A and B are f32). */
-  loraBranch(x: Tensor): Tensor {
-    return linear(linear(x, this.lora_A.weight), this.lora_B.weight);
+  /**
+   * scale·B·A·x, x [..., in] -> [..., out] in x's compute dtype. A and B are f32
+   * master weights; where x computes in bf16 both products run in bf16 with f32
+   * accumulation, A and B rounded for the product as torch.autocast rounds them (their
+   * gradients come back through the casts in f32). Widening x instead would move the
+   * [..., in] input and the [..., out] result through memory in f32 twice per layer.
+   */
+  loraBranch(x: Tensor, scale = 1): Tensor {
+    const t = computeDtype(x.backend, x);
+    // A scale is applied to the [out, r] B, not to the [..., out] result: one less pass
+    // over (and one less live copy of) an activation-sized tensor.
+    const b = cast(this.lora_B.weight, t);
+    return linear(linear(x, cast(this.lora_A.weight, t)), scale === 1 ? b : mul(b, scale));
   }
 
   /** y = W·x + b + s·B·A·x̃, or the variant's forward. A merged layer is its base. */
@@ -210,7 +221,7 @@ export class LoraLayer {
     const base = this.baseForward(x);
     if (this._merged) return base;
     if (this.variant !== null) return this.variant.forward(this, x, base);
-    return add(base, cast(mul(this.loraBranch(this.dropoutInput(x)), this.scaling), base.dtype));
+    return add(base, cast(this.loraBranch(this.dropoutInput(x), this.scaling), base.dtype));
   }
 
   /** s·B·A, f32 [out, in] (PEFT's get_delta_weight), without gradient. */
