@@ -3,7 +3,7 @@
 // Each product is first checked against f64 dot products at sampled entries, then
 // timed (warm-up, then the best and the median of several runs). numpy runs in one
 // python3 child process that answers one request per line, so the two libraries take
-// turns run by run and see the same machine load. That child's environment drops
+// turns run by run (with a pause before each turn) and see the same machine load. That child's environment drops
 // OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE so OpenBLAS picks its kernel for this CPU.
 //
 // `node dist/bench/gemm.js train` runs TRAIN_CASES instead: the frozen products of the
@@ -12,6 +12,7 @@
 // `npm run bench` runs this file; benchGemm() is exported for a wider benchmark runner.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface, type Interface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { getBackend } from '../src/backend/registry.js';
 import { CpuBackend } from '../src/backend/cpu/cpu.js';
@@ -174,6 +175,12 @@ class NumpyWorker {
   }
 }
 
+// OpenBLAS's workers busy-wait for a while after a product (about 2^28 cycles): a
+// product started right after numpy's shares the cores with two spinning threads and,
+// below a few milliseconds, ran at half speed. A pause before each turn lets them stop
+// (finlora's pool sleeps at once, but both sides get the same pause).
+const PAUSE_MS = 150;
+
 function randomMatrix(n: number, rng: Rng): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = rng.next() - 0.5;
@@ -233,8 +240,12 @@ async function timeCase(
     run();
     const mine: number[] = [], theirs: number[] = [];
     for (let r = 0; r < reps; r++) {
+      if (other) await sleep(PAUSE_MS);
       mine.push(run());
-      if (other) theirs.push(await other());
+      if (other) {
+        await sleep(PAUSE_MS);
+        theirs.push(await other());
+      }
     }
     return { mine, theirs, maxError };
   } finally {

@@ -131,6 +131,17 @@ test('kernel: alpha and accumulate, batch stride 0, bf16 b', () => {
         { shape: [3, 40, 90] },
         { shape: [3, 5, 40] },
       ], loose);
+      // large enough for threads: row slabs sharing packed bf16 B, column slabs sharing packed A
+      checkAgainstReference(direct({ transA: false, transB: true, alpha, accumulate }), [
+        { shape: [300, 200] },
+        { shape: [100, 200], dtype: 'bf16' },
+        { shape: [300, 100] },
+      ], loose);
+      checkAgainstReference(direct({ transA: false, transB: false, alpha, accumulate }), [
+        { shape: [100, 200] },
+        { shape: [200, 300], dtype: 'bf16' },
+        { shape: [100, 300] },
+      ], loose);
       // a batch of one broadcasts over the output's batch
       checkAgainstReference(direct({ transA: false, transB: false, alpha, accumulate }), [
         { shape: [1, 13, 21] },
