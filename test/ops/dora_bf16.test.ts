@@ -54,9 +54,11 @@ for (const loraDtype of ['bf16', 'f32'] as const) {
 
 test('doraScale: on a backend without bf16 compute (cpu) a bf16 base computes in f32', () => {
   scope(() => {
-    const base = tensor(randomData(ROWS * COLS, 5), [ROWS, COLS], { dtype: 'bf16' });
-    const lora = tensor(randomData(ROWS * COLS, 6), [ROWS, COLS]);
-    const g = tensor(randomData(COLS, 7), [COLS]);
+    // The cpu backend named explicitly: the default device may be one that computes in bf16.
+    const device = 'cpu';
+    const base = tensor(randomData(ROWS * COLS, 5), [ROWS, COLS], { device, dtype: 'bf16' });
+    const lora = tensor(randomData(ROWS * COLS, 6), [ROWS, COLS], { device });
+    const g = tensor(randomData(COLS, 7), [COLS], { device });
     assert.equal(doraScaleDtype(base), 'f32');
     const y = doraScale(base, lora, g, S);
     assert.equal(y.dtype, 'f32');

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { backward } from '../../src/autograd/tape.js';
 import { tensor } from '../../src/ops/creation.js';
 import { dropout, DropoutGenerator, dropoutMask, dropoutUniform } from '../../src/ops/dropout.js';
+import { kernel } from '../../src/backend/backend.js';
 import { getBackend } from '../../src/backend/registry.js';
 import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
@@ -121,29 +122,52 @@ test('dropout: bad arguments give clear errors', () => {
   });
 });
 
+const KERNEL_CASES = [
+  [0, 0, 0.1, 1000],
+  [123456789, 77, 0.5, 40099],
+  [4294967295, 2 ** 32 - 100, 0.05, 300],
+  [42, 2 ** 50 + 1, 0.9, 257],
+] as const;
+
+const bits = (a: ArrayLike<number>) => Array.from(new Uint32Array(Float32Array.from(a).buffer));
+
+/** Checks a backend's fused dropout kernel against x times the mask dropoutMask writes on that backend, bit for bit. */
+function checkFusedDropout(device: string): void {
+  const backend = getBackend(device);
+  const fused = backend.kernels.dropout;
+  assert.ok(fused !== undefined, `the ${device} backend has the fused dropout kernel`);
+  for (const [seed, offset, p, n] of KERNEL_CASES) {
+    scope(() => {
+      const data = randomData(n, seed % 1000, -4, 4);
+      data[0] = Infinity;
+      data[1] = NaN;
+      const x = tensor(data, [n], { device });
+      const mask = Float32Array.from(dropoutMask([n], p, { seed, offset }, x).toArray());
+      const expected = new Float32Array(n).map((_, i) => data[i] * mask[i]);
+      const out = empty([n], 'f32', backend);
+      fused(x, out, p, seed, offset);
+      assert.deepEqual(bits(out.toArray()), bits(expected), `${device}: seed ${seed} offset ${offset} p ${p}`);
+    });
+  }
+}
+
 test('dropout kernel: x times the mask, bit for bit, at every SIMD level and across the 2^32 counter boundary', async (t) => {
-  const cpu = getBackend('cpu');
-  const fused = cpu.kernels.dropout;
-  assert.ok(fused !== undefined, 'the cpu backend has the fused dropout kernel');
-  await eachLevel(t, () => {
-    for (const [seed, offset, p, n] of [
-      [0, 0, 0.1, 1000],
-      [123456789, 77, 0.5, 40099],
-      [4294967295, 2 ** 32 - 100, 0.05, 300],
-      [42, 2 ** 50 + 1, 0.9, 257],
-    ]) {
-      scope(() => {
-        const data = randomData(n, seed % 1000, -4, 4);
-        data[0] = Infinity;
-        data[1] = NaN;
-        const x = tensor(data, [n]);
-        const mask = Float32Array.from(dropoutMask([n], p, { seed, offset }, x).toArray());
-        const expected = new Float32Array(n).map((_, i) => data[i] * mask[i]);
-        const out = empty([n], 'f32', cpu);
-        fused(x, out, p, seed, offset);
-        const bits = (a: ArrayLike<number>) => Array.from(new Uint32Array(Float32Array.from(a).buffer));
-        assert.deepEqual(bits(out.toArray()), bits(expected), `seed ${seed} offset ${offset} p ${p}`);
-      });
-    }
-  });
+  // The SIMD levels are the cpu backend's, so its tensors are made there whatever the default device.
+  await eachLevel(t, () => checkFusedDropout('cpu'));
+});
+
+test('dropout kernel on cuda: x times the mask, bit for bit, across the 2^32 counter boundary', { skip: testBackends().includes('cuda') ? false : 'cuda is not under test (FINLORA_DEVICE=cuda)' }, () => {
+  checkFusedDropout('cuda');
+  // and the cuda mask is the cpu mask, so the product is the cpu kernel's too
+  for (const [seed, offset, p, n] of KERNEL_CASES) {
+    scope(() => {
+      const data = randomData(n, seed % 1000, -4, 4);
+      const onDevice = (device: string) => {
+        const out = empty([n], 'f32', getBackend(device));
+        kernel(getBackend(device), 'dropout')(tensor(data, [n], { device }), out, p, seed, offset);
+        return bits(out.toArray());
+      };
+      assert.deepEqual(onDevice('cuda'), onDevice('cpu'), `seed ${seed} offset ${offset} p ${p}`);
+    });
+  }
 });

@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { backward, noGrad } from '../../src/autograd/tape.js';
-import { getBackend } from '../../src/backend/registry.js';
 import { LlamaForCausalLM } from '../../src/models/llama/model.js';
 import { causalLmLoss } from '../../src/models/loss.js';
 import { Linear } from '../../src/nn/linear.js';
@@ -21,7 +20,6 @@ import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, randomData, values } from '../helpers.js';
 
 const FIXTURE = new URL('../../../test/fixtures/models/llama3_gqa/', import.meta.url).pathname;
-const cpu = getBackend('cpu');
 
 function normal(n: number, seed: number, std: number): Float32Array {
   const rng = new Rng(seed);
@@ -33,11 +31,13 @@ test('a Linear holding a quantized weight forwards through quantizedLinear, free
   try {
     const x = tensor(randomData(3 * 70, 3), [3, 70]);
     const dense = noGrad(() => values(layer.forward(x)));
-    const before = cpu.liveBytes();
+    // the bytes of the backend the layer lives on (the default device)
+    const device = layer.weight.backend;
+    const before = device.liveBytes();
     const q = quantizeInt8(layer.weight);
     layer.setQuantizedWeight(q);
     // the dense 10 x 70 f32 weight is gone; its placeholder holds one value
-    assert.equal(cpu.liveBytes() - before, q.bytes - 10 * 70 * 4 + 4);
+    assert.equal(device.liveBytes() - before, q.bytes - 10 * 70 * 4 + 4);
     assert.equal(layer.quantized, q);
     assert.deepEqual(layer.weight.shape, [10, 70]);
     assert.equal(layer.inFeatures, 70);
@@ -82,7 +82,8 @@ test('the frozen weight an adapter sees: products through the quantized kernel, 
       const x = tensor(randomData(5 * 64, 6), [5, 64]);
       const w = dequantize(q);
       assertClose(values(frozen.apply(x)), values(linear(x, w)), { atol: 1e-6, rtol: 1e-6 });
-      const before = cpu.liveBytes();
+      const device = x.backend;
+      const before = device.liveBytes();
       const inside: Tensor[] = [];
       const norm = frozen.withDense((d) => {
         inside.push(d);
@@ -90,7 +91,7 @@ test('the frozen weight an adapter sees: products through the quantized kernel, 
         return tensor([values(d).reduce((s, v) => s + v * v, 0)], [1]);
       });
       assert.ok(inside.length === 1 && inside[0].isDisposed, 'the dense copy is freed after withDense');
-      assert.equal(cpu.liveBytes() - before, 4, 'only the returned tensor remains');
+      assert.equal(device.liveBytes() - before, 4, 'only the returned tensor remains');
       assert.ok(norm.item() > 0);
     });
     assert.equal(quantizedFrozenWeight(q).quantized, q);
@@ -134,14 +135,15 @@ test('a Llama fixture quantized in 8 and 4 bits: every projection quantized, lm_
     const model = LlamaForCausalLM.fromPretrained(FIXTURE);
     try {
       const denseBytes = [...model.namedParameters()].reduce((s, [, p]) => s + p.size * 4, 0);
-      const before = cpu.liveBytes();
+      const device = model.backend;
+      const before = device.liveBytes();
       const report = quantizeModel(model, format);
       assert.equal(report.quantized.length, 2 * 7, 'q, k, v, o, gate, up, down in each of 2 layers');
       assert.ok(!report.quantized.includes('lm_head'));
       assert.equal(model.lm_head!.quantized, null);
       const perParam = report.bytes / report.parameters;
       // what the backend released: the dense projections, less their quantized form and placeholders
-      const released = before - cpu.liveBytes();
+      const released = before - device.liveBytes();
       assert.equal(released, report.parameters * 4 - report.bytes - report.quantized.length * 4);
       const got = logitsAndLoss(model);
       const diff = got.logits.map((v, i) => v - ref.logits[i]);

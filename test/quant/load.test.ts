@@ -11,7 +11,8 @@ import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { noGrad } from '../../src/autograd/tape.js';
 import { loadCpuAddon } from '../../src/backend/cpu/addon.js';
-import { getBackend } from '../../src/backend/registry.js';
+import { CudaBackend } from '../../src/backend/cuda/cuda.js';
+import { defaultBackend } from '../../src/backend/registry.js';
 import type { HostTensor } from '../../src/io/safetensors.js';
 import { CheckpointError } from '../../src/models/checkpoint.js';
 import { LlamaForCausalLM, type WeightDType } from '../../src/models/llama/model.js';
@@ -28,7 +29,10 @@ import { type Entries, llamaLayout, type LlamaShape, writeBnbModel, writeRandomL
 
 const MODELS = new URL('../../../test/fixtures/models/', import.meta.url).pathname;
 const FIXTURE = path.join(MODELS, 'llama3_gqa');
-const cpu = getBackend('cpu');
+// The backend the models load on (the default device: cuda under FINLORA_DEVICE=cuda),
+// whose live bytes these tests count; its addon's peak where the test measures one.
+const device = defaultBackend();
+const peakMeter = (): { peakBytes(): number; resetPeak(): void } => (device instanceof CudaBackend ? device : loadCpuAddon());
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'finlora-quant-load-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -95,13 +99,13 @@ test('loading quantized never builds the dense model: the peak is the quantized 
   writeRandomLlama(dir, shape, 'f32');
   const denseBytes = llamaLayout(shape).reduce((s, [, sh]) => s + 4 * sh.reduce((a, b) => a * b, 1), 0);
   const largest = Math.max(...llamaLayout(shape).filter(([n]) => n.includes('_proj')).map(([, sh]) => 4 * sh[0] * sh[1]));
-  const addon = loadCpuAddon();
+  const addon = peakMeter();
   for (const format of ['int8', 'nf4'] as const) {
-    const before = cpu.liveBytes();
+    const before = device.liveBytes();
     addon.resetPeak();
     const model = load(dir, { quant: format });
     try {
-      const held = cpu.liveBytes() - before;
+      const held = device.liveBytes() - before;
       const peak = addon.peakBytes() - before;
       t.diagnostic(`${format}: dense model ${denseBytes} bytes; loaded ${held} bytes, peak while loading ${peak} bytes (largest projection ${largest} in f32)`);
       // Quantizing one projection briefly holds its block scales in f32 too (NF4: n/64 floats).
@@ -110,7 +114,7 @@ test('loading quantized never builds the dense model: the peak is the quantized 
     } finally {
       model.dispose();
     }
-    assert.equal(cpu.liveBytes(), before, `${format}: dispose frees everything`);
+    assert.equal(device.liveBytes(), before, `${format}: dispose frees everything`);
   }
 });
 
@@ -180,7 +184,7 @@ test('bad quantized checkpoints through the loader: the reader\'s error, naming 
       // The file the message names: the one holding the tensor, else the one holding the module's weight.
       const index = sharded ? (JSON.parse(fs.readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> }).weight_map : null;
       const file = index === null ? path.join(dir, 'model.safetensors') : path.join(dir, index[tensorName] ?? index[W]);
-      const before = cpu.liveBytes();
+      const before = device.liveBytes();
       assert.throws(() => load(dir), (e: unknown) => {
         assert.ok(e instanceof QuantizedCheckpointError, `${what}: ${String(e)}`);
         assert.equal(e.tensor, tensorName, what);
@@ -188,7 +192,7 @@ test('bad quantized checkpoints through the loader: the reader\'s error, naming 
         assert.match(e.message, pattern, what);
         return true;
       });
-      assert.equal(cpu.liveBytes(), before, `${what}: nothing left allocated`);
+      assert.equal(device.liveBytes(), before, `${what}: nothing left allocated`);
     }
   }
 });
@@ -203,11 +207,11 @@ test('quantizing on load refuses a projection saved in a non-float dtype, naming
   } finally {
     ref.dispose();
   }
-  const before = cpu.liveBytes();
+  const before = device.liveBytes();
   for (const quant of ['int8', 'nf4'] as const) {
     assert.throws(() => load(dir, { quant }), /model\.safetensors: tensor "model\.layers\.1\.mlp\.down_proj\.weight": dtype I32 cannot hold model weights/);
   }
-  assert.equal(cpu.liveBytes(), before);
+  assert.equal(device.liveBytes(), before);
 });
 
 test("finetune's quant_bits: loaded quantized through quantLoadOption, quantizeBase counts the layers; a dense base is quantized in place, its dense weights freed", () => {
@@ -221,12 +225,12 @@ test("finetune's quant_bits: loaded quantized through quantLoadOption, quantizeB
       const q = quantizeBase(loaded, bits);
       assert.equal(q.count, 14);
       assert.deepEqual(quantizedTensors(loaded), codes, 'already quantized layers are left as loaded');
-      const before = cpu.liveBytes();
+      const before = device.liveBytes();
       const d = quantizeBase(dense, bits);
       assert.equal(d.count, 14);
       const quantBytes = linears(dense).reduce((s, [, m]) => s + (m.quantized?.bytes ?? 0), 0);
       const projParams = linears(dense).reduce((s, [, m]) => s + (m.quantized?.parameters ?? 0), 0);
-      assert.equal(before - cpu.liveBytes(), 4 * projParams - quantBytes - 14 * 4, 'the dense projections are freed (a 4-byte placeholder each stays)');
+      assert.equal(before - device.liveBytes(), 4 * projParams - quantBytes - 14 * 4, 'the dense projections are freed (a 4-byte placeholder each stays)');
       assert.deepEqual(quantizedTensors(dense), codes);
       assert.deepEqual(logits(dense), logits(loaded));
       const [name, target] = linears(loaded)[0];

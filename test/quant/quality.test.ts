@@ -19,7 +19,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { backward } from '../../src/autograd/tape.js';
-import { getBackend } from '../../src/backend/registry.js';
+import { defaultBackend } from '../../src/backend/registry.js';
 import { tensor } from '../../src/ops/creation.js';
 import { linear } from '../../src/ops/matmul.js';
 import { blockScalesHost, dynamicMap, NF4_CODE } from '../../src/quant/nf4.js';
@@ -55,7 +55,7 @@ function maxGap(code: ArrayLike<number>): number {
   return g;
 }
 
-/** y = x·Wᵀ and dx = dy·W for the f32 weight and a quantized one, on the cpu backend. */
+/** y = x·Wᵀ and dx = dy·W for the f32 weight and a quantized one, on the default device. */
 function outputs(q: QuantizedWeight): { y: Float32Array; yq: Float32Array; dx: Float32Array; dxq: Float32Array } {
   return scope(() => {
     const w = tensor(W, [OUT, IN]);
@@ -95,11 +95,12 @@ function checkOutputBound(y: Float32Array, yq: Float32Array, bound: Float32Array
 }
 
 test('int8: about 1 byte per parameter, weight error within absmax/254, outputs within their bound', (t) => {
-  const cpu = getBackend('cpu');
-  const before = cpu.liveBytes();
+  // the backend tensor() creates on (the default device), whose bytes the weights take
+  const device = defaultBackend();
+  const before = device.liveBytes();
   const q = scope(() => quantizeInt8(tensor(W, [OUT, IN])));
   try {
-    assert.equal(cpu.liveBytes() - before, q.bytes, 'the backend holds exactly the int8 weight and its scales');
+    assert.equal(device.liveBytes() - before, q.bytes, 'the backend holds exactly the int8 weight and its scales');
     t.diagnostic(`int8: ${q.bytesPerParameter.toFixed(4)} bytes per parameter (${q.bytes} bytes for ${q.parameters} values)`);
     assert.ok(q.bytesPerParameter >= 1 && q.bytesPerParameter <= 1.01, `${q.bytesPerParameter} bytes per parameter`);
 
@@ -123,12 +124,13 @@ test('int8: about 1 byte per parameter, weight error within absmax/254, outputs 
 });
 
 test('nf4 with double quantization: about 0.52 bytes per parameter (0.56 without), error within its bound, outputs within theirs', (t) => {
-  const cpu = getBackend('cpu');
-  const before = cpu.liveBytes();
+  // the backend tensor() creates on (the default device), whose bytes the weights take
+  const device = defaultBackend();
+  const before = device.liveBytes();
   const q = scope(() => quantizeNf4(tensor(W, [OUT, IN])));
   const plain = scope(() => quantizeNf4(tensor(W, [OUT, IN]), { doubleQuant: false }));
   try {
-    assert.equal(cpu.liveBytes() - before, q.bytes + plain.bytes, 'the backend holds exactly the two NF4 weights');
+    assert.equal(device.liveBytes() - before, q.bytes + plain.bytes, 'the backend holds exactly the two NF4 weights');
     t.diagnostic(`nf4 + double quantization: ${q.bytesPerParameter.toFixed(4)} bytes per parameter; without: ${plain.bytesPerParameter.toFixed(4)}`);
     assert.ok(q.bytesPerParameter >= 0.5 && q.bytesPerParameter <= 0.55, `${q.bytesPerParameter} bytes per parameter`);
     assert.ok(plain.bytesPerParameter > 0.56 && plain.bytesPerParameter < 0.57, `${plain.bytesPerParameter} bytes per parameter without double quantization`);
