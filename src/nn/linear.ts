@@ -11,8 +11,6 @@
 import type { Backend, KernelName } from '../backend/backend.js';
 import { full } from '../ops/creation.js';
 import { linear } from '../ops/matmul.js';
-import { computeDtype } from '../ops/util.js';
-import { cast } from '../ops/view.js';
 import { quantizedLinear } from '../quant/ops.js';
 import type { QuantizedWeight } from '../quant/weight.js';
 import { formatShape } from '../tensor/shape.js';
@@ -78,9 +76,7 @@ export class Linear extends Module {
   /** x [..., in_features] -> [..., out_features] in x's activation dtype. */
   forward(x: Tensor): Tensor {
     if (this.quant === null) return linear(x, this.dense, this.bias);
-    if (x.dtype === 'f32') return quantizedLinear(x, this.quant, this.bias);
-    // quantizedLinear takes f32 activations: widen, and round the product back to x's dtype.
-    return cast(quantizedLinear(cast(x, 'f32'), this.quant, this.bias), computeDtype(x.backend, x));
+    return quantizedLinear(x, this.quant, this.bias);
   }
 
   protected override ownOps(): KernelName[] {

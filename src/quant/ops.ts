@@ -5,10 +5,17 @@
 // The weight is frozen, as in QLoRA: quantizedLinear records a gradient for x (and the
 // bias, when it trains) only. dx = dy W runs through the same kernel with W untransposed,
 // so backward never materialises W either.
+//
+// The activation dtype T follows src/ops/util.ts computeDtype with x as the only
+// floating input (the codes are no activation): bf16 x on a backend that computes in
+// bf16 stays bf16 (the kernel decodes W and accumulates in f32, rounding out once), so a
+// bf16 model's quantized layers need no widening and rounding passes; anywhere else x is
+// widened to f32. y and dx are T.
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
-import { sameBackend } from '../ops/util.js';
-import { contiguous, reshape, sumTo } from '../ops/view.js';
+import { type ComputeDType, computeDtype, sameBackend, withContiguousAs } from '../ops/util.js';
+import { reshape, sumTo } from '../ops/view.js';
+import { isFloat } from '../tensor/dtype.js';
 import { formatShape, numel } from '../tensor/shape.js';
 import { empty, type Tensor, view } from '../tensor/tensor.js';
 import type { QuantizedWeight } from './weight.js';
@@ -18,37 +25,38 @@ function checkWeight(op: string, w: QuantizedWeight, x: Tensor): void {
   if (w.backend !== x.backend) throw new Error(`${op}: x lives on ${x.backend.name}, the quantized weight on ${w.backend.name}`);
 }
 
-/** out = a · op(W) through the kernel; a [M, K] is made contiguous f32 first. */
-function product(a: Tensor, w: QuantizedWeight, transW: boolean, bias: Tensor | null): Tensor {
+/** out = a · op(W) + bias through the kernel, in T; a [M, K] is made contiguous T first. */
+function product(a: Tensor, w: QuantizedWeight, transW: boolean, bias: Tensor | null, dtype: ComputeDType): Tensor {
   const N = transW ? w.rows : w.cols;
-  const ac = contiguous(a);
-  const out = empty([a.shape[0], N], 'f32', a.backend);
-  try {
-    if (bias !== null) {
-      const bb = view(bias, out.shape, [0, bias.strides[0]], bias.offset);
-      kernel(out.backend, 'copy')(bb, out);
-      bb.dispose();
+  return withContiguousAs(dtype, [a], (ac) => {
+    const out = empty([a.shape[0], N], dtype, a.backend);
+    try {
+      if (bias !== null) {
+        const bb = view(bias, out.shape, [0, bias.strides[0]], bias.offset);
+        kernel(out.backend, 'copy')(bb, out);
+        bb.dispose();
+      }
+      if (out.size > 0) kernel(a.backend, 'quantizedMatmul')(ac, w, out, { transW, accumulate: bias !== null });
+    } catch (e) {
+      out.dispose();
+      throw e;
     }
-    if (out.size > 0) kernel(a.backend, 'quantizedMatmul')(ac, w, out, { transW, accumulate: bias !== null });
-  } catch (e) {
-    out.dispose();
-    throw e;
-  } finally {
-    if (ac !== a) ac.dispose();
-  }
-  return out;
+    return out;
+  });
 }
 
 /**
- * A Linear layer over a quantized frozen weight: x [..., in_features] f32,
- * W [out_features, in_features], bias [out_features] or none -> f32 [..., out_features].
+ * A Linear layer over a quantized frozen weight: x [..., in_features] (f32, or bf16),
+ * W [out_features, in_features], bias [out_features] (f32 or bf16) or none ->
+ * [..., out_features] in x's activation dtype T (computeDtype: bf16 for bf16 x on a
+ * backend that computes in bf16, else f32).
  */
 export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor | null): Tensor {
   const op = 'quantizedLinear';
   x.assertAlive(op);
   checkWeight(op, w, x);
   if (x.rank < 1) throw new Error(`${op}: x must have rank >= 1, got ${formatShape(x.shape)}`);
-  if (x.dtype !== 'f32') throw new Error(`${op}: x must be f32, got ${x.dtype}`);
+  if (!isFloat(x.dtype)) throw new Error(`${op}: x must be a floating tensor (f32 or bf16), got ${x.dtype}`);
   const inF = w.cols, outF = w.rows;
   if (x.shape[x.rank - 1] !== inF) {
     throw new Error(`${op}: x ${formatShape(x.shape)} has ${x.shape[x.rank - 1]} features, the quantized weight [${outF}, ${inF}] expects ${inF}`);
@@ -56,11 +64,12 @@ export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor | n
   const b = bias ?? null;
   if (b !== null) {
     sameBackend(op, x, b);
-    if (b.rank !== 1 || b.shape[0] !== outF || b.dtype !== 'f32') throw new Error(`${op}: bias must be f32 [${outF}], got ${b.dtype} ${formatShape(b.shape)}`);
+    if (b.rank !== 1 || b.shape[0] !== outF || !isFloat(b.dtype)) throw new Error(`${op}: bias must be a floating [${outF}], got ${b.dtype} ${formatShape(b.shape)}`);
   }
+  const dtype = computeDtype(x.backend, x);
   const rows = numel(x.shape.slice(0, -1));
   const x2 = reshape(x, [rows, inF]);
-  const out2 = product(x2, w, true, b);
+  const out2 = product(x2, w, true, b, dtype);
   if (x2 !== x) x2.dispose();
   const y = reshape(out2, [...x.shape.slice(0, -1), outF]);
   if (y !== out2) out2.dispose();
@@ -69,7 +78,7 @@ export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor | n
     const grads: (Tensor | null)[] = [];
     if (x.requiresGrad) {
       const g2 = reshape(g, [rows, outF]);
-      const dx2 = product(g2, w, false, null);
+      const dx2 = product(g2, w, false, null, dtype);
       if (g2 !== g) g2.dispose();
       const dx = reshape(dx2, x.shape);
       if (dx !== dx2) dx2.dispose();

@@ -7,12 +7,15 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { backward, noGrad } from '../../src/autograd/tape.js';
 import { kernel } from '../../src/backend/backend.js';
+import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { tensor } from '../../src/ops/creation.js';
 import { linear } from '../../src/ops/matmul.js';
 import { quantizeInt8Host } from '../../src/quant/int8.js';
 import { NF4_CODE, quantizeBlockwiseHost, quantizeNf4Host, dynamicMap } from '../../src/quant/nf4.js';
 import { dequantize, quantizedLinear } from '../../src/quant/ops.js';
 import { Int8Weight, Nf4Weight, type QuantizedWeight, quantizeInt8, quantizeNf4 } from '../../src/quant/weight.js';
+import { computesBf16 } from '../../src/ops/util.js';
+import { roundTo } from '../../src/tensor/dtype.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { forEachIsa, withThreads } from '../ops/nn_helpers.js';
@@ -243,16 +246,109 @@ test('quantizedLinear records nothing under noGrad and refuses mismatched inputs
   const ws = weights('int8', 4, 8, 1);
   try {
     scope(() => {
-      const w = ws.get('cpu')!;
+      // the weight on the default device, where tensor() puts x; the reference is never the default
+      const device = defaultBackend().name;
+      const w = ws.get(device)!;
       const x = tensor(randomData(8, 1), [1, 8], { requiresGrad: true });
       assert.equal(noGrad(() => quantizedLinear(x, w)).gradFn, null);
       assert.throws(() => quantizedLinear(tensor(new Float32Array(7), [1, 7]), w), /has 7 features.*expects 8/);
-      assert.throws(() => quantizedLinear(x, w, tensor(new Float32Array(3), [3])), /bias must be f32 \[4\]/);
-      assert.throws(() => quantizedLinear(tensor(new Float32Array(8), [1, 8], { device: 'reference' }), w), /lives on reference/);
-      assert.throws(() => quantizedLinear(tensor(new Float32Array(8), [1, 8], { dtype: 'bf16' }), w), /x must be f32/);
+      assert.throws(() => quantizedLinear(x, w, tensor(new Float32Array(3), [3])), /bias must be a floating \[4\], got f32 \[3\]/);
+      assert.throws(() => quantizedLinear(tensor(new Float32Array(8), [1, 8], { device: 'reference' }), w), new RegExp(`x lives on reference, the quantized weight on ${device}`));
+      assert.throws(() => quantizedLinear(tensor(new Int32Array(8), [1, 8], { dtype: 'int32' }), w), /x must be a floating tensor \(f32 or bf16\), got int32/);
     });
   } finally {
     disposeAll(ws);
+  }
+});
+
+const bf = (xs: ArrayLike<number>) => Float64Array.from(xs, (v) => roundTo('bf16', v));
+
+test('quantizedLinear in bf16 (reference): y and dx are bf16, each the f32 computation rounded once; the bias gradient stays f32', () => {
+  for (const variant of ['int8', 'nf4-nested'] as const) {
+    const ws = weights(variant, 19, 70, 31);
+    try {
+      scope(() => {
+        const device = 'reference';
+        const w = ws.get(device)!;
+        const xData = bf(randomData(5 * 70, 4)), dyData = bf(randomData(5 * 19, 5)), bData = bf(randomData(19, 6));
+        const run = (dtype: 'f32' | 'bf16', withBias: boolean) => {
+          const x = tensor(xData, [5, 70], { device, dtype, requiresGrad: true });
+          const b = withBias ? tensor(bData, [19], { device, requiresGrad: true }) : null;
+          const y = quantizedLinear(x, w, b);
+          backward(y, tensor(dyData, [5, 19], { device, dtype }));
+          return { y, dx: x.grad!, db: b?.grad ?? null };
+        };
+        const exact = run('f32', false), lowered = run('bf16', false);
+        assert.equal(lowered.y.dtype, 'bf16', `${variant}: y`);
+        assert.equal(lowered.dx.dtype, 'bf16', `${variant}: dx`);
+        // The reference accumulates in f64 and rounds each stored value once.
+        assert.deepEqual(values(lowered.y), bf(values(exact.y)), `${variant}: y is the f32 product rounded once`);
+        assert.deepEqual(values(lowered.dx), bf(values(exact.dx)), `${variant}: dx is the f32 product rounded once`);
+        // With a bias: the bias is copied into the bf16 output (one rounding), the product added (another).
+        const biased = run('bf16', true);
+        assert.equal(biased.y.dtype, 'bf16');
+        assert.deepEqual(values(biased.y), bf(values(exact.y).map((v, i) => roundTo('bf16', bData[i % 19]) + v)), `${variant}: y with bias`);
+        assert.equal(biased.db!.dtype, 'f32', 'the f32 bias gets an f32 gradient');
+        const dySums = Array.from({ length: 19 }, (_, j) => dyData.reduce((acc, v, i) => (i % 19 === j ? acc + v : acc), 0));
+        assertClose(values(biased.db!), dySums, { atol: 2e-2, rtol: 1e-2 }, `${variant}: db (summed in bf16)`);
+      });
+    } finally {
+      disposeAll(ws);
+    }
+  }
+});
+
+test('quantizedLinear with bf16 x on a backend without bf16 compute (cpu) widens x: f32 y and dx, equal to the f32 input', () => {
+  const ws = weights('nf4', 6, 13, 41);
+  try {
+    scope(() => {
+      const device = 'cpu';
+      const w = ws.get(device)!;
+      const xData = bf(randomData(3 * 13, 7)), dy = randomData(3 * 6, 8);
+      const run = (dtype: 'f32' | 'bf16') => {
+        const x = tensor(xData, [3, 13], { device, dtype, requiresGrad: true });
+        const y = quantizedLinear(x, w);
+        backward(y, tensor(dy, [3, 6], { device }));
+        return { y, dx: x.grad! };
+      };
+      const a = run('f32'), b = run('bf16');
+      assert.equal(b.y.dtype, 'f32');
+      assert.equal(b.dx.dtype, 'f32');
+      assert.deepEqual(values(b.y), values(a.y));
+      assert.deepEqual(values(b.dx), values(a.dx));
+    });
+  } finally {
+    disposeAll(ws);
+  }
+});
+
+test('quantizedLinear in bf16 on each test backend that computes in bf16 matches the reference within one bf16 rounding', { skip: testBackends().some((d) => computesBf16(getBackend(d))) ? false : 'no test backend computes in bf16 (cuda runs with FINLORA_DEVICE=cuda)' }, () => {
+  for (const variant of ['int8', 'nf4-nested'] as const) {
+    // 1 and 3 rows take a GPU's GEMV path, 40 its decode + GEMM path
+    for (const M of [1, 3, 40]) {
+      const ws = weights(variant, 24, 136, 51);
+      try {
+        const xData = bf(randomData(M * 136, 9)), dyData = bf(randomData(M * 24, 10));
+        const run = (device: string) =>
+          scope(() => {
+            const x = tensor(xData, [M, 136], { device, dtype: 'bf16', requiresGrad: true });
+            const y = quantizedLinear(x, ws.get(device)!);
+            backward(y, tensor(dyData, [M, 24], { device, dtype: 'bf16' }));
+            assert.equal(y.dtype, 'bf16', device);
+            assert.equal(x.grad!.dtype, 'bf16', device);
+            return { y: values(y), dx: values(x.grad!) };
+          });
+        const ref = run('reference');
+        for (const device of testBackends().filter((d) => computesBf16(getBackend(d)))) {
+          const got = run(device);
+          // f32 against f64 accumulation can move a value across a rounding boundary: one bf16 step (2^-8 relative)
+          assertClose(got.y, ref.y, { atol: 1e-4, rtol: 2 ** -7 }, `${variant} M ${M} y on ${device}`);
+          assertClose(got.dx, ref.dx, { atol: 1e-4, rtol: 2 ** -7 }, `${variant} M ${M} dx on ${device}`);
+        }
+      } finally {
+        disposeAll(ws);
+      }
+    }
   }
 });
 
