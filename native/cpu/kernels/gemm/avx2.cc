@@ -1,6 +1,7 @@
 // AVX2 + FMA GEMM micro-kernel: a 6 x 16 tile of C in 12 ymm accumulators (of 16
 // registers), one broadcast of A and two 8-float vectors of B per k step. Corners with
-// fewer rows or at most 8 columns get their own unrolled instances. Compiled with a
+// fewer rows or at most 8 columns get their own unrolled instances; packers with 8 x 8
+// in-register transposes for row-major A and transposed B. Compiled with a
 // target attribute so the addon builds for baseline x86-64; used only when
 // finlora::isa() allows. Layouts and the C update rule: gemm.h.
 #include "gemm.h"
@@ -79,7 +80,90 @@ FINLORA_AVX2 void run(int64_t kc, const float* a, const float* b, float* c, int6
   else dispatch_rows<1>(kc, a, b, c, ldc, rows, cols, alpha, add);
 }
 
-const MicroKernel kKernel{"avx2 6x16", MR, NR, 144, 256, 4096, run, nullptr, nullptr, nullptr, nullptr};
+// ------------------------------------------------------------------ packing
+// Row-major A and transposed B (the Linear weight [out, in]) go through 8 x 8
+// in-register transposes instead of a scalar gather over 6 or 16 strided streams, as
+// on AVX-512 (avx512.cc); f32 only (bf16 B takes the portable loops).
+
+FINLORA_AVX2 inline __m256i first_lanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 8 ? n : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// r[i] (row i) becomes column i of the 8 x 8 block.
+FINLORA_AVX2 inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + q] holds, in 128-bit lane L, column 4L + q of rows 4g .. 4g + 3.
+  for (int g = 0; g < 2; ++g) {
+    u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int q = 0; q < 4; ++q) {
+    r[q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x20);
+    r[4 + q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x31);
+  }
+}
+
+FINLORA_AVX2 bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
+  if (cs != 1 && rs != 1) return false;
+  const __m256i panel = first_lanes(MR);
+  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+    const int rows = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
+    const float* src = a + i0 * rs;
+    if (cs == 1) {
+      for (int64_t k0 = 0; k0 < kc; k0 += 8) {
+        const int64_t kn = kc - k0 < 8 ? kc - k0 : 8;
+        const __m256i m = first_lanes(kn);
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm256_maskload_ps(src + i * rs + k0, m) : _mm256_setzero_ps();
+        transpose8(r);
+        for (int64_t t = 0; t < kn; ++t) _mm256_maskstore_ps(dst + (k0 + t) * MR, panel, r[t]);
+      }
+    } else {
+      const __m256i m = first_lanes(rows);
+      for (int64_t k = 0; k < kc; ++k) _mm256_maskstore_ps(dst + k * MR, panel, _mm256_maskload_ps(src + k * cs, m));
+    }
+  }
+  return true;
+}
+
+FINLORA_AVX2 bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+  if (cs == 1) {
+    const __m256i m0 = first_lanes(cols), m1 = first_lanes(cols > 8 ? cols - 8 : 0);
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* s = b + k * rs;
+      _mm_prefetch(reinterpret_cast<const char*>(s + NR), _MM_HINT_T1);  // the next micro-panel's row
+      _mm256_store_ps(dst + k * NR, _mm256_maskload_ps(s, m0));
+      _mm256_store_ps(dst + k * NR + 8, _mm256_maskload_ps(s + 8, m1));
+    }
+    return true;
+  }
+  if (rs != 1) return false;
+  for (int half = 0; half < 2; ++half) {
+    const int j0 = 8 * half;
+    const int n = cols - j0;
+    if (n <= 0) {
+      for (int64_t k = 0; k < kc; ++k) _mm256_store_ps(dst + k * NR + j0, _mm256_setzero_ps());
+      continue;
+    }
+    for (int64_t k0 = 0; k0 < kc; k0 += 8) {
+      const int64_t kn = kc - k0 < 8 ? kc - k0 : 8;
+      const __m256i m = first_lanes(kn);
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = i < n ? _mm256_maskload_ps(b + (j0 + i) * cs + k0, m) : _mm256_setzero_ps();
+      transpose8(r);
+      for (int64_t t = 0; t < kn; ++t) _mm256_store_ps(dst + (k0 + t) * NR + j0, r[t]);
+    }
+  }
+  return true;
+}
+
+const MicroKernel kKernel{"avx2 6x16", MR, NR, 144, 256, 4096, run, pack_a, pack_b_f32, nullptr, nullptr};
 
 }  // namespace
 
