@@ -6,7 +6,12 @@
 // gets every gradient. A tensor's gradient has its activation dtype (gradDtype: bf16 for
 // a bf16 tensor on a backend that computes in bf16, else f32); a gradient an op returns
 // in another dtype (a cast's, or a widened product's) is converted on arrival.
-import { empty, keep, type Tensor } from '../tensor/tensor.js';
+//
+// A record names its graph edges (inputs) apart from the tensors its backward reads
+// (saved): scopes free everything else during the forward (tensor.ts), and backward
+// drops each record once it has run, which frees a graph-held saved tensor as soon as
+// its last reader is done.
+import { dropGradFn, empty, keep, type Tensor } from '../tensor/tensor.js';
 import { formatShape, sameShape } from '../tensor/shape.js';
 import { kernel } from '../backend/backend.js';
 import { gradDtype } from '../ops/util.js';
@@ -41,16 +46,24 @@ export function enableGrad<T>(fn: () => T): T {
   }
 }
 
-/** Records the op that made `out` when gradients are on and any input needs one. */
+/**
+ * Records the op that made `out` when gradients are on and any input needs one.
+ * `saved` lists every tensor whose data backward reads (inputs, out itself, or
+ * tensors the op made for backward such as a softmax's log-sum-exp); an input left
+ * out may be freed before backward runs. Without it, the inputs and out are saved.
+ */
 export function record(
   out: Tensor,
   name: string,
   inputs: readonly Tensor[],
   backward: (grad: Tensor) => (Tensor | null)[],
+  saved?: readonly Tensor[],
 ): Tensor {
   if (disabled > 0 || !inputs.some((t) => t.requiresGrad)) return out;
   out.requiresGrad = true;
-  out.gradFn = { name, inputs, backward };
+  const reads = saved ?? [...inputs, out];
+  for (const t of reads) t.savedBy++;
+  out.gradFn = { name, inputs, saved: reads, backward };
   return out;
 }
 
@@ -149,7 +162,7 @@ export function backward(root: Tensor, grad?: Tensor): void {
           }
         });
         for (const t of converted) if (t !== g && !inUse(t)) t.dispose();
-        node.gradFn = null;
+        dropGradFn(node);
       }
       if (g !== grad && !inUse(g)) g.dispose();
     }

@@ -122,7 +122,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
       t.dispose();
       return null;
     });
-  });
+  }, [q, k, v, out, lse, ...masks]);
   // lse is only needed by backward
   if (y.gradFn === null) lse.dispose();
   return y;

@@ -44,18 +44,28 @@ function compute(op: BinaryOp, x: Tensor, y: Tensor): Tensor {
 /** Which operands need a gradient: backward closures compute only those. */
 type Wanted = readonly [boolean, boolean];
 
+/** What a backward reads, given the operands and which of them need a gradient. */
+type Reads = (x: Tensor, y: Tensor, out: Tensor, want: Wanted) => Tensor[];
+
 function binary(
   op: BinaryOp,
   a: TensorLike,
   b: TensorLike,
   grads: (g: Tensor, x: Tensor, y: Tensor, out: Tensor, want: Wanted) => [Tensor | null, Tensor | null],
+  reads: Reads = (x, y, out) => [x, y, out],
 ): Tensor {
   const [x, y] = operands(op, a, b);
   const out = compute(op, x, y);
-  return record(out, op, [x, y], (g) => {
-    const [gx, gy] = grads(g, x, y, out, [x.requiresGrad, y.requiresGrad]);
-    return [reduced(gx, x, g), reduced(gy, y, g)];
-  });
+  return record(
+    out,
+    op,
+    [x, y],
+    (g) => {
+      const [gx, gy] = grads(g, x, y, out, [x.requiresGrad, y.requiresGrad]);
+      return [reduced(gx, x, g), reduced(gy, y, g)];
+    },
+    reads(x, y, out, [x.requiresGrad, y.requiresGrad]),
+  );
 }
 
 /** d summed back to x's shape; temporaries made for it (not g itself) are freed. */
@@ -83,15 +93,22 @@ function negated(g: Tensor): Tensor {
 }
 
 export function add(a: TensorLike, b: TensorLike): Tensor {
-  return binary('add', a, b, (g, _x, _y, _out, [wx, wy]) => [wx ? g : null, wy ? g : null]);
+  return binary('add', a, b, (g, _x, _y, _out, [wx, wy]) => [wx ? g : null, wy ? g : null], () => []);
 }
 
 export function sub(a: TensorLike, b: TensorLike): Tensor {
-  return binary('sub', a, b, (g, _x, _y, _out, [wx, wy]) => [wx ? g : null, wy ? negated(g) : null]);
+  return binary('sub', a, b, (g, _x, _y, _out, [wx, wy]) => [wx ? g : null, wy ? negated(g) : null], () => []);
 }
 
 export function mul(a: TensorLike, b: TensorLike): Tensor {
-  return binary('mul', a, b, (g, x, y, _out, [wx, wy]) => [wx ? compute('mul', g, y) : null, wy ? compute('mul', g, x) : null]);
+  return binary(
+    'mul',
+    a,
+    b,
+    (g, x, y, _out, [wx, wy]) => [wx ? compute('mul', g, y) : null, wy ? compute('mul', g, x) : null],
+    // Each gradient reads the other operand only.
+    (x, y, _out, [wx, wy]) => [...(wx ? [y] : []), ...(wy ? [x] : [])],
+  );
 }
 
 export function div(a: TensorLike, b: TensorLike): Tensor {
@@ -103,7 +120,7 @@ export function div(a: TensorLike, b: TensorLike): Tensor {
     const gy = negateInPlace(compute('mul', q, g));
     q.dispose();
     return [gx, gy];
-  });
+  }, (_x, y, out, [, wy]) => (wy ? [y, out] : [y]));
 }
 
 /** Elementwise maximum; on ties the gradient is split evenly, as in PyTorch. */

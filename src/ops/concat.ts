@@ -47,8 +47,12 @@ export function concat(tensors: readonly Tensor[], axis = 0): Tensor {
     copyInto(t, along(out, ax, start, t.shape[ax]));
     start += t.shape[ax];
   }
-  return record(out, 'concat', tensors, (g) =>
-    tensors.map((t, i) => (t.requiresGrad ? slice(g, ax, starts[i], starts[i] + t.shape[ax]) : null)),
+  return record(
+    out,
+    'concat',
+    tensors,
+    (g) => tensors.map((t, i) => (t.requiresGrad ? slice(g, ax, starts[i], starts[i] + t.shape[ax]) : null)),
+    [],
   );
 }
 
@@ -134,5 +138,5 @@ export function indexSelect(x: Tensor, axis: number, ids: Tensor | readonly numb
       src.dispose();
     }
     return [gx];
-  });
+  }, []);
 }

@@ -89,7 +89,7 @@ function rowLosses(logits: Tensor, targets: Tensor, ignoreIndex: number): Tensor
       );
     }
     return [dlogits];
-  });
+  }, [logits, targets, lse]);
   // lse is only needed by backward
   if (out.gradFn === null) lse.dispose();
   return out;

@@ -91,7 +91,7 @@ export function doraScale(base: Tensor, lora: Tensor, g: Tensor, s: number): Ten
       }
     });
     return grads;
-  });
+  }, [base, loraT, g]);
 }
 
 /** Whether the backend computes doraNorm in one kernel (otherwise the op is composed, materialising W + s·B·A). */

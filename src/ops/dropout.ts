@@ -129,7 +129,7 @@ export function dropout(x: Tensor, p: number, from: DropoutOptions | DropoutGene
   // NOTE: backward redraws the mask from (seed, offset) instead of saving it: the
   // generator is counter-based, so it is the same mask bit for bit, and no
   // activation-sized tensor is held between forward and backward.
-  return record(out, 'dropout', [x], (g) => [applyMask(g, p, at)]);
+  return record(out, 'dropout', [x], (g) => [applyMask(g, p, at)], []);
 }
 
 /**

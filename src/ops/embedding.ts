@@ -40,6 +40,6 @@ export function embedding(ids: Tensor, weight: Tensor, dtype: ComputeDType = 'f3
       withContiguousAs(dtype, [g], (gc) => withShapes([[gc, [N, D]], [idc, [N]]], (gf, idf) => kernel(backend, 'scatterAdd')(gf, idf, dw))),
     );
     return [null, dw];
-  });
+  }, [ids]);
 }
 

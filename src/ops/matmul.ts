@@ -263,10 +263,14 @@ function gradB(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
   const out = product('matmul', a, b, transA, transB);
-  return record(out, 'matmul', [a, b], (g) => [
-    a.requiresGrad ? gradA(g, a, b, transA, transB) : null,
-    b.requiresGrad ? gradB(g, a, b, transA, transB) : null,
-  ]);
+  return record(
+    out,
+    'matmul',
+    [a, b],
+    (g) => [a.requiresGrad ? gradA(g, a, b, transA, transB) : null, b.requiresGrad ? gradB(g, a, b, transA, transB) : null],
+    // d a reads b, d b reads a.
+    [...(b.requiresGrad ? [a] : []), ...(a.requiresGrad ? [b] : [])],
+  );
 }
 
 /**
@@ -306,6 +310,8 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   const y = x.rank === 1 ? reshapeView(out, outShape) : out;
   if (y !== out) out.dispose();
   const inputs = b !== null ? [x, weight, b] : [x, weight];
+  // dx reads the weight, dW reads x (a rank-1 x is kept: backward views it for its shape).
+  const saved = [...(weight.requiresGrad || x.rank === 1 ? [x] : []), ...(x.requiresGrad ? [weight] : [])];
   return record(y, 'linear', inputs, (g) => {
     const g2 = x.rank === 1 ? reshapeView(g, [1, outF]) : g;
     const xs = x.rank === 1 ? reshapeView(x, [1, inF]) : x;
@@ -323,7 +329,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
     const grads: (Tensor | null)[] = [dx, dw];
     if (b !== null) grads.push(b.requiresGrad ? sumTo(g, b.shape) : null);
     return grads;
-  });
+  }, saved);
 }
 
 /** A contiguous-layout view of a contiguous tensor (no record; used for rank-1 x). */

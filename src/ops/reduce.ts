@@ -68,7 +68,7 @@ export function sum(x: Tensor, axes?: number | readonly number[], opts: ReduceOp
   return record(out, 'sum', [x], (g) => {
     const kept = reshape(g, x.shape.map((d, i) => (ax.includes(i) ? 1 : d)));
     return [contiguous(expand(kept, x.shape))];
-  });
+  }, []);
 }
 
 /** Mean over axes (all by default). */

@@ -52,7 +52,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
       );
     }
     return [dx, dw];
-  });
+  }, [x, weight, rstd]);
   // rstd is only needed by backward
   if (y.gradFn === null) rstd.dispose();
   return y;

@@ -153,5 +153,6 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   }
   if (cos.shape[0] !== sin.shape[0]) throw new Error(`rope: cos ${formatShape(cos.shape)} and sin ${formatShape(sin.shape)} differ`);
   const out = rotate(x, cos, sin, false);
-  return record(out, 'rope', [x, cos, sin], (g) => [rotate(g, cos, sin, true), null, null]);
+  // The rotation tables are read back; they are shared by every layer, so saving them costs nothing.
+  return record(out, 'rope', [x, cos, sin], (g) => [rotate(g, cos, sin, true), null, null], [cos, sin]);
 }

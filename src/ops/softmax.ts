@@ -42,11 +42,11 @@ function compute(x: Tensor, axis: number, log: boolean, op: string): [Tensor, nu
 /** exp(x - max) / sum(exp(x - max)) along an axis (the last by default). */
 export function softmax(x: Tensor, axis = -1): Tensor {
   const [y, ax] = compute(x, axis, false, 'softmax');
-  return record(y, 'softmax', [x], (g) => [scope(() => mul(y, sub(g, sum(mul(g, y), ax, { keepDims: true }))))]);
+  return record(y, 'softmax', [x], (g) => [scope(() => mul(y, sub(g, sum(mul(g, y), ax, { keepDims: true }))))], [y]);
 }
 
 /** x - max - log(sum(exp(x - max))) along an axis (the last by default). */
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   const [y, ax] = compute(x, axis, true, 'logSoftmax');
-  return record(y, 'logSoftmax', [x], (g) => [scope(() => sub(g, mul(exp(y), sum(g, ax, { keepDims: true }))))]);
+  return record(y, 'logSoftmax', [x], (g) => [scope(() => sub(g, mul(exp(y), sum(g, ax, { keepDims: true }))))], [y]);
 }

@@ -35,5 +35,5 @@ export function siluMul(gate: Tensor, up: Tensor): Tensor {
       }
     });
     return grads;
-  });
+  }, [gate, up]);
 }

@@ -31,7 +31,7 @@ export function cast(x: Tensor, dtype: DType): Tensor {
 function copyAs(x: Tensor, dtype: DType, name: string): Tensor {
   const out = empty(x.shape, dtype, x.backend);
   kernel(x.backend, 'copy')(x, out);
-  return record(out, name, [x], (g) => [g]);
+  return record(out, name, [x], (g) => [g], []);
 }
 
 /** Infers one -1 dimension and checks the element count. */
@@ -87,7 +87,7 @@ export function reshape(x: Tensor, shape: Shape): Tensor {
   const target = resolveShape(x, shape);
   const strides = viewStrides(x, target);
   const out = strides ? view(x, target, strides, x.offset) : reshapeCopy(x, target);
-  return record(out, 'reshape', [x], (g) => [reshape(g, x.shape)]);
+  return record(out, 'reshape', [x], (g) => [reshape(g, x.shape)], []);
 }
 
 function reshapeCopy(x: Tensor, shape: number[]): Tensor {
@@ -107,7 +107,7 @@ export function permute(x: Tensor, axes: readonly number[]): Tensor {
   const out = view(x, norm.map((a) => x.shape[a]), norm.map((a) => x.strides[a]), x.offset);
   const inverse = new Array<number>(norm.length);
   norm.forEach((a, i) => (inverse[a] = i));
-  return record(out, 'permute', [x], (g) => [permute(g, inverse)]);
+  return record(out, 'permute', [x], (g) => [permute(g, inverse)], []);
 }
 
 /** Swaps two axes (a view); by default the last two. */
@@ -141,7 +141,7 @@ export function slice(x: Tensor, axis: number, start: number, end?: number, step
     kernel(g.backend, 'copy')(g, target);
     target.dispose();
     return [gx];
-  });
+  }, []);
 }
 
 /** Broadcasts to a larger shape (a view with stride 0 on expanded axes). */
@@ -157,7 +157,7 @@ export function expand(x: Tensor, shape: Shape): Tensor {
     throw new Error(`expand: cannot expand ${formatShape(x.shape)} to ${formatShape(shape)}`);
   });
   const out = view(x, shape, strides, x.offset);
-  return record(out, 'expand', [x], (g) => [sumTo(g, x.shape)]);
+  return record(out, 'expand', [x], (g) => [sumTo(g, x.shape)], []);
 }
 
 /** Inserts an axis of size 1 (a view). */

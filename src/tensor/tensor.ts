@@ -1,6 +1,14 @@
 // Tensor: a handle (shape, strides, offset, dtype) onto backend-owned storage.
 // Views share storage; storage is reference counted and freed deterministically when
 // the last tensor over it is disposed, by dispose() or by the scope() it was made in.
+//
+// Scopes know the autograd graph (as PyTorch frees what backward will not read): when
+// a scope ends, a tensor it made that is not returned is freed at once unless a record
+// reachable from a returned tensor saved it (its backward reads the data). A saved one
+// is handed to the graph: it moves to the enclosing scope, marked graphHeld, and
+// backward frees it as soon as the last record that saved it has run. One that is only
+// an edge of the graph (gradients flow through it, nobody reads it) loses its data but
+// keeps its record, so backward still routes through it.
 import type { Backend, BackendBuffer } from '../backend/backend.js';
 import { type DType, DTYPE_BYTES, decode, type HostArray } from './dtype.js';
 import { contiguousStrides, formatShape, isContiguous, numel, type Shape } from './shape.js';
@@ -22,7 +30,10 @@ export class Storage {
 /** The autograd record of the op that produced a tensor (see autograd/tape.ts). */
 export interface GradFn {
   readonly name: string;
+  /** The graph's edges: each gets the matching entry of backward's result. */
   readonly inputs: readonly Tensor[];
+  /** The tensors whose data backward reads; the only ones a scope keeps for it. */
+  readonly saved: readonly Tensor[];
   /** Gradients for each input (null where the input needs none), given the output's gradient. */
   backward(grad: Tensor): (Tensor | null)[];
 }
@@ -37,6 +48,12 @@ export class Tensor {
   gradFn: GradFn | null = null;
   /** A name for messages and parameter tables. */
   name = '';
+  /** How many live records (gradFn.saved) read this tensor's data in backward. */
+  savedBy = 0;
+  /** A scope gave this tensor up while a record still saved it: backward frees it after its last reader ran. */
+  graphHeld = false;
+  /** The storage is released (the handle may still be a graph edge). */
+  private freed = false;
   private disposed = false;
 
   constructor(
@@ -61,7 +78,7 @@ export class Tensor {
     return numel(this.shape);
   }
   get isDisposed(): boolean {
-    return this.disposed;
+    return this.freed;
   }
   isContiguous(): boolean {
     return isContiguous(this.shape, this.strides);
@@ -75,16 +92,26 @@ export class Tensor {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    this.storage.release();
+    this.freeData();
     if (this.grad !== null) {
       this.grad.dispose();
       this.grad = null;
     }
-    this.gradFn = null;
+    dropGradFn(this);
+  }
+
+  /**
+   * Releases the storage but keeps the record: the tensor stays an edge that backward
+   * routes gradients through (its shape and dtype), while reading its data throws.
+   */
+  freeData(): void {
+    if (this.freed) return;
+    this.freed = true;
+    this.storage.release();
   }
 
   assertAlive(op: string): void {
-    if (this.disposed) throw new Error(`${op}: tensor${this.name ? ` '${this.name}'` : ''} ${formatShape(this.shape)} was disposed`);
+    if (this.freed) throw new Error(`${op}: tensor${this.name ? ` '${this.name}'` : ''} ${formatShape(this.shape)} was disposed`);
   }
 
   /** Copies the values to the host (floats as Float32Array). Waits for queued work. */
@@ -106,6 +133,20 @@ export class Tensor {
 
   toString(): string {
     return `Tensor(${formatShape(this.shape)}, ${this.dtype}, ${this.backend.name})`;
+  }
+}
+
+/**
+ * Forgets t's record: its saved tensors lose a reader, and a graph-held one that has
+ * none left loses its data at once (its handle stays with its scope, which disposes it).
+ */
+export function dropGradFn(t: Tensor): void {
+  const fn = t.gradFn;
+  if (fn === null) return;
+  t.gradFn = null;
+  for (const s of fn.saved) {
+    s.savedBy--;
+    if (s.savedBy === 0 && s.graphHeld) s.freeData();
   }
 }
 
@@ -143,12 +184,37 @@ function collectTensors(value: unknown, out: Set<Tensor>, seen: Set<unknown>): v
 }
 
 /**
+ * The part of the graph made since tensor id `firstId` that the survivors reach
+ * (tensors older than the scope were handled by their own scopes), and the tensors its
+ * records saved.
+ */
+function reachedGraph(survivors: ReadonlySet<Tensor>, firstId: number): { reached: Set<Tensor>; saved: Set<Tensor> } {
+  const reached = new Set<Tensor>();
+  const saved = new Set<Tensor>();
+  const stack = [...survivors];
+  while (stack.length > 0) {
+    const t = stack.pop()!;
+    if (reached.has(t)) continue;
+    reached.add(t);
+    const fn = t.gradFn;
+    if (fn === null) continue;
+    for (const s of fn.saved) saved.add(s);
+    for (const i of fn.inputs) if (i.id >= firstId && !reached.has(i)) stack.push(i);
+  }
+  return { reached, saved };
+}
+
+/**
  * Runs fn and disposes every tensor created inside it, except those it returns
  * (directly or in arrays/plain objects/maps) and those passed to keep(). Returned
- * tensors move to the enclosing scope. Scopes nest.
+ * tensors move to the enclosing scope. Scopes nest. A tensor that a record reachable
+ * from a returned tensor saved moves to the enclosing scope too, graph-held, until
+ * backward has read it; one the graph only passes through keeps its record but not
+ * its data (see the file header).
  */
 export function scope<T>(fn: () => T): T {
   const tracked = new Set<Tensor>();
+  const firstId = nextId;
   scopes.push(tracked);
   let result: T;
   try {
@@ -161,9 +227,18 @@ export function scope<T>(fn: () => T): T {
   scopes.pop();
   const survivors = new Set<Tensor>();
   collectTensors(result, survivors, new Set());
+  const { reached, saved } = reachedGraph(survivors, firstId);
+  // Unreached tensors go first: their records stop counting as readers of what they saved.
+  for (const t of tracked) if (!survivors.has(t) && !reached.has(t) && !saved.has(t)) t.dispose();
   for (const t of tracked) {
-    if (survivors.has(t)) trackInScope(t);
-    else t.dispose();
+    if (survivors.has(t)) {
+      trackInScope(t);
+    } else if (saved.has(t)) {
+      t.graphHeld = true;
+      trackInScope(t);
+    } else if (reached.has(t)) {
+      t.freeData();
+    }
   }
   return result;
 }

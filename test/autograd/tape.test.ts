@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { backward, noGrad } from '../../src/autograd/tape.js';
+import { backward, noGrad, record } from '../../src/autograd/tape.js';
 import { requireOps, type Backend } from '../../src/backend/backend.js';
 import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { add, mul, sub } from '../../src/ops/binary.js';
 import { tensor } from '../../src/ops/creation.js';
 import { sum } from '../../src/ops/reduce.js';
-import { reshape, slice, transpose } from '../../src/ops/view.js';
-import { keep, scope } from '../../src/tensor/tensor.js';
+import { clone, reshape, slice, transpose } from '../../src/ops/view.js';
+import { keep, scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose } from '../helpers.js';
 
 test('gradients accumulate into parameters across backward calls', () => {
@@ -91,4 +91,69 @@ test('a backend without an op is refused with the op named', () => {
   const x = tensor([1, 2], [2], { device: partial });
   assert.throws(() => add(x, x), /backend 'partial' does not support op 'binary'/);
   x.dispose();
+});
+
+/** x unchanged, with a backward that calls `seen` before passing the gradient on (it reads nothing). */
+function probe(x: Tensor, seen: () => void): Tensor {
+  const out = noGrad(() => clone(x));
+  return record(out, 'probe', [x], (g) => {
+    seen();
+    return [g];
+  }, []);
+}
+
+test('a scope frees what backward does not read during the forward; a saved tensor lives until its reader ran', () => {
+  const device = defaultBackend();
+  scope(() => {
+    const p = tensor([1, 2, 3], [3], { requiresGrad: true });
+    const inner: Tensor[] = [];
+    let aliveBeforeMul = false, freedAfterMul = false;
+    const y = scope(() => {
+      const a = add(p, 1); // nobody reads it: add's backward passes g on
+      const b = add(probe(a, () => (freedAfterMul = b.isDisposed)), 2); // mul's backward reads b (p's gradient is g·b)
+      const c = mul(b, p);
+      inner.push(a, b, c);
+      return sum(probe(c, () => (aliveBeforeMul = !b.isDisposed)));
+    });
+    const [a, b, c] = inner;
+    assert.ok(a.isDisposed, 'an edge nobody reads is freed when the scope ends');
+    assert.ok(c.isDisposed, 'so is an output that only passes the gradient on');
+    assert.ok(!b.isDisposed && b.graphHeld, 'a saved tensor is handed to the graph');
+    assert.deepEqual([...b.toArray()], [4, 5, 6]);
+    const held = device.liveBytes();
+    backward(y);
+    assert.ok(aliveBeforeMul, 'b is alive until the record that saved it has run');
+    assert.ok(freedAfterMul, 'and freed right after it, before backward goes on');
+    assert.ok(b.isDisposed);
+    assert.ok(device.liveBytes() < held + 3 * 4 * 2, 'backward frees what it no longer needs');
+    // d(b·p)/dp = b + p (b = p + 3): the freed edges still route the gradient.
+    assertClose(p.grad!.toArray(), [5, 7, 9]);
+    assert.ok(!p.isDisposed, 'a tensor the caller holds is never freed by backward');
+  });
+});
+
+test('graph-held tensors that backward never reaches are freed with the enclosing scope', () => {
+  const device = defaultBackend();
+  const p = keep(tensor(new Float32Array(256).fill(2), [256], { requiresGrad: true }));
+  const before = device.liveBytes();
+  scope(() => {
+    const y = scope(() => sum(mul(add(p, 1), p))); // add(p, 1) is saved by mul
+    assert.ok(device.liveBytes() > before + 256 * 4, 'the saved operand outlives its scope');
+    assert.equal(y.item(), 256 * 6);
+  });
+  assert.equal(device.liveBytes(), before, 'nothing leaks without a backward');
+  p.dispose();
+});
+
+test('backward that reads a tensor its record did not save finds it disposed', () => {
+  scope(() => {
+    const p = tensor([1, 2], [2], { requiresGrad: true });
+    const y = scope(() => {
+      const x = add(p, 1);
+      const out = noGrad(() => clone(x));
+      // A record that under-declares what it reads: x is freed when the scope ends.
+      return sum(record(out, 'bad', [x], (g) => [mul(g, x)], []));
+    });
+    assert.throws(() => backward(y), /was disposed/);
+  });
 });

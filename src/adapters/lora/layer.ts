@@ -215,13 +215,19 @@ export class LoraLayer {
     return linear(linear(x, cast(this.lora_A.weight, t)), scale === 1 ? b : mul(b, scale));
   }
 
-  /** y = W·x + b + s·B·A·x̃, or the variant's forward. A merged layer is its base. */
+  /**
+   * y = W·x + b + s·B·A·x̃, or the variant's forward. A merged layer is its base. The
+   * scope frees what backward does not read (the base output, the branch's result)
+   * as soon as y exists.
+   */
   forward(x: Tensor): Tensor {
     if (this.unloaded) throw new Error(`${this.name}: the adapter was unloaded`);
-    const base = this.baseForward(x);
-    if (this._merged) return base;
-    if (this.variant !== null) return this.variant.forward(this, x, base);
-    return add(base, cast(this.loraBranch(this.dropoutInput(x), this.scaling), base.dtype));
+    return scope(() => {
+      const base = this.baseForward(x);
+      if (this._merged) return base;
+      if (this.variant !== null) return this.variant.forward(this, x, base);
+      return add(base, cast(this.loraBranch(this.dropoutInput(x), this.scaling), base.dtype));
+    });
   }
 
   /** s·B·A, f32 [out, in] (PEFT's get_delta_weight), without gradient. */

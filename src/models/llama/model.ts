@@ -173,9 +173,14 @@ class LlamaDecoderLayer extends Module {
     this.post_attention_layernorm = this.registerModule('post_attention_layernorm', new RMSNorm(alloc([config.hiddenSize], 'post_attention_layernorm.weight'), config.rmsNormEps));
   }
 
+  /**
+   * Each block runs in a scope: while training, what its backward does not read (the
+   * normed input of frozen projections, the block's output before the residual add, ...)
+   * is freed as soon as the block returns; the rest stays with the autograd graph.
+   */
   forward(h: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
-    const a = add(h, this.self_attn.forward(this.input_layernorm.forward(h), cos, sin, keyMask, cache, this.index));
-    return add(a, this.mlp.forward(this.post_attention_layernorm.forward(a)));
+    const a = scope(() => add(h, this.self_attn.forward(this.input_layernorm.forward(h), cos, sin, keyMask, cache, this.index)));
+    return scope(() => add(a, this.mlp.forward(this.post_attention_layernorm.forward(a))));
   }
 
   protected override ownOps(): KernelName[] {
@@ -354,8 +359,8 @@ export class LlamaForCausalLM extends Module {
     if (opts.rows !== undefined && opts.lastPositionOnly) throw new Error(`${this.config.architecture}: rows and lastPositionOnly cannot be combined`);
     const positions = opts.positions ?? Int32Array.from({ length: T }, (_, i) => past + i);
     const computeDtype = this.computeDtype;
-    // Training keeps every intermediate for backward (the caller's scope frees them);
-    // inference frees each layer's as soon as the layer returns.
+    // Training keeps what backward reads (each layer's scopes free the rest, the caller's
+    // scope what is left); inference frees each layer's as soon as the layer returns.
     const training = isGradEnabled();
     const run = (): Tensor => {
       const { cos, sin } = rotaryTables(this.invFreq, positions, { device: this.backend });
