@@ -26,6 +26,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { noGrad } from '../autograd/tape.js';
+import type { Backend } from '../backend/backend.js';
+import { defaultBackend } from '../backend/registry.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import { WEIGHTS_INDEX_NAME } from '../models/checkpoint.js';
 import { LlamaForCausalLM } from '../models/llama/model.js';
@@ -159,6 +161,8 @@ export interface MergeOptions {
    * nf4) before merging; a base saved quantized by bitsandbytes is quantized already.
    */
   readonly quant?: QuantFormat;
+  /** The backend to load and merge on (default: the default device). */
+  readonly device?: string | Backend;
 }
 
 export interface MergeReport {
@@ -197,7 +201,10 @@ export function mergeAdapter(opts: MergeOptions): MergeReport {
   }
   const parent = path.dirname(out);
   if (!fs.existsSync(parent)) throw new MergeError(`${parent}: no such directory (the parent of --out must exist)`);
-  const model = LlamaForCausalLM.fromPretrained(opts.modelDir, { dtype: 'f32', ...(opts.quant !== undefined ? { quant: opts.quant } : {}) });
+  // f32 compute throughout, also where a quantized base would default to bf16 on a GPU:
+  // the reported logit difference is the merge's error, not bf16 rounding noise.
+  const device = opts.device ?? defaultBackend();
+  const model = LlamaForCausalLM.fromPretrained(opts.modelDir, { dtype: 'f32', device, computeDtype: 'f32', ...(opts.quant !== undefined ? { quant: opts.quant } : {}) });
   let stage: string | null = null;
   try {
     const declared = model.config.dtype;
@@ -224,7 +231,7 @@ export function mergeAdapter(opts: MergeOptions): MergeReport {
     copyModelFiles(opts.modelDir, stage, dtype);
     const report = { layers: lm.layers.size, useDora: lm.config.use_dora, dtype, shards: written.shards, totalBytes: written.totalBytes, probeLength: probe.length, quantized };
     model.dispose();
-    const merged = LlamaForCausalLM.fromPretrained(stage, { dtype: 'f32' });
+    const merged = LlamaForCausalLM.fromPretrained(stage, { dtype: 'f32', device, computeDtype: 'f32' });
     let after: Float32Array;
     try {
       merged.eval();

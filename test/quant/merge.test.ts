@@ -128,6 +128,10 @@ function checkMerged(out: string, adapterName: string, base: Map<string, Float32
   const q = quantized();
   const written = LlamaForCausalLM.fromPretrained(out);
   try {
+    // The point is the merge arithmetic: both models compute in f32 (a quantized base would
+    // default to bf16 activations on a GPU, whose rounding, ~0.03 here, would hide it).
+    q.setComputeDtype('f32');
+    assert.equal(written.computeDtype, 'f32');
     loadPeftAdapter(adapter, q);
     const want = logitsOf(q);
     const got = logitsOf(written);
