@@ -124,6 +124,7 @@ test('bad input: one line naming the problem, exit 1 or 2, nothing written', () 
     [['merge', '--model', BASE, '--adapter', path.join(tmp, 'missing'), '--out', path.join(tmp, 'never2')], 1, /missing: no such directory \(--adapter\)/, path.join(tmp, 'never2')],
     [['merge', '--model', BASE, '--adapter', path.join(ADAPTERS, 'dora_qkv', 'adapter'), '--out', path.join(tmp, 'never3'), '--dtype', 'f64'], 2, /--dtype must be auto, f32, bf16 or f16/, path.join(tmp, 'never3')],
     [['merge', '--model', BASE, '--adapter', path.join(ADAPTERS, 'dora_all_rslora', 'adapter'), '--out', path.join(tmp, 'never4'), '--probe-ids', '[[1, 999]]'], 1, /probe id 999 is outside the vocabulary of 256/, path.join(tmp, 'never4')],
+    [['merge', '--model', BASE, '--adapter', path.join(ADAPTERS, 'dora_qkv', 'adapter'), '--out', path.join(tmp, 'never5'), '--device', 'tpu'], 1, /^finlora merge: device 'tpu' \(--device\) is not available: unknown device 'tpu'/, path.join(tmp, 'never5')],
     [['forward', '--model', BASE, '--input-ids', '[[1, 2]]', '--out', path.join(tmp, 'x.safetensors'), '--merge'], 2, /--merge needs --adapter DIR/, path.join(tmp, 'x.safetensors')],
     [['forward', '--model', BASE, '--input-ids', '[[1, 2]]', '--out', path.join(tmp, 'y.safetensors'), '--adapter', broken], 1, /adapter_config\.json: peft_type "PREFIX_TUNING"/, path.join(tmp, 'y.safetensors')],
   ];

@@ -74,10 +74,13 @@ test('a named test set: fpb is fpb_test.jsonl in --data-dir, 10 new tokens; tabl
 
 test('left padding does not change greedy answers; an adapter does', () => {
   const one = path.join(root, 'b1.json'), four = path.join(root, 'b4.json'), adapted = path.join(root, 'ad.json');
-  assert.equal(finlora('--model', MODEL, '--dataset', TESTSET, '--batch-size', '1', '--max-new-tokens', '6', '--out', one).status, 0);
-  assert.equal(finlora('--model', MODEL, '--dataset', TESTSET, '--batch-size', '4', '--max-new-tokens', '6', '--out', four).status, 0);
+  // f32 weights and compute on every device: the point is the padding, and on a GPU the
+  // bf16 default could flip a near-tie of this random model between batch shapes.
+  const f32 = ['--dtype', 'f32'];
+  assert.equal(finlora('--model', MODEL, '--dataset', TESTSET, '--batch-size', '1', '--max-new-tokens', '6', ...f32, '--out', one).status, 0);
+  assert.equal(finlora('--model', MODEL, '--dataset', TESTSET, '--batch-size', '4', '--max-new-tokens', '6', ...f32, '--out', four).status, 0);
   assert.deepEqual(read(four).answers.map((a) => a.answer), read(one).answers.map((a) => a.answer));
-  const r = finlora('--model', MODEL, '--adapter', ADAPTER, '--dataset', TESTSET, '--batch-size', '4', '--max-new-tokens', '6', '--out', adapted);
+  const r = finlora('--model', MODEL, '--adapter', ADAPTER, '--dataset', TESTSET, '--batch-size', '4', '--max-new-tokens', '6', ...f32, '--out', adapted);
   assert.equal(r.status, 0, r.stderr);
   assert.notDeepEqual(read(adapted).answers.map((a) => a.answer), read(one).answers.map((a) => a.answer));
   assert.equal(read(adapted).max_new_tokens, 6);
@@ -95,6 +98,8 @@ test('a missing test set and bad input: one line, non-zero exit', () => {
     [['--dataset', TESTSET, '--batch-size', '0'], 2, /--batch-size must be a positive integer, got '0'/],
     [['--dataset', TESTSET, '--adapter', root], 1, /--adapter .*: no adapter_config\.json/],
     [['--dataset', TESTSET, '--quant-bits', '3'], 2, /--quant-bits must be 8 or 4, got '3'/],
+    [['--dataset', TESTSET, '--dtype', 'f16'], 2, /--dtype must be f32 or bf16, got 'f16'/],
+    [['--dataset', TESTSET, '--device', 'tpu'], 1, /device 'tpu' \(--device\) is not available: unknown device 'tpu'/],
   ];
   for (const [args, status, pattern] of cases) {
     const r = finlora('--model', MODEL, ...args);

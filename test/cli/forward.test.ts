@@ -43,12 +43,21 @@ test('writes transformers-matching logits and, with --labels, the shifted mean l
   });
 });
 
+test('--device cpu: the same transformers-matching logits on the cpu, whatever the default device', () => {
+  const out = path.join(dir, 'cpu.safetensors');
+  const r = finlora('forward', '--model', MODEL, '--input-ids', IDS, '--device', 'cpu', '--out', out);
+  assert.equal(r.status, 0, r.stderr);
+  withSafetensors(out, (f) => assertClose(f.read('logits'), ref.logits, { atol: 1e-4, rtol: 0 }, 'logits'));
+});
+
 test('without --labels only logits are written; --dtype bf16 stays close', () => {
   const out = path.join(dir, 'bf16.safetensors');
   const r = finlora('forward', '--model', MODEL, '--input-ids', IDS, '--dtype', 'bf16', '--out', out);
   assert.equal(r.status, 0, r.stderr);
   withSafetensors(out, (f) => {
     assert.deepEqual(f.names(), ['logits']);
+    // f32 in the file even where the bf16 model computes in bf16 (cuda)
+    assert.equal(f.info('logits').format, 'F32');
     assertClose(f.read('logits'), ref.logits, { atol: 0.1, rtol: 0 }, 'bf16 logits');
   });
 });
@@ -63,6 +72,7 @@ test('bad input: one line naming the problem, the right exit code, no output fil
     [['--input-ids', '[[1, 999]]'], 1, /row 0, position 1 is 999, outside the vocabulary of 256/],
     [['--input-ids', '[[1]]', '--labels'], 2, /--labels needs at least 2 ids per row/],
     [['--input-ids', '[[1, 2]]', '--dtype', 'f16'], 2, /--dtype must be f32 or bf16/],
+    [['--input-ids', '[[1, 2]]', '--device', 'tpu'], 1, /device 'tpu' \(--device\) is not available: unknown device 'tpu'/],
   ];
   for (const [args, status, pattern] of cases) {
     const r = finlora('forward', '--model', MODEL, '--out', out, ...args);

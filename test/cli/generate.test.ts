@@ -18,11 +18,12 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { loadPeftAdapter } from '../../src/adapters/peft.js';
-import { defaultBackend } from '../../src/backend/registry.js';
+import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { command } from '../../src/cli/commands/generate.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
 import { generate, leftPad, type SamplingOptions } from '../../src/models/generate.js';
 import { LlamaForCausalLM } from '../../src/models/llama/model.js';
+import { computesBf16 } from '../../src/ops/util.js';
 import { writeByteTokenizer } from './byte_tokenizer.js';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -63,8 +64,10 @@ function finlora(args: readonly string[], env: Record<string, string> = {}): Pro
 }
 
 const tokenizer = await Tokenizer.fromDir(MODEL, { warn: () => {} });
-// The expected text comes from the default device (FINLORA_DEVICE), which the command uses as well.
-const model = LlamaForCausalLM.fromPretrained(MODEL, { device: defaultBackend() });
+// The expected text comes from the default device (FINLORA_DEVICE), which the command uses as well,
+// with the weights as the command holds them there: bf16 on a device that computes in bf16 (cuda).
+const DTYPE = computesBf16(defaultBackend()) ? 'bf16' : 'f32';
+const model = LlamaForCausalLM.fromPretrained(MODEL, { device: defaultBackend(), dtype: DTYPE });
 after(() => {
   model.dispose();
   fs.rmSync(tmp, { recursive: true, force: true });
@@ -157,7 +160,7 @@ test('--chat renders the chat template (with --system) and opens the assistant t
 test('--adapter applies a PEFT adapter: the text of the adapted model', async () => {
   const adapter = fileURLToPath(new URL('../../../test/fixtures/adapters/dora_qkv/adapter', import.meta.url));
   const args = ['generate', '--model', MODEL, '--prompt', 'Revenue rose', '--max-new-tokens', '12'];
-  const adapted = LlamaForCausalLM.fromPretrained(MODEL, { device: defaultBackend() });
+  const adapted = LlamaForCausalLM.fromPretrained(MODEL, { device: defaultBackend(), dtype: DTYPE });
   loadPeftAdapter(adapter, adapted);
   const want = expected(['Revenue rose'], { maxNewTokens: 12 }, adapted);
   adapted.dispose();
@@ -204,6 +207,7 @@ test('bad input: one line naming the problem, the right exit code, nothing on st
     [['--model', noTokenizer, ...p], 1, /no tokenizer\.json in .*no-tokenizer/],
     [['--model', brokenTokenizer, ...p], 1, /broken-tokenizer\/tokenizer\.json is not valid JSON/],
     [['--model', noChat, ...p, '--chat'], 1, /no-chat has no chat template/],
+    [['--model', MODEL, ...p, '--device', 'tpu'], 1, /device 'tpu' \(--device\) is not available: unknown device 'tpu'/],
   ];
   for (const [args, status, pattern] of cases) {
     const r = await finlora(['generate', ...args]);
@@ -214,6 +218,31 @@ test('bad input: one line naming the problem, the right exit code, nothing on st
     assert.equal(r.stdout, '', args.join(' '));
   }
 });
+
+test('--device cpu --dtype f32: the text of the f32 model on the cpu, whatever the default device', async () => {
+  const cpuModel = LlamaForCausalLM.fromPretrained(MODEL, { device: 'cpu', dtype: 'f32' });
+  const want = expected(['Revenue rose'], { maxNewTokens: 12 }, cpuModel);
+  cpuModel.dispose();
+  const r = await finlora(['generate', '--model', MODEL, '--prompt', 'Revenue rose', '--max-new-tokens', '12', '--device', 'cpu', '--dtype', 'f32']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, want.stdout);
+});
+
+test('--device cuda where cuda is not available: one line naming the device, exit 1', { skip: cudaAvailable() ? 'cuda is available here' : false }, async () => {
+  const r = await finlora(['generate', '--model', MODEL, '--prompt', 'hello', '--device', 'cuda']);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^finlora generate: device 'cuda' \(--device\) is not available: .+\n$/);
+  assert.equal(r.stdout, '');
+});
+
+function cudaAvailable(): boolean {
+  try {
+    getBackend('cuda');
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 describe('hub ids', () => {
   // One repository, org/tiny, served as huggingface.co serves one: small files with

@@ -20,6 +20,7 @@ import { ConfigError } from '../../models/llama/config.js';
 import { LlamaForCausalLM } from '../../models/llama/model.js';
 import { quantizeBase, quantLoadOption } from '../../train/quantize.js';
 import type { Command } from '../command.js';
+import { defaultWeightDtype, deviceHelp, DEVICE_OPTION, resolveDevice } from '../device.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
 
 const HELP = `finlora eval — FinLoRA's accuracy and weighted F1 of a model (and adapter) on a test set
@@ -40,7 +41,10 @@ Options:
                         30 for other files)
   --quant-bits 8|4      quantize the base as FinLoRA's test script does with --quant_bits
                         (default: unquantized)
-  --dtype f32|bf16      storage dtype of the base weights (default f32)
+  --dtype f32|bf16      storage dtype of the base weights (default: bf16 on a device
+                        that computes in bf16, such as cuda, so the model computes in
+                        bf16; else f32)
+${deviceHelp(24)}
   --out FILE.json       where the JSON results go (default results/<dataset>_<model>[_<adapter>].json)
   -h, --help            this text
 
@@ -64,6 +68,7 @@ const OPTIONS = {
   'quant-bits': { type: 'string' },
   dtype: { type: 'string' },
   out: { type: 'string' },
+  ...DEVICE_OPTION,
 } as const;
 
 function positiveInt(name: string, value: string | undefined, fallback: number | null): number | null {
@@ -107,7 +112,8 @@ export const command: Command = {
     const quantRaw = values['quant-bits'];
     if (quantRaw !== undefined && quantRaw !== '8' && quantRaw !== '4') throw new UsageError(`--quant-bits must be 8 or 4, got '${quantRaw}'`);
     const quantBits = quantRaw === undefined ? null : quantRaw === '8' ? 8 : 4;
-    const dtype = values.dtype ?? 'f32';
+    const device = resolveDevice(values.device);
+    const dtype = values.dtype ?? defaultWeightDtype(device);
     if (dtype !== 'f32' && dtype !== 'bf16') throw new UsageError(`--dtype must be f32 or bf16, got '${dtype}'`);
     const isFile = values.dataset.endsWith('.jsonl') || values.dataset.includes('/');
     const dataDir = values['data-dir'] ?? path.join('data', 'test');
@@ -149,7 +155,7 @@ export const command: Command = {
 
     let model: LlamaForCausalLM;
     try {
-      model = LlamaForCausalLM.fromPretrained(dir, { dtype, ...quantLoadOption(quantBits) });
+      model = LlamaForCausalLM.fromPretrained(dir, { dtype, device, ...quantLoadOption(quantBits) });
     } catch (e) {
       if (e instanceof ConfigError || e instanceof CheckpointError || e instanceof SafetensorsError) throw new UserError(e.message);
       throw e;

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AdapterError, loadPeftAdapter } from '../../adapters/peft.js';
+import type { Backend } from '../../backend/backend.js';
 import { noGrad } from '../../autograd/tape.js';
 import { SafetensorsError, writeSafetensors } from '../../io/safetensors.js';
 import { CheckpointError } from '../../models/checkpoint.js';
@@ -13,10 +14,11 @@ import { ConfigError } from '../../models/llama/config.js';
 import { LlamaForCausalLM, type WeightDType } from '../../models/llama/model.js';
 import { causalLmLoss } from '../../models/loss.js';
 import { tensor } from '../../ops/creation.js';
-import { reshape } from '../../ops/view.js';
+import { cast, reshape } from '../../ops/view.js';
 import { formatShape } from '../../tensor/shape.js';
 import { scope } from '../../tensor/tensor.js';
 import type { Command } from '../command.js';
+import { deviceHelp, DEVICE_OPTION, resolveDevice } from '../device.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
 import { modelDir } from '../model_arg.js';
 
@@ -37,8 +39,10 @@ Options:
   --labels            also write "loss", f32 [] : the mean cross-entropy of
                       logits[:, :-1] predicting input_ids[:, 1:] (transformers'
                       model(input_ids, labels=input_ids).loss)
-  --dtype f32|bf16    storage dtype of the weights in memory (default f32); compute
-                      is f32 either way
+  --dtype f32|bf16    storage dtype of the weights in memory (default f32, and f32
+                      compute); bf16 computes in bf16 on a device that does (cuda).
+                      The logits are written in f32 either way
+${deviceHelp(22)}
   --adapter DIR       apply a PEFT LoRA / DoRA adapter directory (adapter_config.json,
                       adapter_model.safetensors) to the model
   --merge             with --adapter: fold the adapter into the weights first (the
@@ -57,6 +61,7 @@ const OPTIONS = {
   dtype: { type: 'string' },
   adapter: { type: 'string' },
   merge: { type: 'boolean' },
+  ...DEVICE_OPTION,
 } as const;
 
 /** Parses --input-ids: a non-empty JSON array of equal-length rows of non-negative integers. */
@@ -93,11 +98,11 @@ function parseDtype(value: string | undefined): WeightDType {
 }
 
 /** Loads a model, turning file problems into one-line user errors. */
-function load(dir: string, dtype: WeightDType): LlamaForCausalLM {
+function load(dir: string, dtype: WeightDType, device: Backend): LlamaForCausalLM {
   if (!fs.existsSync(dir)) throw new UserError(`${dir}: no such directory`);
   if (!fs.statSync(dir).isDirectory()) throw new UserError(`${dir}: not a directory (--model takes a model directory)`);
   try {
-    return LlamaForCausalLM.fromPretrained(dir, { dtype });
+    return LlamaForCausalLM.fromPretrained(dir, { dtype, device });
   } catch (e) {
     if (e instanceof ConfigError || e instanceof CheckpointError || e instanceof SafetensorsError) throw new UserError(e.message);
     throw e;
@@ -125,6 +130,7 @@ export const command: Command = {
     if (values.out === undefined) throw new UsageError('--out FILE is required');
     const rows = parseInputIds(values['input-ids']);
     const dtype = parseDtype(values.dtype);
+    const device = resolveDevice(values.device);
     const withLoss = values.labels === true;
     const B = rows.length;
     const T = rows[0].length;
@@ -133,7 +139,7 @@ export const command: Command = {
     if (values.merge === true && values.adapter === undefined) throw new UsageError('--merge needs --adapter DIR');
     if (!fs.existsSync(path.dirname(path.resolve(outFile)))) throw new UserError(`${outFile}: its directory does not exist`);
 
-    const model = load(await modelDir(values.model), dtype);
+    const model = load(await modelDir(values.model), dtype, device);
     try {
       if (values.adapter !== undefined) applyAdapter(model, values.adapter, values.merge === true);
       const V = model.config.vocabSize;
@@ -145,7 +151,8 @@ export const command: Command = {
       const summary = noGrad(() =>
         scope(() => {
           const ids = tensor(rows.flat(), [B, T], { dtype: 'int32', device: model.backend });
-          const logits = model.forward(ids);
+          // bf16 logits (a bf16 model on cuda) are widened: the file holds f32 for comparison.
+          const logits = cast(model.forward(ids), 'f32');
           const tensors = { logits, ...(withLoss ? { loss: reshape(causalLmLoss(logits, ids), []) } : {}) };
           try {
             writeSafetensors(outFile, tensors);

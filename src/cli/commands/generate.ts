@@ -8,6 +8,7 @@
 // add_generation_prompt=True) and encodes the rendered text without adding special
 // tokens, as transformers does.
 import { AdapterError, loadPeftAdapter } from '../../adapters/peft.js';
+import type { Backend } from '../../backend/backend.js';
 import { SafetensorsError } from '../../io/safetensors.js';
 import { type ChatMessage, Tokenizer } from '../../io/tokenizer.js';
 import { CheckpointError } from '../../models/checkpoint.js';
@@ -15,6 +16,7 @@ import { generate, leftPad, type SamplingOptions } from '../../models/generate.j
 import { ConfigError } from '../../models/llama/config.js';
 import { LlamaForCausalLM, type WeightDType } from '../../models/llama/model.js';
 import type { Command } from '../command.js';
+import { defaultWeightDtype, deviceHelp, DEVICE_OPTION, resolveDevice } from '../device.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
 import { modelDir } from '../model_arg.js';
 
@@ -42,7 +44,10 @@ Options:
                          gives the same text (default: a random one, printed on stderr)
   --stop STR             stop a row when its text contains STR (cut from the output);
                          may be repeated. Rows also stop at the tokenizer's EOS tokens
-  --dtype f32|bf16       storage dtype of the weights in memory (default f32)
+  --dtype f32|bf16       storage dtype of the weights in memory (default: bf16 on a
+                         device that computes in bf16, such as cuda, so the model
+                         computes in bf16; else f32)
+${deviceHelp(25)}
   --adapter DIR          apply a PEFT LoRA / DoRA adapter directory (adapter_config.json,
                          adapter_model.safetensors) to the model
   -h, --help             this text
@@ -72,6 +77,7 @@ const OPTIONS = {
   seed: { type: 'string' },
   stop: { type: 'string', multiple: true },
   dtype: { type: 'string' },
+  ...DEVICE_OPTION,
 } as const;
 
 const NUMBER_RE = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
@@ -94,8 +100,9 @@ function parseSampling(values: { temperature?: string; 'top-p'?: string; 'top-k'
   return { temperature, topP, topK, seed };
 }
 
-function parseDtype(value: string | undefined): WeightDType {
-  if (value === undefined || value === 'f32') return 'f32';
+function parseDtype(value: string | undefined, device: Backend): WeightDType {
+  if (value === undefined) return defaultWeightDtype(device);
+  if (value === 'f32') return 'f32';
   if (value === 'bf16') return 'bf16';
   throw new UsageError(`--dtype must be f32 or bf16, not '${value}'`);
 }
@@ -110,9 +117,9 @@ function tokenizerStep<T>(step: () => T): T {
   }
 }
 
-function loadModel(dir: string, dtype: WeightDType): LlamaForCausalLM {
+function loadModel(dir: string, dtype: WeightDType, device: Backend): LlamaForCausalLM {
   try {
-    return LlamaForCausalLM.fromPretrained(dir, { dtype });
+    return LlamaForCausalLM.fromPretrained(dir, { dtype, device });
   } catch (e) {
     if (e instanceof ConfigError || e instanceof CheckpointError || e instanceof SafetensorsError) throw new UserError(e.message);
     throw e;
@@ -143,7 +150,8 @@ export const command: Command = {
     const maxNewTokens =
       values['max-new-tokens'] === undefined ? DEFAULT_MAX_NEW_TOKENS : parseNumber('--max-new-tokens', values['max-new-tokens'], (x) => isCount(x) && x > 0, 'a positive integer');
     const sampling = parseSampling(values);
-    const dtype = parseDtype(values.dtype);
+    const device = resolveDevice(values.device);
+    const dtype = parseDtype(values.dtype, device);
     const stops = values.stop ?? [];
     if (stops.includes('')) throw new UsageError('--stop needs a non-empty string');
 
@@ -168,7 +176,7 @@ export const command: Command = {
       return ids;
     });
 
-    const model = loadModel(dir, dtype);
+    const model = loadModel(dir, dtype, device);
     try {
       if (values.adapter !== undefined) applyAdapter(model, values.adapter);
       const V = model.config.vocabSize;

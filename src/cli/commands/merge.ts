@@ -13,6 +13,7 @@ import { SafetensorsError } from '../../io/safetensors.js';
 import { CheckpointError } from '../../models/checkpoint.js';
 import { ConfigError } from '../../models/llama/config.js';
 import type { Command } from '../command.js';
+import { deviceHelp, DEVICE_OPTION, resolveDevice } from '../device.js';
 import { parseCommandArgs, UsageError, UserError } from '../errors.js';
 import { formatForBits } from '../../quant/weight.js';
 import { parseInputIds } from './forward.js';
@@ -42,6 +43,7 @@ Options:
                         by bitsandbytes is merged that way without this option
   --probe-ids JSON      token ids to compare merged and unmerged logits on, like
                         '[[1, 306, 4658]]' (default: 16 fixed ids)
+${deviceHelp(24)}
   -h, --help            this text
 
 The merged weights are W + s·B·A (LoRA) or (m / ‖W + s·B·A‖) ⊙ (W + s·B·A) per output
@@ -63,6 +65,7 @@ const OPTIONS = {
   'max-shard-size': { type: 'string' },
   'probe-ids': { type: 'string' },
   'quant-bits': { type: 'string' },
+  ...DEVICE_OPTION,
 } as const;
 
 function parseDtype(v: string | undefined): MergedDType | undefined {
@@ -99,6 +102,7 @@ export const command: Command = {
     const quantBits = values['quant-bits'];
     if (quantBits !== undefined && quantBits !== '8' && quantBits !== '4') throw new UsageError(`--quant-bits must be 8 or 4, not '${quantBits}'`);
     const quant = quantBits === undefined ? undefined : formatForBits(Number(quantBits));
+    const device = resolveDevice(values.device);
     let probe: number[] | undefined;
     if (values['probe-ids'] !== undefined) {
       let rows: number[][];
@@ -116,7 +120,7 @@ export const command: Command = {
       if (!fs.statSync(dir).isDirectory()) throw new UserError(`${dir}: not a directory (${flag} takes a directory)`);
     }
     try {
-      const r = mergeAdapter({ modelDir: values.model, adapterDir: values.adapter, outDir: values.out, dtype, maxShardBytes, probe, quant });
+      const r = mergeAdapter({ modelDir: values.model, adapterDir: values.adapter, outDir: values.out, dtype, maxShardBytes, probe, quant, device });
       out(
         `merged ${r.useDora ? 'DoRA' : 'LoRA'} adapter (${r.layers} layers) into ${values.out}: ${r.shards.length} shard${r.shards.length === 1 ? '' : 's'}, ${megabytes(r.totalBytes)} of ${r.dtype} weights\n` +
           `largest logit difference, merged vs unmerged, on a ${r.probeLength}-token probe: ${r.maxLogitDiff.toExponential(3)} (the adapter itself moves logits by up to ${r.adapterEffect.toExponential(3)})\n`,
