@@ -74,6 +74,7 @@ export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor | n
   const y = reshape(out2, [...x.shape.slice(0, -1), outF]);
   if (y !== out2) out2.dispose();
   const inputs = b !== null ? [x, b] : [x];
+  // Backward reads no activation: dx = dy·W decodes the frozen weight, db sums dy.
   return record(y, op, inputs, (g) => {
     const grads: (Tensor | null)[] = [];
     if (x.requiresGrad) {
@@ -88,7 +89,7 @@ export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor | n
     }
     if (b !== null) grads.push(b.requiresGrad ? sumTo(g, b.shape) : null);
     return grads;
-  });
+  }, []);
 }
 
 /** W as an f32 [out_features, in_features] tensor (a copy; the quantized weight stays). */
