@@ -25,7 +25,7 @@ export function resolveDevice(flag: string | undefined): Backend {
   try {
     return getBackend(name);
   } catch (e) {
-    throw new UserError(`device '${name}' (${from}) is not available: ${e instanceof Error ? e.message : String(e)}`);
+    throw new UserError(`device '${name}' (${from}) is not available: ${(e instanceof Error ? e.message : String(e)).replace(/^finlora: /, '')}`);
   }
 }
 
