@@ -19,8 +19,8 @@ import { empty, type Tensor } from '../tensor/tensor.js';
 import { div, eq, maximum, sub } from './binary.js';
 import { cast, reshape } from './view.js';
 import { sum } from './reduce.js';
-import { assertDtype, computeDtype, sameBackend, withContiguousAs, withF32Contiguous } from './util.js';
-import { withContiguous, withShapes } from './nn_util.js';
+import { assertDtype, computeDtype, sameBackend, withContiguous, withContiguousAs, withF32Contiguous } from './util.js';
+import { withShapes } from './nn_util.js';
 
 export type CrossEntropyReduction = 'mean' | 'sum' | 'none';
 

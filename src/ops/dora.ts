@@ -22,39 +22,12 @@ import { empty, scope, type Tensor } from '../tensor/tensor.js';
 import { add, mul } from './binary.js';
 import { matmul } from './matmul.js';
 import { rowNorm } from './norm.js';
-import { sameBackend } from './util.js';
+import { computesBf16, sameBackend, withContiguous } from './util.js';
 import { cast } from './view.js';
-
-/** Whether the backend lists bf16 among the dtypes it computes activations in. */
-function computesBf16(backend: Backend): boolean {
-  if (!('computeDtypes' in backend)) return false;
-  const dtypes = backend.computeDtypes;
-  return Array.isArray(dtypes) && dtypes.includes('bf16');
-}
 
 /** The activation dtype T doraScale computes in for this base (see the header). */
 export function doraScaleDtype(base: Tensor): 'f32' | 'bf16' {
   return base.dtype === 'bf16' && computesBf16(base.backend) ? 'bf16' : 'f32';
-}
-
-/**
- * Runs fn with each input contiguous in the dtype given beside it; temporaries made
- * for it are disposed afterwards (no gradient: callers record their own backward).
- */
-function withContiguousAs<T>(inputs: readonly (readonly [Tensor, DType])[], fn: (...xs: Tensor[]) => T): T {
-  const temps: Tensor[] = [];
-  const xs = inputs.map(([x, dtype]) => {
-    if (x.dtype === dtype && x.isContiguous()) return x;
-    const c = empty(x.shape, dtype, x.backend);
-    kernel(x.backend, 'copy')(x, c);
-    temps.push(c);
-    return c;
-  });
-  try {
-    return fn(...xs);
-  } finally {
-    for (const t of temps) t.dispose();
-  }
 }
 
 /** (base + s·lora) ⊙ g for base, lora [..., out] and g [out]; out in base's compute dtype. */
@@ -74,13 +47,13 @@ export function doraScale(base: Tensor, lora: Tensor, g: Tensor, s: number): Ten
   // The cast is recorded, so lora's gradient comes back in lora's own dtype.
   const loraT = cast(lora, T);
   const out = empty(base.shape, T, backend);
-  if (out.size > 0) withContiguousAs([[base, T], [loraT, T], [g, 'f32']], (b, l, gc) => forward(b, l, gc, out, s));
+  if (out.size > 0) withContiguous([[base, T], [loraT, T], [g, 'f32']], (b, l, gc) => forward(b, l, gc, out, s));
   return record(out, 'doraScale', [base, loraT, g], (dout) => {
     const dbase = empty(base.shape, T, backend);
     const dlora = empty(lora.shape, T, backend);
     const dg = empty(g.shape, 'f32', backend);
     if (out.size > 0) {
-      withContiguousAs([[base, T], [loraT, T], [g, 'f32'], [dout, T]], (b, l, gc, d) => back(b, l, gc, d, dbase, dlora, dg, s));
+      withContiguous([[base, T], [loraT, T], [g, 'f32'], [dout, T]], (b, l, gc, d) => back(b, l, gc, d, dbase, dlora, dg, s));
     } else if (dg.size > 0) kernel(backend, 'fill')(dg, 0);
     const grads: (Tensor | null)[] = [dbase, dlora, dg];
     // All three come out of one pass; drop those nobody needs.
@@ -117,6 +90,6 @@ export function doraNorm(w: Tensor, a: Tensor, b: Tensor, s: number): Tensor {
   const out = empty([w.shape[0]], 'f32', backend);
   if (out.size === 0) return out;
   const wDtype: DType = w.dtype === 'bf16' ? 'bf16' : 'f32';
-  withContiguousAs([[w, wDtype], [a, 'f32'], [b, 'f32']], (wc, ac, bc) => k(wc, ac, bc, out, s));
+  withContiguous([[w, wDtype], [a, 'f32'], [b, 'f32']], (wc, ac, bc) => k(wc, ac, bc, out, s));
   return out;
 }

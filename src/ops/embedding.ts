@@ -8,8 +8,8 @@ import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
 import { formatShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
-import { assertDtype, type ComputeDType, computesBf16, sameBackend, withContiguousAs } from './util.js';
-import { withContiguous, withShapes } from './nn_util.js';
+import { assertDtype, type ComputeDType, computesBf16, sameBackend, withContiguous, withContiguousAs } from './util.js';
+import { withShapes } from './nn_util.js';
 
 /**
  * weight[ids]: ids int32 [...], weight [V, D] (f32, bf16 or f16) -> [..., D] of `dtype`

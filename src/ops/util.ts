@@ -45,14 +45,16 @@ export function gradDtype(t: Tensor): ComputeDType {
 }
 
 /**
- * Runs fn with a contiguous version of each input in dtype T; temporaries made for it
- * are disposed afterwards.
+ * Runs fn with a contiguous version of each input in the dtype given beside it (the
+ * input's own dtype where null); temporaries made for it are disposed afterwards. No
+ * autograd records: callers record their own backward.
  */
-export function withContiguousAs<R>(dtype: DType, inputs: Tensor[], fn: (...xs: Tensor[]) => R): R {
+export function withContiguous<R>(inputs: readonly (readonly [Tensor, DType | null])[], fn: (...xs: Tensor[]) => R): R {
   const temps: Tensor[] = [];
-  const xs = inputs.map((x) => {
-    if (x.dtype === dtype && x.isContiguous()) return x;
-    const c = empty(x.shape, dtype, x.backend);
+  const xs = inputs.map(([x, dtype]) => {
+    const want = dtype ?? x.dtype;
+    if (x.dtype === want && x.isContiguous()) return x;
+    const c = empty(x.shape, want, x.backend);
     kernel(x.backend, 'copy')(x, c);
     temps.push(c);
     return c;
@@ -62,6 +64,11 @@ export function withContiguousAs<R>(dtype: DType, inputs: Tensor[], fn: (...xs: 
   } finally {
     for (const t of temps) t.dispose();
   }
+}
+
+/** Runs fn with a contiguous version of each input in dtype T (see withContiguous). */
+export function withContiguousAs<R>(dtype: DType, inputs: Tensor[], fn: (...xs: Tensor[]) => R): R {
+  return withContiguous(inputs.map((x) => [x, dtype] as const), fn);
 }
 
 /**
