@@ -24,6 +24,7 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
   if (!x.requiresGrad && trainable.length === 0) return fn(x);
   const start = rng?.offset ?? 0;
   const out = noGrad(() => scope(() => fn(x)));
+  // The recomputation reads x alone (the parameters are held by the model anyway).
   return record(out, 'checkpoint', [x, ...trainable], (g) => {
     const resume = rng?.offset ?? 0;
     rng?.seek(start);
@@ -43,7 +44,7 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
     } finally {
       rng?.seek(resume);
     }
-  });
+  }, [x]);
 }
 
 /** Checkpoints every decoder layer of `model` while training; returns a function that undoes it. */
