@@ -79,7 +79,7 @@ const PAUSE_MS = 300;
 const LR = 1e-4;
 
 /** A Llama of the given shape on `backend`: norms 1, other weights N(0, 0.02²) from `seed`. */
-function buildLlama(s: TrainShape, backend: Backend, seed: number): LlamaForCausalLM {
+export function buildLlama(s: Pick<TrainShape, 'hidden' | 'intermediate' | 'layers' | 'heads' | 'vocab'>, backend: Backend, seed: number): LlamaForCausalLM {
   const config = parseLlamaConfig({
     architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: s.hidden, intermediate_size: s.intermediate,
     num_hidden_layers: s.layers, num_attention_heads: s.heads, num_key_value_heads: s.heads, vocab_size: s.vocab,

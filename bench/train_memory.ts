@@ -14,8 +14,6 @@ import { createHash } from 'node:crypto';
 import { backward } from '../src/autograd/tape.js';
 import { loadCpuAddon } from '../src/backend/cpu/addon.js';
 import { getBackend } from '../src/backend/registry.js';
-import { parseLlamaConfig } from '../src/models/llama/config.js';
-import { LlamaForCausalLM } from '../src/models/llama/model.js';
 import { causalLmLoss } from '../src/models/loss.js';
 import { randn, tensor } from '../src/ops/creation.js';
 import { assign } from '../src/ops/inplace.js';
@@ -23,6 +21,7 @@ import { Rng } from '../src/tensor/rng.js';
 import { scope } from '../src/tensor/tensor.js';
 import { injectAdapters } from '../src/train/adapters.js';
 import { enableGradientCheckpointing } from '../src/train/grad_checkpoint.js';
+import { buildLlama } from './train_cpu.js';
 
 const SHAPE = { hidden: 256, layers: 4, heads: 4, intermediate: 688, vocab: 32000, batch: 8, seq: 128 };
 const QKV = ['q_proj', 'k_proj', 'v_proj'];
@@ -46,28 +45,9 @@ for (const dora of [false, true]) {
 
 const MIB = 1024 * 1024;
 
-function buildLlama(): LlamaForCausalLM {
-  const backend = getBackend('cpu');
-  const config = parseLlamaConfig({
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: SHAPE.hidden, intermediate_size: SHAPE.intermediate,
-    num_hidden_layers: SHAPE.layers, num_attention_heads: SHAPE.heads, num_key_value_heads: SHAPE.heads, vocab_size: SHAPE.vocab,
-    max_position_embeddings: 2048, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false,
-  });
-  const model = new LlamaForCausalLM(config, backend);
-  const rng = new Rng(5);
-  for (const [name, p] of model.namedParameters()) {
-    scope(() => {
-      if (name.endsWith('norm.weight')) assign(p, tensor(new Float32Array(p.size).fill(1), p.shape, { device: backend }));
-      else assign(p, randn(p.shape, rng, { std: 0.02, device: backend }));
-    });
-    p.name = name;
-  }
-  return model;
-}
-
 function measure(row: Row): { peak: number; before: number; loss: number; digest: string } {
   const addon = loadCpuAddon();
-  const model = buildLlama();
+  const model = buildLlama(SHAPE, getBackend('cpu'), 5);
   const { target, lora } = injectAdapters(model, {
     r: 8, alpha: 16, dropout: 0.05, targetModules: [...row.targets], useDora: row.dora, useRslora: false, baseModel: 'bench', seed: 3,
   });
