@@ -8,7 +8,8 @@ import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
 import { slice, transpose } from '../../src/ops/view.js';
 import { contiguousStrides } from '../../src/tensor/shape.js';
 import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSpec, randomData, testBackends, values } from '../helpers.js';
-import { forEachIsa, withThreads } from './nn_helpers.js';
+import { forEachIsa } from './isa_levels.js';
+import { withThreads } from './nn_helpers.js';
 
 interface Case {
   B: number;

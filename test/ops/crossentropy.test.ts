@@ -5,7 +5,7 @@ import { tensor } from '../../src/ops/creation.js';
 import { crossEntropy, type CrossEntropyReduction } from '../../src/ops/crossentropy.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
-import { forEachIsa } from './nn_helpers.js';
+import { forEachIsa } from './isa_levels.js';
 
 const ce = (reduction: CrossEntropyReduction, ignoreIndex?: number) => (logits: Tensor, targets: Tensor) =>
   crossEntropy(logits, targets, { reduction, ignoreIndex });

@@ -1,6 +1,7 @@
-// Runs a check once per SIMD level of the CPU backend (scalar, avx2, avx512) as
-// node:test subtests, so each compiled code path is compared with the reference; a
-// level this CPU lacks shows up as a skipped subtest that says so.
+// Runs a check once per SIMD level of the CPU backend (scalar, avx2, avx512), so each
+// compiled code path is compared with the reference: as node:test subtests (eachLevel;
+// a level this CPU lacks shows up as a skipped subtest that says so) or in a loop
+// within one test (forEachIsa).
 import type { TestContext } from 'node:test';
 import { CpuBackend } from '../../src/backend/cpu/cpu.js';
 import { getBackend } from '../../src/backend/registry.js';
@@ -30,6 +31,11 @@ export function atLevel<T>(level: IsaLevel, fn: () => T): T {
   } finally {
     cpu.setIsa(previous);
   }
+}
+
+/** Runs fn once per level this machine can run, in one test, restoring the level after. */
+export function forEachIsa(fn: (level: IsaLevel) => void): void {
+  for (const level of availableLevels()) atLevel(level, () => fn(level));
 }
 
 /** One subtest per level; unavailable levels are reported as skipped. */

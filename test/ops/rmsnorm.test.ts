@@ -5,7 +5,7 @@ import { tensor } from '../../src/ops/creation.js';
 import { rmsNorm } from '../../src/ops/rmsnorm.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
-import { forEachIsa } from './nn_helpers.js';
+import { forEachIsa } from './isa_levels.js';
 
 const norm = (eps: number) => (x: Tensor, w: Tensor) => rmsNorm(x, w, eps);
 

@@ -4,7 +4,7 @@ import { tensor } from '../../src/ops/creation.js';
 import { rope, ropeInvFreq, rotaryTables } from '../../src/ops/rope.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
-import { forEachIsa } from './nn_helpers.js';
+import { forEachIsa } from './isa_levels.js';
 
 const rot = (x: Tensor, c: Tensor, s: Tensor) => rope(x, c, s);
 

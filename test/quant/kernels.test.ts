@@ -18,7 +18,8 @@ import { computesBf16 } from '../../src/ops/util.js';
 import { roundTo } from '../../src/tensor/dtype.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
-import { forEachIsa, withThreads } from '../ops/nn_helpers.js';
+import { forEachIsa } from '../ops/isa_levels.js';
+import { withThreads } from '../ops/nn_helpers.js';
 import { assertClose, gradcheck, randomData, testBackends, values } from '../helpers.js';
 
 const DEVICES = ['reference', ...testBackends()];
