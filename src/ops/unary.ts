@@ -20,44 +20,47 @@ function compute(op: UnaryOp, x: Tensor): Tensor {
   });
 }
 
+/** Which of x and y = op(x) a derivative reads. */
+type Reads = 'x' | 'y' | 'none';
+
 /** Runs op and records `grad(g, x, y)`, whose temporaries are freed when it returns. */
-function unary(op: UnaryOp, x: Tensor, grad: (g: Tensor, x: Tensor, y: Tensor) => Tensor): Tensor {
+function unary(op: UnaryOp, x: Tensor, reads: Reads, grad: (g: Tensor, x: Tensor, y: Tensor) => Tensor): Tensor {
   const y = compute(op, x);
-  return record(y, op, [x], (g) => [scope(() => grad(g, x, y))]);
+  return record(y, op, [x], (g) => [scope(() => grad(g, x, y))], reads === 'x' ? [x] : reads === 'y' ? [y] : []);
 }
 
 export function neg(x: Tensor): Tensor {
-  return unary('neg', x, (g) => compute('neg', g));
+  return unary('neg', x, 'none', (g) => compute('neg', g));
 }
 
 export function exp(x: Tensor): Tensor {
-  return unary('exp', x, (g, _x, y) => mul(g, y));
+  return unary('exp', x, 'y', (g, _x, y) => mul(g, y));
 }
 
 /** Natural logarithm: NaN below 0, -inf at ±0. */
 export function log(x: Tensor): Tensor {
-  return unary('log', x, (g, x) => div(g, x));
+  return unary('log', x, 'x', (g, x) => div(g, x));
 }
 
 export function sqrt(x: Tensor): Tensor {
-  return unary('sqrt', x, (g, _x, y) => div(g, mul(y, 2)));
+  return unary('sqrt', x, 'y', (g, _x, y) => div(g, mul(y, 2)));
 }
 
 /** 1/sqrt(x). */
 export function rsqrt(x: Tensor): Tensor {
   // d/dx x^(-1/2) = -x^(-3/2)/2 = -y³/2
-  return unary('rsqrt', x, (g, _x, y) => mul(g, mul(mul(y, y), mul(y, -0.5))));
+  return unary('rsqrt', x, 'y', (g, _x, y) => mul(g, mul(mul(y, y), mul(y, -0.5))));
 }
 
 /** 1/(1 + e^(-x)). */
 export function sigmoid(x: Tensor): Tensor {
-  return unary('sigmoid', x, (g, _x, y) => mul(g, mul(y, sub(1, y))));
+  return unary('sigmoid', x, 'y', (g, _x, y) => mul(g, mul(y, sub(1, y))));
 }
 
 /** x·sigmoid(x) (SiLU, the activation in Llama's MLP). */
 export function silu(x: Tensor): Tensor {
   // silu' = s + x·s·(1 - s) = s·(1 + x·(1 - s)), s = sigmoid(x)
-  return unary('silu', x, (g, x) => {
+  return unary('silu', x, 'x', (g, x) => {
     const s = compute('sigmoid', x);
     return mul(g, mul(s, add(1, mul(x, sub(1, s)))));
   });
@@ -65,7 +68,7 @@ export function silu(x: Tensor): Tensor {
 
 /** |x|; the gradient at 0 is 0, as in PyTorch. */
 export function abs(x: Tensor): Tensor {
-  return unary('abs', x, (g, x) => {
+  return unary('abs', x, 'x', (g, x) => {
     // sign(x) = [x >= 0] - [x <= 0], which is 0 at ±0
     const nonNeg = eq(maximum(x, 0), x);
     const negX = compute('neg', x);
@@ -76,5 +79,5 @@ export function abs(x: Tensor): Tensor {
 
 /** x². */
 export function square(x: Tensor): Tensor {
-  return unary('square', x, (g, x) => mul(g, mul(x, 2)));
+  return unary('square', x, 'x', (g, x) => mul(g, mul(x, 2)));
 }
