@@ -9,9 +9,10 @@
 // depend on the device, the thread count or the order of work, and a run resumes
 // from a checkpoint with the same masks given (seed, offset).
 import { kernel } from '../backend/backend.js';
-import { record } from '../autograd/tape.js';
+import { isGradEnabled, noGrad, record } from '../autograd/tape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
-import { computeDtype, withContiguousAs, withF32Contiguous } from './util.js';
+import { linear, linearGrads } from './matmul.js';
+import { computeDtype, gradDtype, withContiguousAs, withF32Contiguous } from './util.js';
 
 /** A 32-bit integer finaliser with low bias (Wellons' "lowbias32" constants); a bijection. */
 function mix32(x: number): number {
@@ -130,6 +131,49 @@ export function dropout(x: Tensor, p: number, from: DropoutOptions | DropoutGene
   // generator is counter-based, so it is the same mask bit for bit, and no
   // activation-sized tensor is held between forward and backward.
   return record(out, 'dropout', [x], (g) => [applyMask(g, p, at)], []);
+}
+
+/**
+ * linear(dropout(x, p, from), weight) with x [..., in] (rank >= 2) and weight [out, in],
+ * the same values and gradients bit for bit, but its record saves x instead of
+ * dropout(x): backward redraws the mask. Adapters that share an input (a layer's q, k
+ * and v, or gate and up) then keep that input once rather than one dropped copy each.
+ */
+export function dropoutLinear(x: Tensor, weight: Tensor, p: number, from: DropoutOptions | DropoutGenerator): Tensor {
+  x.assertAlive('dropoutLinear');
+  if (!(p >= 0 && p < 1)) throw new Error(`dropoutLinear: p must be in [0, 1), got ${p}`);
+  if (p === 0) return linear(x, weight);
+  const at = from instanceof DropoutGenerator ? from.take(x.size) : { seed: from.seed, offset: from.offset };
+  if (!isGradEnabled() || x.rank < 2 || !(x.requiresGrad || weight.requiresGrad)) return linear(dropout(x, p, at), weight);
+  checkSeed('dropoutLinear', at.seed);
+  checkOffset('dropoutLinear', at.offset, x.size);
+  const xd = applyMask(x, p, at);
+  const y = noGrad(() => linear(xd, weight));
+  xd.dispose();
+  return record(
+    y,
+    'dropoutLinear',
+    [x, weight],
+    (g) => {
+      const wantX = x.requiresGrad, wantW = weight.requiresGrad;
+      // dW reads dropout(x), redrawn; dx needs only its shape.
+      const redrawn = wantW ? applyMask(x, p, at) : null;
+      const [dxd, dw] = linearGrads(g, redrawn ?? x, weight, wantX, wantW);
+      redrawn?.dispose();
+      if (dxd === null) return [null, dw];
+      // As the tape would hand it to dropout's backward: in dropout(x)'s gradient dtype.
+      let gd = dxd;
+      if (dxd.dtype !== gradDtype(x)) {
+        gd = empty(dxd.shape, gradDtype(x), x.backend);
+        kernel(x.backend, 'copy')(dxd, gd);
+        dxd.dispose();
+      }
+      const dx = applyMask(gd, p, at);
+      gd.dispose();
+      return [dx, dw];
+    },
+    [...(weight.requiresGrad ? [x] : []), ...(x.requiresGrad ? [weight] : [])],
+  );
 }
 
 /**

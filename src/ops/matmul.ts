@@ -332,6 +332,16 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   }, saved);
 }
 
+/**
+ * The gradients linear(x, weight) (no bias, x of rank >= 2) gives x and weight for the
+ * output gradient g, without recording: for ops that fuse a step around the product.
+ * dx reads only x's shape; dW reads x.
+ */
+export function linearGrads(g: Tensor, x: Tensor, weight: Tensor, wantX: boolean, wantW: boolean): [Tensor | null, Tensor | null] {
+  if (x.rank < 2) throw new Error(`linearGrads: x must have rank >= 2, got ${formatShape(x.shape)}`);
+  return [wantX ? gradA(g, x, weight, false, true) : null, wantW ? gradB(g, x, weight, false, true) : null];
+}
+
 /** A contiguous-layout view of a contiguous tensor (no record; used for rank-1 x). */
 function reshapeView(x: Tensor, shape: Shape): Tensor {
   if (!x.isContiguous()) return reshape(x, shape);

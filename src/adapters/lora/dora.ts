@@ -174,11 +174,12 @@ export class DoraVariant implements LoraVariant {
   forward(layer: LoraLayer, x: Tensor, base: Tensor): Tensor {
     const n = this.weightNorm(layer);
     const m = this.lora_magnitude_vector.weight;
-    const xd = layer.dropoutInput(x);
-    if (xd !== x && layer.dropoutSemantics === 'peft') {
-      return doraCombinePeft(base, layer.frozen.apply(xd), layer.loraBranch(xd), m, n, layer.scaling);
+    if (layer.dropoutSemantics === 'peft') {
+      const xd = layer.dropoutInput(x);
+      if (xd !== x) return doraCombinePeft(base, layer.frozen.apply(xd), layer.loraBranch(xd), m, n, layer.scaling);
+      return doraCombine(base, layer.loraBranch(xd), m, n, layer.scaling, layer.target.bias);
     }
-    return doraCombine(base, layer.loraBranch(xd), m, n, layer.scaling, layer.target.bias);
+    return doraCombine(base, layer.droppedLoraBranch(x), m, n, layer.scaling, layer.target.bias);
   }
 
   merge(layer: LoraLayer, w: Tensor): Tensor {

@@ -22,7 +22,7 @@
 import { noGrad } from '../../autograd/tape.js';
 import { add, mul, sub } from '../../ops/binary.js';
 import { uniform, zeros } from '../../ops/creation.js';
-import { dropout, type DropoutGenerator } from '../../ops/dropout.js';
+import { dropout, dropoutLinear, type DropoutGenerator } from '../../ops/dropout.js';
 import { assign } from '../../ops/inplace.js';
 import { linear, matmul } from '../../ops/matmul.js';
 import { computeDtype } from '../../ops/util.js';
@@ -216,6 +216,19 @@ export class LoraLayer {
   }
 
   /**
+   * loraBranch(dropoutInput(x), scale) with the same values, gradients and draws from
+   * the dropout stream, but A's product redraws the mask in backward (dropoutLinear):
+   * backward keeps x, which the other adapters on the same input keep too, instead of
+   * a dropped copy of its own.
+   */
+  droppedLoraBranch(x: Tensor, scale = 1): Tensor {
+    if (!this.training || this.lora_dropout === 0 || this.dropoutGen === null || x.rank < 2) return this.loraBranch(this.dropoutInput(x), scale);
+    const t = computeDtype(x.backend, x);
+    const b = cast(this.lora_B.weight, t);
+    return linear(dropoutLinear(x, cast(this.lora_A.weight, t), this.lora_dropout, this.dropoutGen), scale === 1 ? b : mul(b, scale));
+  }
+
+  /**
    * y = W·x + b + s·B·A·x̃, or the variant's forward. A merged layer is its base. The
    * scope frees what backward does not read (the base output, the branch's result)
    * as soon as y exists.
@@ -226,7 +239,7 @@ export class LoraLayer {
       const base = this.baseForward(x);
       if (this._merged) return base;
       if (this.variant !== null) return this.variant.forward(this, x, base);
-      return add(base, cast(this.loraBranch(this.dropoutInput(x), this.scaling), base.dtype));
+      return add(base, cast(this.droppedLoraBranch(x, this.scaling), base.dtype));
     });
   }
 
