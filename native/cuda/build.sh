@@ -60,7 +60,7 @@ jobs="${FINLORA_CUDA_JOBS:-$(nproc)}"
 obj="build/cuda-obj"
 mkdir -p "$obj" build/Release
 
-flags=(-std=c++17 -O3 -Xcompiler -fPIC -Xcompiler -Wall -Inative/cuda -I"$cublas_inc" -I"$node_inc"
+flags=(-std=c++17 -O3 -Xcompiler -fPIC -Xcompiler -Wall -Inative/cuda -Inative/common -I"$cublas_inc" -I"$node_inc"
        -DNAPI_VERSION=8 --expt-relaxed-constexpr
        "-gencode=arch=compute_$arch,code=sm_$arch" "-gencode=arch=compute_$arch,code=compute_$arch")
 

@@ -16,10 +16,7 @@
 //   floats: [offset]
 //   ptrs:   [q0, q1, q2, q3, q4, out]
 //
-// Weight operands q0..q4: int8: cb (int8 [rows, cols]), scb (f32 [rows]), and three
-// unused; nf4: packed (uint8), code (f32 [16]), absmax (f32 per block, or uint8 when
-// nested), nested absmax (f32), nested code (f32 [256]) — the last two unused when not
-// nested.
+// Weight operands q0..q4: those of quant::parse_weight (native/common/quant_format.h).
 //
 // Structure: the blocked loop nest and thread scheduling of kernels/matmul.cc (Goto &
 // van de Geijn; BLIS's five loops; column slabs sharing one packing of A) around the
@@ -46,6 +43,7 @@ namespace finlora {
 namespace {
 
 using gemm::MicroKernel;
+using quant::parse_weight;
 using quant::QuantIsa;
 using quant::QWeight;
 
@@ -73,47 +71,6 @@ thread_local Buffer t_pack_b;
 thread_local Buffer t_scratch;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Reads the weight operands starting at ptrs[p0] and ints[i0] (layouts above).
-bool parse_weight(const KernelArgs& args, size_t p0, int64_t format, int64_t rows, int64_t cols, int64_t blocksize,
-                  int64_t nested, int64_t nested_blocksize, QWeight& w) {
-  w = QWeight{};
-  w.rows = rows;
-  w.cols = cols;
-  if (rows < 0 || cols < 0) {
-    args.error = "negative weight size";
-    return false;
-  }
-  if (format == quant::kInt8) {
-    w.format = quant::kInt8;
-    w.cb = static_cast<const int8_t*>(args.ptrs[p0]);
-    w.scb = static_cast<const float*>(args.ptrs[p0 + 1]);
-    return true;
-  }
-  if (format != quant::kNf4) {
-    args.error = "unknown quantized format code";
-    return false;
-  }
-  if (blocksize <= 0 || (nested != 0 && nested_blocksize <= 0)) {
-    args.error = "block sizes must be positive";
-    return false;
-  }
-  w.format = quant::kNf4;
-  w.packed = static_cast<const uint8_t*>(args.ptrs[p0]);
-  w.code = static_cast<const float*>(args.ptrs[p0 + 1]);
-  w.blocksize = blocksize;
-  w.nested = nested != 0;
-  if (w.nested) {
-    w.qabsmax = static_cast<const uint8_t*>(args.ptrs[p0 + 2]);
-    w.nested_absmax = static_cast<const float*>(args.ptrs[p0 + 3]);
-    w.nested_code = static_cast<const float*>(args.ptrs[p0 + 4]);
-    w.nested_blocksize = nested_blocksize;
-    w.offset = static_cast<float>(args.floats[0]);
-  } else {
-    w.absmax = static_cast<const float*>(args.ptrs[p0 + 2]);
-  }
-  return true;
-}
 
 const MicroKernel& pick_micro_kernel() {
   const MicroKernel* k = nullptr;

@@ -18,8 +18,9 @@
 //   pack4 = 0 stores one uint8 index per value.
 //   ints: [n, dtype, codeSize, blocksize, pack4]   ptrs: [x, code, q, absmax]
 //
-// With AVX-512, int8 rows and full 4-bit blocks go through quant/quantize_avx512.cc,
-// which gives the same codes.
+// The per-value arithmetic is native/common/quant_format.h's, shared with the CUDA
+// kernel. With AVX-512, int8 rows and full 4-bit blocks go through
+// quant/quantize_avx512.cc, which gives the same codes.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -70,24 +71,10 @@ void quantize_int8_kernel(const KernelArgs& args) {
         std::fill(q, q + cols, static_cast<int8_t>(0));
         continue;
       }
-      const float scale = 127.0f / absmax;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float v = std::nearbyint(h[c] * scale);
-        q[c] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
-      }
+      const float scale = quant::int8_scale(absmax);
+      for (int64_t c = 0; c < cols; ++c) q[c] = quant::int8_code(h[c], scale);
     }
   });
-}
-
-// torch.bucketize(x, bounds, right=False): the number of bounds strictly below x.
-inline int bucket(const float* bounds, int nb, float x) {
-  int lo = 0, hi = nb;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (bounds[mid] < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }
 
 void quantize_blockwise_kernel(const KernelArgs& args) {
@@ -97,7 +84,7 @@ void quantize_blockwise_kernel(const KernelArgs& args) {
   }
   const int64_t n = args.ints[0], dtype = args.ints[1], code_size = args.ints[2], bs = args.ints[3];
   const bool pack4 = args.ints[4] != 0;
-  if (n < 0 || !float_dtype(dtype) || code_size < 2 || code_size > 256 || bs <= 0 || (pack4 && (code_size > 16 || bs % 2 != 0))) {
+  if (!float_dtype(dtype) || !quant::blockwise_sizes_ok(n, code_size, bs, pack4)) {
     args.error = "quantizeBlockwise: bad size, dtype, code size or block size";
     return;
   }
@@ -107,8 +94,8 @@ void quantize_blockwise_kernel(const KernelArgs& args) {
   float* absmax = static_cast<float*>(args.ptrs[3]);
   const int nb = static_cast<int>(code_size - 1);
   std::vector<float> bounds(static_cast<size_t>(nb));
-  for (int i = 0; i < nb; ++i) bounds[i] = (code[i] + code[i + 1]) / 2.0f;
-  const int zero_index = bucket(bounds.data(), nb, 0.0f);
+  for (int i = 0; i < nb; ++i) bounds[i] = quant::code_midpoint(code, i);
+  const int zero_index = quant::bucket(bounds.data(), nb, 0.0f);
   const int64_t blocks = (n + bs - 1) / bs;
   const int64_t grain = std::max<int64_t>(1, (1 << 14) / bs);
   const bool fast4 = isa() == Isa::Avx512 && pack4 && code_size == 16;
@@ -123,10 +110,7 @@ void quantize_blockwise_kernel(const KernelArgs& args) {
       absmax[b] = partial ? clamped : am;
       const float inv = 1.0f / clamped;
       for (int64_t i = 0; i < len; ++i) {
-        const float v = load(x, dtype, start + i);
-        float s = partial ? v / clamped : v * inv;
-        s = std::min(1.0f, std::max(-1.0f, s));
-        const int idx = bucket(bounds.data(), nb, s);
+        const int idx = quant::bucket(bounds.data(), nb, quant::block_scaled(load(x, dtype, start + i), clamped, inv, partial));
         const int64_t e = start + i;
         if (!pack4) {
           q[e] = static_cast<uint8_t>(idx);

@@ -1,13 +1,8 @@
 // quantizedMatmul and dequantize on the GPU: products with a frozen weight W [rows, cols]
-// stored in bitsandbytes' int8 or NF4 format, with the layouts and numerics of
-// native/cpu/kernels/qmatmul.cc and quant/quant.h (the reference: the same dequantized
-// values, products within f32 rounding):
-//
-//   int8  W[r, c] = CB[r, c] · (SCB[r] · (1/127))
-//   nf4   W at flat index f = code[nibble f] · absmax[f / blocksize] (the high nibble of
-//         byte f/2 for even f); double quantization stores absmax as uint8 codes:
-//         absmax[b] = nested_code[q[b]] · nested_absmax[b / nested_blocksize] + offset,
-//         the product rounded to f32 before the offset is added (bitsandbytes' order)
+// stored in bitsandbytes' int8 or NF4 format, with the layouts of
+// native/cpu/kernels/qmatmul.cc (the reference: the same dequantized values, products
+// within f32 rounding). The formats and their arithmetic are
+// native/common/quant_format.h's, which the CPU kernels use too.
 //
 //   quantizedMatmul: out (+)= a · op(W), a [M, K] and out [M, N] contiguous, both f32 or
 //     both bf16 (T); transW = 1: op(W) = Wᵀ, K = cols, N = rows (a Linear's forward);
@@ -21,9 +16,7 @@
 //   floats: [offset]
 //   ptrs:   [q0, q1, q2, q3, q4, out]
 //
-// Weight operands q0..q4: int8: cb (int8), scb (f32 [rows]) and three unused; nf4:
-// packed (uint8), code (f32 [16]), absmax (f32, or uint8 when nested), nested absmax
-// (f32), nested code (f32 [256]).
+// Weight operands q0..q4: those of quant::parse_weight.
 //
 // Design: W is decoded piece by piece into one scratch buffer of at most kScratchBytes
 // (T elements) and each piece goes through one cuBLAS GEMM (cublasGemmEx: bf16 operands
@@ -39,6 +32,7 @@
 #include <string>
 
 #include "kernel.h"
+#include "quant_format.h"
 
 namespace finlora {
 namespace cuda {
@@ -46,35 +40,8 @@ namespace {
 
 constexpr size_t kScratchBytes = size_t{32} << 20;
 
-struct QWeight {
-  int64_t format;  // 0 int8, 1 nf4
-  int64_t rows, cols;
-  const int8_t* cb;
-  const float* scb;
-  const uint8_t* packed;
-  const float* code;
-  int64_t blocksize;
-  const float* absmax;
-  const uint8_t* qabsmax;
-  const float* nested_absmax;
-  const float* nested_code;
-  int64_t nested_blocksize;
-  float offset;
-  bool nested;
-};
-
-__device__ __forceinline__ float block_scale(const QWeight& w, int64_t b) {
-  if (!w.nested) return w.absmax[b];
-  // Two roundings, never an FMA: bitsandbytes rounds the product before adding the offset.
-  return __fadd_rn(__fmul_rn(w.nested_code[w.qabsmax[b]], w.nested_absmax[b / w.nested_blocksize]), w.offset);
-}
-
-__device__ __forceinline__ float weight_at(const QWeight& w, int64_t r, int64_t c) {
-  if (w.format == 0) return __fmul_rn(static_cast<float>(w.cb[r * w.cols + c]), __fmul_rn(w.scb[r], 1.0f / 127.0f));
-  const int64_t f = r * w.cols + c;
-  const uint8_t byte = w.packed[f >> 1];
-  return __fmul_rn(w.code[(f & 1) ? (byte & 15) : (byte >> 4)], block_scale(w, f / w.blocksize));
-}
+using quant::parse_weight;
+using quant::QWeight;
 
 // dst[i * ld + j] = W[r0 + i, c0 + j] for i < nr, j < nc, rounded once to T.
 template <typename T>
@@ -82,62 +49,18 @@ __global__ void decode(QWeight w, int64_t r0, int64_t nr, int64_t c0, int64_t nc
   const int64_t n = nr * nc;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e / nc, j = e - i * nc;
-    st(dst, e, weight_at(w, r0 + i, c0 + j));
+    st(dst, e, w.at(r0 + i, c0 + j));
   }
 }
 
-// The weight operands at ptrs[p0..p0+4] and ints [format, rows, cols, blocksize, nested, nestedBlocksize].
-bool parse_weight(const KernelArgs& args, size_t p0, int64_t format, int64_t rows, int64_t cols, int64_t blocksize, int64_t nested,
-                  int64_t nested_blocksize, QWeight& w) {
-  w = QWeight{};
-  w.format = format;
-  w.rows = rows;
-  w.cols = cols;
-  if (rows < 0 || cols < 0) {
-    args.error = "negative weight size";
-    return false;
-  }
-  if (format == 0) {
-    w.cb = static_cast<const int8_t*>(args.ptrs[p0]);
-    w.scb = static_cast<const float*>(args.ptrs[p0 + 1]);
-    return true;
-  }
-  if (format != 1) {
-    args.error = "unknown quantized format code " + std::to_string(format);
-    return false;
-  }
-  if (blocksize <= 0 || (nested != 0 && nested_blocksize <= 0)) {
-    args.error = "block sizes must be positive";
-    return false;
-  }
-  w.packed = static_cast<const uint8_t*>(args.ptrs[p0]);
-  w.code = static_cast<const float*>(args.ptrs[p0 + 1]);
-  w.blocksize = blocksize;
-  w.nested = nested != 0;
-  if (w.nested) {
-    w.qabsmax = static_cast<const uint8_t*>(args.ptrs[p0 + 2]);
-    w.nested_absmax = static_cast<const float*>(args.ptrs[p0 + 3]);
-    w.nested_code = static_cast<const float*>(args.ptrs[p0 + 4]);
-    w.nested_blocksize = nested_blocksize;
-    w.offset = static_cast<float>(args.floats[0]);
-  } else {
-    w.absmax = static_cast<const float*>(args.ptrs[p0 + 2]);
-  }
-  return true;
-}
-
-// decode, eight consecutive values per thread: one 4-byte load of NF4 nibbles (or an
-// 8-byte load of int8 codes), one block scale, one 16- or 32-byte store. Needs cols,
-// c0 and nc multiples of 8 and, for NF4, a block size that is too (so the eight share a
-// block); the values are those of weight_at.
 // W[r, c .. c + 7] (c and cols multiples of 8; for NF4 a block size that is too, so
 // the eight share a block): one 4-byte load of nibbles or 8-byte load of int8 codes and
-// one scale; the values of weight_at.
+// one scale; the values of QWeight::at.
 __device__ __forceinline__ void decode8_at(const QWeight& w, int64_t r, int64_t c, float (&v)[8]) {
   const int64_t f = r * w.cols + c;
-  if (w.format == 0) {
+  if (w.format == quant::kInt8) {
     const uint2 q = *reinterpret_cast<const uint2*>(w.cb + f);
-    const float s = __fmul_rn(w.scb[r], 1.0f / 127.0f);
+    const float s = w.row_scale(r);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       const uint32_t word = e < 4 ? q.x : q.y;
@@ -145,7 +68,7 @@ __device__ __forceinline__ void decode8_at(const QWeight& w, int64_t r, int64_t 
     }
   } else {
     const uint32_t u = *reinterpret_cast<const uint32_t*>(w.packed + (f >> 1));
-    const float s = block_scale(w, f / w.blocksize);
+    const float s = w.block_scale(f / w.blocksize);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const uint32_t byte = (u >> (8 * k)) & 0xffu;
@@ -157,8 +80,8 @@ __device__ __forceinline__ void decode8_at(const QWeight& w, int64_t r, int64_t 
 
 // Whether decode8_at may read W at column offsets that are multiples of 8.
 bool decodes_by8(const QWeight& w) {
-  return w.cols % 8 == 0 && (w.format == 0 ? (reinterpret_cast<uintptr_t>(w.cb) & 7u) == 0
-                                           : w.blocksize % 8 == 0 && (reinterpret_cast<uintptr_t>(w.packed) & 3u) == 0);
+  return w.cols % 8 == 0 && (w.format == quant::kInt8 ? (reinterpret_cast<uintptr_t>(w.cb) & 7u) == 0
+                                                     : w.blocksize % 8 == 0 && (reinterpret_cast<uintptr_t>(w.packed) & 3u) == 0);
 }
 
 // decode, eight consecutive values per thread and one 16- or 32-byte store.

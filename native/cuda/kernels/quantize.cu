@@ -16,13 +16,14 @@
 //   of 0. One warp per block.
 //   ints: [n, dtype, codeSize, blocksize, pack4]   ptrs: [x, code, q, absmax]
 //
-// Every comparison is written as the CPU's std::min / std::max expand (a NaN never wins
-// a max and clamps to -1 / -127), and every division and product is a single IEEE
-// operation (nvcc's default -prec-div, no contraction possible), so the codes match
+// The per-value arithmetic is native/common/quant_format.h's, which the CPU kernel uses
+// too: comparisons as std::min / std::max expand (a NaN never wins a max and clamps to
+// -1 / -127), every division and product a single IEEE operation, so the codes match
 // the CPU's bit for bit.
 #include <string>
 
 #include "kernel.h"
+#include "quant_format.h"
 
 namespace finlora {
 namespace cuda {
@@ -34,9 +35,7 @@ __device__ __forceinline__ float load_any(const void* p, int64_t dtype, int64_t 
   return f16_load(static_cast<const uint16_t*>(p), i);
 }
 
-// std::max(a, b) and std::min(a, b) as the C++ library defines them.
-__device__ __forceinline__ float std_max(float a, float b) { return a < b ? b : a; }
-__device__ __forceinline__ float std_min(float a, float b) { return b < a ? b : a; }
+using quant::std_max;
 
 struct StdMaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return std_max(a, b); }
@@ -59,11 +58,10 @@ __global__ void quantize_int8_rows(const void* w, int64_t dtype, int64_t cols, i
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) q[c] = 0;
     return;
   }
-  const float scale = __fdiv_rn(127.0f, am);
+  const float scale = quant::int8_scale(am);
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     const float h = __half2float(__float2half_rn(load_any(w, dtype, row * cols + c)));
-    const float v = rintf(__fmul_rn(h, scale));
-    q[c] = static_cast<int8_t>(std_min(127.0f, std_max(-127.0f, v)));
+    q[c] = quant::int8_code(h, scale);
   }
 }
 
@@ -85,23 +83,12 @@ void quantize_int8(const KernelArgs& args) {
 
 constexpr int kWarps = 8;
 
-// torch.bucketize(x, bounds, right=False): the number of bounds strictly below x.
-__device__ __forceinline__ int bucket(const float* bounds, int nb, float x) {
-  int lo = 0, hi = nb;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (bounds[mid] < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
 __global__ void quantize_blocks(const void* x, int64_t dtype, const float* code, int nb, uint8_t* q, float* absmax, int64_t n,
                                 int64_t bs, bool pack4) {
   __shared__ float bounds[255];
-  for (int i = threadIdx.x; i < nb; i += blockDim.x) bounds[i] = __fdiv_rn(__fadd_rn(code[i], code[i + 1]), 2.0f);
+  for (int i = threadIdx.x; i < nb; i += blockDim.x) bounds[i] = quant::code_midpoint(code, i);
   __syncthreads();
-  const int zero_index = bucket(bounds, nb, 0.0f);
+  const int zero_index = quant::bucket(bounds, nb, 0.0f);
   const int lane = threadIdx.x & 31;
   const int64_t blocks = (n + bs - 1) / bs;
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
@@ -114,11 +101,7 @@ __global__ void quantize_blocks(const void* x, int64_t dtype, const float* code,
   const float clamped = std_max(am, 1e-38f);
   if (lane == 0) absmax[b] = partial ? clamped : am;
   const float inv = __fdiv_rn(1.0f, clamped);
-  auto index = [&](int64_t i) {
-    const float v = load_any(x, dtype, start + i);
-    const float s = partial ? __fdiv_rn(v, clamped) : __fmul_rn(v, inv);
-    return bucket(bounds, nb, std_min(1.0f, std_max(-1.0f, s)));
-  };
+  auto index = [&](int64_t i) { return quant::bucket(bounds, nb, quant::block_scaled(load_any(x, dtype, start + i), clamped, inv, partial)); };
   if (!pack4) {
     for (int64_t i = lane; i < len; i += 32) q[start + i] = static_cast<uint8_t>(index(i));
     return;
@@ -137,7 +120,7 @@ void quantize_blockwise(const KernelArgs& args) {
   }
   const int64_t n = args.ints[0], dtype = args.ints[1], code_size = args.ints[2], bs = args.ints[3];
   const bool pack4 = args.ints[4] != 0;
-  if (n < 0 || !float_dtype(dtype) || code_size < 2 || code_size > 256 || bs <= 0 || (pack4 && (code_size > 16 || bs % 2 != 0))) {
+  if (!float_dtype(dtype) || !quant::blockwise_sizes_ok(n, code_size, bs, pack4)) {
     args.error = "quantizeBlockwise: bad size, dtype, code size or block size";
     return;
   }

@@ -28,7 +28,7 @@ FINLORA_AVX2 inline __m256i nibbles8(const uint8_t* p) {
 
 FINLORA_AVX2 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float* out) {
   if (f & 1) {
-    *out++ = w.code[w.packed[f >> 1] & 15] * s;
+    *out++ = w.code[w.nibble(f)] * s;
     ++f;
     --n;
   }
@@ -51,7 +51,7 @@ FINLORA_AVX2 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float
 FINLORA_AVX2 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
   if (w.format == kInt8) {
     const int8_t* q = w.cb + r * w.cols + c0;
-    const float s = w.scb[r] * (1.0f / 127.0f);
+    const float s = w.row_scale(r);
     const __m256 vs = _mm256_set1_ps(s);
     int64_t i = 0;
     for (; i + 8 <= len; i += 8) {

@@ -30,7 +30,7 @@ FINLORA_AVX512 inline __m512i nibbles16(const uint8_t* p) {
 
 FINLORA_AVX512 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float* out) {
   if (f & 1) {
-    *out++ = w.code[w.packed[f >> 1] & 15] * s;
+    *out++ = w.code[w.nibble(f)] * s;
     ++f;
     --n;
   }
@@ -46,7 +46,7 @@ FINLORA_AVX512 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, flo
 FINLORA_AVX512 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
   if (w.format == kInt8) {
     const int8_t* q = w.cb + r * w.cols + c0;
-    const __m512 vs = _mm512_set1_ps(w.scb[r] * (1.0f / 127.0f));
+    const __m512 vs = _mm512_set1_ps(w.row_scale(r));
     int64_t i = 0;
     for (; i + 16 <= len; i += 16) {
       const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i));
@@ -133,7 +133,7 @@ FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int6
       const int live = std::min(16, std::max(0, rows - jg));
       alignas(64) float sc[16] = {};
       if (w.format == kInt8)
-        for (int i = 0; i < live; ++i) sc[i] = w.scb[r0 + jg + i] * (1.0f / 127.0f);
+        for (int i = 0; i < live; ++i) sc[i] = w.row_scale(r0 + jg + i);
       const __m512 vs = _mm512_load_ps(sc);
       for (int64_t k0 = 0; k0 < len; k0 += 16) {
         const int64_t kn = std::min<int64_t>(16, len - k0);
@@ -183,7 +183,7 @@ FINLORA_AVX512 void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t 
   }
   for (int64_t k = 0; k < kc; ++k) {
     const int8_t* q = w.cb + (r0 + k) * w.cols + c0;
-    const __m512 vs = _mm512_set1_ps(w.scb[r0 + k] * (1.0f / 127.0f));
+    const __m512 vs = _mm512_set1_ps(w.row_scale(r0 + k));
     float* d = dst + k * nr;
     for (int j = 0; j < nr; j += 16) {
       if (j >= cols) {

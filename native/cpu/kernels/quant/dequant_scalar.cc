@@ -10,16 +10,12 @@ namespace {
 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
   if (w.format == kInt8) {
     const int8_t* q = w.cb + r * w.cols + c0;
-    const float s = w.scb[r] * (1.0f / 127.0f);
+    const float s = w.row_scale(r);
     for (int64_t i = 0; i < len; ++i) out[i] = static_cast<float>(q[i]) * s;
     return;
   }
   for_each_block_run(w, r, c0, len, out, [&](int64_t f, int64_t n, float s, float* o) {
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t idx = f + i;
-      const uint8_t byte = w.packed[idx >> 1];
-      o[i] = w.code[(idx & 1) ? (byte & 15) : (byte >> 4)] * s;
-    }
+    for (int64_t i = 0; i < n; ++i) o[i] = w.code[w.nibble(f + i)] * s;
   });
 }
 

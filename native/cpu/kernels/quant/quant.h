@@ -1,60 +1,16 @@
-// Frozen weights stored in bitsandbytes' formats, as the quantized kernels see them
-// (qmatmul.cc, quantize.cc), and the per-ISA routines that turn a stretch of one row
-// back into f32 (dequant_*.cc). The formats follow bitsandbytes' public source
-// (bitsandbytes/functional.py and backends/default/ops.py):
-//
-//   int8  W [rows, cols] row-major int8 CB with one f32 absmax per row (SCB):
-//         W[r, c] ~ CB[r, c] * SCB[r] / 127                       (int8_vectorwise_dequant)
-//   nf4   the row-major flattening of W cut into blocks of `blocksize` values; value i
-//         is code[nibble i] * absmax[i / blocksize], nibble i lives in byte i / 2, the
-//         HIGH nibble for even i and the low one for odd i      (quantize_4bit: q[::2] << 4 | q[1::2])
-//         With double quantization (compress_statistics) absmax itself is stored as
-//         uint8 codes into a 256-entry map, in blocks of nested_blocksize, plus one
-//         offset (the mean that was subtracted before quantizing):
-//         absmax[b] = nested_code[q[b]] * nested_absmax[b / nested_blocksize] + offset
-//
-// Blocks run along the flattened weight, so when cols is not a multiple of blocksize
-// a block straddles two rows; every routine here works from flat indices.
+// Frozen weights stored in bitsandbytes' formats as the CPU's quantized kernels see
+// them (qmatmul.cc, quantize.cc): the per-ISA routines that turn a stretch of one row
+// back into f32 (dequant_*.cc) and the AVX-512 quantizers. The formats, the weight
+// operands (QWeight) and their arithmetic are native/common/quant_format.h's, shared
+// with the CUDA kernels.
 #pragma once
 #include <cstdint>
 
 #include "kernel.h"
+#include "quant_format.h"
 
 namespace finlora {
 namespace quant {
-
-enum Format : int64_t { kInt8 = 0, kNf4 = 1 };
-
-struct QWeight {
-  Format format;
-  int64_t rows, cols;
-  // int8
-  const int8_t* cb;
-  const float* scb;
-  // nf4
-  const uint8_t* packed;
-  const float* code;  // 16 entries
-  int64_t blocksize;
-  const float* absmax;     // f32 per block when !nested
-  const uint8_t* qabsmax;  // uint8 per block when nested
-  const float* nested_absmax;
-  const float* nested_code;  // 256 entries
-  int64_t nested_blocksize;
-  float offset;
-  bool nested;
-
-  // The order of operations is bitsandbytes': (code * absmax2) rounded to f32, then
-  // + offset. NOTE: GCC contracts a * b + c into an FMA in C++ by default (one rounding
-  // instead of two, 1 ulp off bitsandbytes); the empty asm makes the product opaque.
-  float block_scale(int64_t b) const {
-    if (!nested) return absmax[b];
-    float s = nested_code[qabsmax[b]] * nested_absmax[b / nested_blocksize];
-#if defined(__x86_64__)
-    asm("" : "+x"(s));
-#endif
-    return s + offset;
-  }
-};
 
 // One instruction-set level's routines.
 struct QuantIsa {
