@@ -8,7 +8,8 @@
 // is handed to the graph: it moves to the enclosing scope, marked graphHeld, and
 // backward frees it as soon as the last record that saved it has run. One that is only
 // an edge of the graph (gradients flow through it, nobody reads it) loses its data but
-// keeps its record, so backward still routes through it.
+// keeps its record, so backward still routes through it; its handle moves to the
+// enclosing scope as well, which disposes it.
 import type { Backend, BackendBuffer } from '../backend/backend.js';
 import { type DType, DTYPE_BYTES, decode, type HostArray } from './dtype.js';
 import { contiguousStrides, formatShape, isContiguous, numel, type Shape } from './shape.js';
@@ -237,7 +238,10 @@ export function scope<T>(fn: () => T): T {
       t.graphHeld = true;
       trackInScope(t);
     } else if (reached.has(t)) {
+      // The handle stays with the enclosing scope, which drops its record (and a leaf's
+      // gradient) when backward never ran.
       t.freeData();
+      trackInScope(t);
     }
   }
   return result;

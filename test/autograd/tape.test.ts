@@ -157,3 +157,19 @@ test('backward that reads a tensor its record did not save finds it disposed', (
     assert.throws(() => backward(y), /was disposed/);
   });
 });
+
+test('a trainable leaf made inside a scope that only the graph reaches is disposed with its gradient by the enclosing scope', () => {
+  const device = defaultBackend();
+  const before = device.liveBytes();
+  scope(() => {
+    const leaves: Tensor[] = [];
+    const y = scope(() => {
+      const leaf = tensor(new Float32Array(64).fill(1), [64], { requiresGrad: true });
+      leaves.push(leaf);
+      return sum(add(leaf, 1));
+    });
+    backward(y);
+    assert.deepEqual([...leaves[0].grad!.toArray()], new Array(64).fill(1));
+  });
+  assert.equal(device.liveBytes(), before, 'the leaf and its gradient are freed');
+});
