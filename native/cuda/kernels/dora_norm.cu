@@ -27,17 +27,33 @@ namespace {
 constexpr int kRows = 4;
 constexpr int kThreads = 256;
 
-template <typename W>
-__global__ void __launch_bounds__(kThreads) dora_norm_rows(const W* w, const float* a, const float* b, float* out, int64_t rows,
-                                                           int64_t cols, int r, float s) {
-  extern __shared__ float coef[];  // [kRows, r]: s·B of this block's rows, 0 past the last row
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+// A block's kRows rows from row0: coef [kRows, r] = s·B of those rows, 0 past the last
+// row. Returns how many of the rows exist.
+__device__ __forceinline__ int load_coef(const float* b, int64_t rows, int64_t row0, int r, float s, float* coef) {
   const int nr = rows - row0 < kRows ? static_cast<int>(rows - row0) : kRows;
   for (int i = threadIdx.x; i < kRows * r; i += blockDim.x) {
     const int j = i / r, k = i - j * r;
     coef[i] = j < nr ? s * b[(row0 + j) * r + k] : 0.f;
   }
   __syncthreads();
+  return nr;
+}
+
+// out[row0 + j] = the square root of the block's sum of acc[j], summed in f64.
+__device__ __forceinline__ void store_norms(const float (&acc)[kRows], int64_t row0, int nr, float* out) {
+#pragma unroll
+  for (int j = 0; j < kRows; ++j) {
+    const double total = block_reduce(static_cast<double>(acc[j]), SumOp());
+    if (threadIdx.x == 0 && j < nr) out[row0 + j] = static_cast<float>(sqrt(total));
+  }
+}
+
+template <typename W>
+__global__ void __launch_bounds__(kThreads) dora_norm_rows(const W* w, const float* a, const float* b, float* out, int64_t rows,
+                                                           int64_t cols, int r, float s) {
+  extern __shared__ float coef[];
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int nr = load_coef(b, rows, row0, r, s, coef);
   float acc[kRows];
 #pragma unroll
   for (int j = 0; j < kRows; ++j) acc[j] = 0.f;
@@ -53,11 +69,7 @@ __global__ void __launch_bounds__(kThreads) dora_norm_rows(const W* w, const flo
 #pragma unroll
     for (int j = 0; j < kRows; ++j) acc[j] = fmaf(v[j], v[j], acc[j]);
   }
-#pragma unroll
-  for (int j = 0; j < kRows; ++j) {
-    const double total = block_reduce(static_cast<double>(acc[j]), SumOp());
-    if (threadIdx.x == 0 && j < nr) out[row0 + j] = static_cast<float>(sqrt(total));
-  }
+  store_norms(acc, row0, nr, out);
 }
 
 // The same sums with each thread taking eight consecutive columns per step through
@@ -68,12 +80,7 @@ __global__ void __launch_bounds__(kThreads) dora_norm_rows8(const W* w, const fl
                                                             int64_t cols, int r, float s) {
   extern __shared__ float coef[];
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int nr = rows - row0 < kRows ? static_cast<int>(rows - row0) : kRows;
-  for (int i = threadIdx.x; i < kRows * r; i += blockDim.x) {
-    const int j = i / r, k = i - j * r;
-    coef[i] = j < nr ? s * b[(row0 + j) * r + k] : 0.f;
-  }
-  __syncthreads();
+  const int nr = load_coef(b, rows, row0, r, s, coef);
   float acc[kRows];
 #pragma unroll
   for (int j = 0; j < kRows; ++j) acc[j] = 0.f;
@@ -103,11 +110,7 @@ __global__ void __launch_bounds__(kThreads) dora_norm_rows8(const W* w, const fl
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[j] = fmaf(v[j][e], v[j][e], acc[j]);
   }
-#pragma unroll
-  for (int j = 0; j < kRows; ++j) {
-    const double total = block_reduce(static_cast<double>(acc[j]), SumOp());
-    if (threadIdx.x == 0 && j < nr) out[row0 + j] = static_cast<float>(sqrt(total));
-  }
+  store_norms(acc, row0, nr, out);
 }
 
 template <typename W>
