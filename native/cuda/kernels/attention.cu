@@ -329,6 +329,23 @@ __device__ __forceinline__ bool visible_in(const Dims& d, const float* mask, int
   return t < d.T && s < d.S && visible(d, mask, b, t, s);
 }
 
+// Waits until key tile j of n_kv is in shared memory, having started the copy of tile
+// j + 1 into the other stage first so that it overlaps the work on tile j.
+template <int DP, int LD>
+__device__ __forceinline__ void wait_kv_tile(uint16_t* sk, uint16_t* sv, const uint16_t* kb, const uint16_t* vb, int j, int n_kv,
+                                             const Dims& d) {
+  if (j + 1 < n_kv) {
+    const int64_t s1 = static_cast<int64_t>(j + 1) * kTile;
+    load_rows<kTile, DP>(sk + ((j + 1) & 1) * kTile * LD, kb + s1 * d.D, d.S - s1, d.D);
+    load_rows<kTile, DP>(sv + ((j + 1) & 1) * kTile * LD, vb + s1 * d.D, d.S - s1, d.D);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 // Forward. grid (ceil(T/BM), Hq, B), BM = 16·WARPS query rows, 32·WARPS threads. Shared
 // memory: Q BM rows, K and V 64 rows each in two stages. Online softmax in the exp2
 // domain with f32 running max and sum per row (FlashAttention-2): a NaN score makes its
@@ -365,16 +382,7 @@ __global__ void __launch_bounds__(32 * WARPS)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const int64_t row0 = q0 + warp * 16 + g;
   for (int j = 0; j < n_kv; ++j) {
-    if (j + 1 < n_kv) {
-      const int64_t s1 = static_cast<int64_t>(j + 1) * kTile;
-      load_rows<kTile, DP>(sk + ((j + 1) & 1) * kTile * LD, kb + s1 * d.D, d.S - s1, d.D);
-      load_rows<kTile, DP>(sv + ((j + 1) & 1) * kTile * LD, vb + s1 * d.D, d.S - s1, d.D);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    wait_kv_tile<DP, LD>(sk, sv, kb, vb, j, n_kv, d);
     const uint16_t* ck = sk + (j & 1) * kTile * LD;
     const uint16_t* cv = sv + (j & 1) * kTile * LD;
     float s[kTile / 8][4] = {};
@@ -476,16 +484,7 @@ __global__ void __launch_bounds__(32 * WARPS)
   }
   float acc[DP / 8][4] = {};
   for (int j = 0; j < n_kv; ++j) {
-    if (j + 1 < n_kv) {
-      const int64_t s1 = static_cast<int64_t>(j + 1) * kTile;
-      load_rows<kTile, DP>(sk + ((j + 1) & 1) * kTile * LD, kb + s1 * d.D, d.S - s1, d.D);
-      load_rows<kTile, DP>(sv + ((j + 1) & 1) * kTile * LD, vb + s1 * d.D, d.S - s1, d.D);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    wait_kv_tile<DP, LD>(sk, sv, kb, vb, j, n_kv, d);
     const uint16_t* ck = sk + (j & 1) * kTile * LD;
     const uint16_t* cv = sv + (j & 1) * kTile * LD;
     float s[kTile / 8][4] = {};
