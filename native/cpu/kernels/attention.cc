@@ -34,6 +34,7 @@
 #include <cmath>
 #include <vector>
 
+#include "simd_math.h"  // first: it sets warning state around <immintrin.h>
 #include "nn_simd.h"
 
 namespace finlora {
@@ -45,6 +46,22 @@ constexpr int64_t BK = 64;  // keys per tile: a transposed K tile is D x 64 floa
 constexpr int RB = 4;       // rows per register block
 
 typedef float v16f __attribute__((vector_size(64)));
+
+// exp on 8 lanes, the kernels' bodies take it as a parameter: simd_math.h's (0.94 ulp,
+// its Cody-Waite step exact only under FMA) in the AVX2 and AVX-512 variants, libm
+// lane by lane in the baseline one, as the other kernels do.
+#if defined(__x86_64__) && !defined(__clang__)
+struct FmaExp {
+  FINLORA_AVX2_FN static v8f exp8(const v8f& x) { return simd::exp<simd::Avx2>(x); }
+};
+#endif
+struct LibmExp {
+  FINLORA_INLINE static v8f exp8(v8f x) {
+    v8f y;
+    for (int k = 0; k < 8; ++k) y[k] = std::exp(x[k]);
+    return y;
+  }
+};
 
 FINLORA_INLINE v16f load16(const float* p) {
   v16f v;
@@ -235,6 +252,7 @@ FINLORA_INLINE float scaled_scores(float* s, const float* bias, float scale, int
 
 // ------------------------------------------------------------------ forward
 
+template <class X>
 FINLORA_INLINE void forward_task(const Params& p, int64_t task, int64_t) {
   const int64_t D = p.D;
   const int64_t qb = task % p.nqb, h = (task / p.nqb) % p.Hq, b = task / (p.nqb * p.Hq);
@@ -281,7 +299,7 @@ FINLORA_INLINE void forward_task(const Params& p, int64_t task, int64_t) {
         v8f vsum = {};
         int64_t c = 0;
         for (; c < (lim + 7) / 8; ++c) {
-          const v8f e = exp8(load8(s + 8 * c) - vm);
+          const v8f e = X::exp8(load8(s + 8 * c) - vm);
           store8(s + 8 * c, e);
           vsum += e;
         }
@@ -306,19 +324,20 @@ FINLORA_INLINE void forward_task(const Params& p, int64_t task, int64_t) {
     L[i0 + r] = m[r] + std::log(l[r]);
   }
 }
-FINLORA_ISA_VARIANTS(forward, forward_task, Params)
+FINLORA_ISA_VARIANTS_BY(forward, forward_task<FmaExp>, forward_task<LibmExp>, Params)
 
 // ------------------------------------------------------------------ backward
 
 // For one query row against a tile: p = exp(s - lse) into sc and
 // ds = scale * p * (dp - D_i) into dp, zero past lim.
+template <class X>
 FINLORA_INLINE void row_grads(float* sc, float* dp, const float* bias, float scale, float lse, float rowdot, int64_t lim) {
   scaled_scores(sc, bias, scale, lim);
   const v8f vl = splat8(lse), vd = splat8(rowdot), vs = splat8(scale), vlim = splat8(static_cast<float>(lim)), zero = {};
   for (int64_t c = 0; c < BK / 8; ++c) {
     const v8i inside = lanes_from(8 * c) < vlim;
     // lanes past lim may hold anything (an unpacked tile leaves them unset): select, never multiply
-    const v8f pj = 8 * c < lim ? exp8(load8(sc + 8 * c) - vl) : zero;
+    const v8f pj = 8 * c < lim ? X::exp8(load8(sc + 8 * c) - vl) : zero;
     const v8f ds = vs * pj * (load8(dp + 8 * c) - vd);
     store8(sc + 8 * c, inside ? pj : zero);
     store8(dp + 8 * c, inside ? ds : zero);
@@ -327,6 +346,7 @@ FINLORA_INLINE void row_grads(float* sc, float* dp, const float* bias, float sca
 
 // p and ds for the rows r0 + i (i < nr) against a tile, into P[i * BK] and dS[i * BK];
 // rows that see none of its keys get zeros. Returns the keys any row reaches.
+template <class X>
 FINLORA_INLINE int64_t block_grads(const Params& p, const Tile& ktile, const Tile& vtile, const float* bias, const float* Q, int64_t qs,
                                    const float* dO, int64_t dos, const float* L, const float* Dl, int64_t r0, int nr, float* P, float* dS) {
   scores(ktile, nr, Q + r0 * qs, qs, p.D, P);
@@ -340,13 +360,14 @@ FINLORA_INLINE int64_t block_grads(const Params& p, const Tile& ktile, const Til
       std::memset(dS + i * BK, 0, sizeof(float) * BK);
       continue;
     }
-    row_grads(P + i * BK, dS + i * BK, bias, p.scale, L[row], Dl[row], lim);
+    row_grads<X>(P + i * BK, dS + i * BK, bias, p.scale, L[row], Dl[row], lim);
     used = std::max(used, lim);
   }
   return used;
 }
 
 // Pass 1: D_i and dq for the rows of one (batch, query head, query block).
+template <class X>
 FINLORA_INLINE void dq_task(const Params& p, int64_t task, int64_t) {
   const int64_t D = p.D;
   const int64_t qb = task % p.nqb, h = (task / p.nqb) % p.Hq, b = task / (p.nqb * p.Hq);
@@ -379,13 +400,13 @@ FINLORA_INLINE void dq_task(const Params& p, int64_t task, int64_t) {
     const Tile ktile{j0, nk, pack, K, ks, kt.data()}, vtile{j0, nk, pack, V, vs, vt.data()};
     for (int64_t r0 = i0; r0 < i1; r0 += RB) {
       const int nr = static_cast<int>(std::min<int64_t>(RB, i1 - r0));
-      const int64_t used = block_grads(p, ktile, vtile, bias, Q, qs, dO, dos, L, Dl, r0, nr, P, dS);
+      const int64_t used = block_grads<X>(p, ktile, vtile, bias, Q, qs, dO, dos, L, Dl, r0, nr, P, dS);
       if (used > 0) rows_acc_n(nr, acc.data() + (r0 - i0) * D, D, dS, BK, 1, K + j0 * ks, ks, used, D);
     }
   }
   for (int64_t r = 0; r < rows; ++r) std::memcpy(dQ + (i0 + r) * p.dq.st, acc.data() + r * D, sizeof(float) * D);
 }
-FINLORA_ISA_VARIANTS(dq, dq_task, Params)
+FINLORA_ISA_VARIANTS_BY(dq, dq_task<FmaExp>, dq_task<LibmExp>, Params)
 
 // Query rows whose probabilities and score gradients pass 2 holds at once.
 constexpr int64_t kRowBlock = 32;
@@ -394,6 +415,7 @@ constexpr int64_t kRowBlock = 32;
 // query row of every query head that reads this kv head. Rows go in blocks: their p and
 // ds against the tile are stored, then blocks of key rows take all of them at once
 // (dv += pᵀ dout, dk += dsᵀ q).
+template <class X>
 FINLORA_INLINE void dkv_task(const Params& p, int64_t task, int64_t) {
   const int64_t D = p.D;
   const int64_t kb = task % p.nkb, g = (task / p.nkb) % p.Hkv, b = task / (p.nkb * p.Hkv);
@@ -425,7 +447,7 @@ FINLORA_INLINE void dkv_task(const Params& p, int64_t task, int64_t) {
       int64_t used = 0;
       for (int64_t rb = 0; rb < nr; rb += RB) {
         const int n = static_cast<int>(std::min<int64_t>(RB, nr - rb));
-        used = std::max(used, block_grads(p, ktile, vtile, bias, Q, qs, dO, dos, L, Dl, r0 + rb, n, P.data() + rb * BK, dS.data() + rb * BK));
+        used = std::max(used, block_grads<X>(p, ktile, vtile, bias, Q, qs, dO, dos, L, Dl, r0 + rb, n, P.data() + rb * BK, dS.data() + rb * BK));
       }
       if (used == 0) continue;
       // key rows jj take coefficient (row r) P[r * BK + jj]: ci = 1 walks keys, cj = BK walks rows
@@ -443,7 +465,7 @@ FINLORA_INLINE void dkv_task(const Params& p, int64_t task, int64_t) {
     std::memcpy(dV + (j0 + jj) * p.dv.st, dv.data() + jj * D, sizeof(float) * D);
   }
 }
-FINLORA_ISA_VARIANTS(dkv, dkv_task, Params)
+FINLORA_ISA_VARIANTS_BY(dkv, dkv_task<FmaExp>, dkv_task<LibmExp>, Params)
 
 // Reads the (batch, head, row) strides of the next operand from ints[at].
 View view_at(const KernelArgs& a, int ptr, int64_t at) {

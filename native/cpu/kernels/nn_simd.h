@@ -150,42 +150,6 @@ FINLORA_INLINE v8f lanes_from(int64_t base) {
 }
 
 /**
- * exp(x) on 8 lanes, within about 1 ulp: x = n ln2 + r with |r| <= ln2/2 (ln2 split
- * in two parts, Cody and Waite, so r is exact), exp(r) by its Taylor series to degree
- * 7 (truncation below 1e-8 relative), times 2^n built in the exponent bits. Inputs
- * below -87.3 (including -inf) give 0, above 88.7 give +inf, NaN stays NaN. The same
- * code runs at every ISA level, so softmaxes agree across levels up to FMA rounding.
- */
-FINLORA_INLINE v8f exp8(v8f x) {
-  const v8f lo = splat8(-87.33654f), hi = splat8(88.72283f);
-  const v8i under = x < lo, over = x > hi, nan = x != x;
-  v8f xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  const v8f fn = xc * splat8(1.44269504088896341f);
-  const v8i n = __builtin_convertvector(fn + (fn >= 0 ? splat8(0.5f) : splat8(-0.5f)), v8i);
-  const v8f nf = __builtin_convertvector(n, v8f);
-  const v8f r = (xc - nf * splat8(0.693359375f)) - nf * splat8(-2.12194440e-4f);
-  v8f y = splat8(1.f / 5040.f);
-  y = y * r + splat8(1.f / 720.f);
-  y = y * r + splat8(1.f / 120.f);
-  y = y * r + splat8(1.f / 24.f);
-  y = y * r + splat8(1.f / 6.f);
-  y = y * r + splat8(0.5f);
-  y = y * r + splat8(1.f);
-  y = y * r + splat8(1.f);
-  // 2^n in two factors: n can reach 128 at the top of the range, one past f32's exponents
-  const v8i n1 = n >> 1, n2 = n - n1;
-  v8f p1, p2;
-  const v8i b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
-  std::memcpy(&p1, &b1, sizeof p1);
-  std::memcpy(&p2, &b2, sizeof p2);
-  v8f e = y * p1 * p2;
-  e = under ? splat8(0.f) : e;
-  e = over ? splat8(INFINITY) : e;
-  return nan ? x : e;
-}
-
-/**
  * acc[0, D) += sum_j c[j * cstride] * rows[j * rstride + (0, D)], for j < n: a
  * vector-matrix product whose accumulator stays in registers, 64 columns at a time.
  */
@@ -237,17 +201,20 @@ FINLORA_INLINE void gemv_acc(float* acc, const float* c, int64_t cstride, const 
 // void body(const P& p, int64_t begin, int64_t end); FINLORA_ISA_VARIANTS compiles it
 // for AVX-512, AVX2+FMA and the baseline, and name##_pick() returns the one isa()
 // selects. Lambdas do not inherit target attributes, so the body must call only
-// always-inline helpers for its vector work.
+// always-inline helpers for its vector work. FINLORA_ISA_VARIANTS_BY takes a second
+// body for the baseline (a template body instantiated with what differs there, such
+// as simd_math.h's exp on AVX2/AVX-512 against libm); its AVX variants are `flatten`,
+// so a target-specific helper they call is inlined into them.
 #if defined(__x86_64__) && !defined(__clang__)
-#define FINLORA_ISA_VARIANTS(name, body, P)                                                            \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void name##_avx512(         \
+#define FINLORA_ISA_VARIANTS_IMPL(name, body, scalar_body, P, extra)                                   \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) extra void name##_avx512(   \
       const P& p, int64_t b, int64_t e) {                                                            \
     body(p, b, e);                                                                                   \
   }                                                                                                  \
-  __attribute__((target("avx2,fma"))) void name##_avx2(const P& p, int64_t b, int64_t e) {           \
+  __attribute__((target("avx2,fma"))) extra void name##_avx2(const P& p, int64_t b, int64_t e) {     \
     body(p, b, e);                                                                                   \
   }                                                                                                  \
-  void name##_scalar(const P& p, int64_t b, int64_t e) { body(p, b, e); }                            \
+  void name##_scalar(const P& p, int64_t b, int64_t e) { scalar_body(p, b, e); }                     \
   using name##_fn = void (*)(const P&, int64_t, int64_t);                                            \
   name##_fn name##_pick() {                                                                          \
     switch (isa()) {                                                                                 \
@@ -256,11 +223,15 @@ FINLORA_INLINE void gemv_acc(float* acc, const float* c, int64_t cstride, const 
       default: return name##_scalar;                                                                 \
     }                                                                                                \
   }
+#define FINLORA_ISA_VARIANTS(name, body, P) FINLORA_ISA_VARIANTS_IMPL(name, body, body, P, )
+#define FINLORA_ISA_VARIANTS_BY(name, body, scalar_body, P) \
+  FINLORA_ISA_VARIANTS_IMPL(name, body, scalar_body, P, __attribute__((flatten)))
 #else
-#define FINLORA_ISA_VARIANTS(name, body, P)                                         \
-  void name##_scalar(const P& p, int64_t b, int64_t e) { body(p, b, e); }         \
+#define FINLORA_ISA_VARIANTS_BY(name, body, scalar_body, P)                         \
+  void name##_scalar(const P& p, int64_t b, int64_t e) { scalar_body(p, b, e); }  \
   using name##_fn = void (*)(const P&, int64_t, int64_t);                         \
   name##_fn name##_pick() { return name##_scalar; }
+#define FINLORA_ISA_VARIANTS(name, body, P) FINLORA_ISA_VARIANTS_BY(name, body, body, P)
 #endif
 
 /**
