@@ -175,10 +175,11 @@ class NumpyWorker {
   }
 }
 
-// OpenBLAS's workers busy-wait for a while after a product (about 2^28 cycles): a
-// product started right after numpy's shares the cores with two spinning threads and,
-// below a few milliseconds, ran at half speed. A pause before each turn lets them stop
-// (finlora's pool sleeps at once, but both sides get the same pause).
+// OpenBLAS's workers busy-wait for a while after a product, so a product started right
+// after numpy's would share the cores with two spinning threads. A pause before each
+// turn lets them stop (finlora's pool sleeps at once; both sides get the same pause), as
+// bench/train_cpu does. Products of a millisecond or less still vary a lot from run to
+// run on this shared machine: compare their medians over several runs.
 const PAUSE_MS = 150;
 
 function randomMatrix(n: number, rng: Rng): Float32Array {
