@@ -68,19 +68,30 @@ export function record(
 }
 
 function topoOrder(root: Tensor): Tensor[] {
+  // Iterative post-order; a tensor is pushed twice (once to expand, once to emit) as
+  // two parallel stacks, not tuples, since this runs over every record of a step.
   const order: Tensor[] = [];
-  const visited = new Set<number>();
-  const stack: [Tensor, boolean][] = [[root, false]];
+  const visited = new Set<Tensor>();
+  const stack: Tensor[] = [root];
+  const expanded: boolean[] = [false];
   while (stack.length > 0) {
-    const [t, expanded] = stack.pop()!;
-    if (expanded) {
+    const t = stack.pop()!;
+    if (expanded.pop()!) {
       order.push(t);
       continue;
     }
-    if (visited.has(t.id)) continue;
-    visited.add(t.id);
-    stack.push([t, true]);
-    for (const i of t.gradFn?.inputs ?? []) if (i.requiresGrad && !visited.has(i.id)) stack.push([i, false]);
+    if (visited.has(t)) continue;
+    visited.add(t);
+    stack.push(t);
+    expanded.push(true);
+    const fn = t.gradFn;
+    if (fn === null) continue;
+    for (const i of fn.inputs) {
+      if (i.requiresGrad && !visited.has(i)) {
+        stack.push(i);
+        expanded.push(false);
+      }
+    }
   }
   return order;
 }
@@ -118,16 +129,24 @@ export function backward(root: Tensor, grad?: Tensor): void {
   }
   const order = topoOrder(root);
   const grads = new Map<number, Tensor>([[root.id, grad]]);
-  const inUse = (t: Tensor) => {
-    for (const g of grads.values()) if (g === t) return true;
-    return false;
+  // How many entries of `grads` hold each tensor (one gradient may reach several
+  // inputs, e.g. both operands of an add): a tensor is freed once none does, without
+  // scanning every pending gradient.
+  const holders = new Map<Tensor, number>([[grad, 1]]);
+  const hold = (t: Tensor) => holders.set(t, (holders.get(t) ?? 0) + 1);
+  const letGo = (t: Tensor) => {
+    const n = holders.get(t)! - 1;
+    if (n === 0) holders.delete(t);
+    else holders.set(t, n);
   };
+  const inUse = (t: Tensor) => holders.has(t);
   noGrad(() => {
     for (let i = order.length - 1; i >= 0; i--) {
       const node = order[i];
       const g = grads.get(node.id);
       if (g === undefined) continue;
       grads.delete(node.id);
+      letGo(g);
       const fn = node.gradFn;
       if (fn === null) {
         // A leaf: accumulate into .grad, which outlives every scope.
@@ -143,25 +162,30 @@ export function backward(root: Tensor, grad?: Tensor): void {
       } else {
         const inputGrads = fn.backward(g);
         // Gradients given in another dtype than their input's: freed once converted.
-        const converted = new Set<Tensor>();
-        fn.inputs.forEach((input, k) => {
+        let converted: Tensor[] | null = null;
+        for (let k = 0; k < fn.inputs.length; k++) {
+          const input = fn.inputs[k];
           const given = inputGrads[k];
-          if (given === null || given === undefined || !input.requiresGrad) return;
+          if (given === null || given === undefined || !input.requiresGrad) continue;
           if (!sameShape(given.shape, input.shape)) {
             throw new Error(`backward: ${fn.name} gave a gradient ${formatShape(given.shape)} for an input ${formatShape(input.shape)}`);
           }
           const gi = asGradOf(input, given);
-          if (gi !== given) converted.add(given);
+          if (gi !== given) (converted ??= []).push(given);
           const prev = grads.get(input.id);
           if (prev === undefined) {
             grads.set(input.id, gi);
+            hold(gi);
           } else {
-            grads.set(input.id, addGrads(prev, gi, null));
+            const sum = addGrads(prev, gi, null);
+            grads.set(input.id, sum);
+            letGo(prev);
+            hold(sum);
             if (!inUse(prev) && prev !== grad) prev.dispose();
             if (!inUse(gi) && gi !== g) gi.dispose();
           }
-        });
-        for (const t of converted) if (t !== g && !inUse(t)) t.dispose();
+        }
+        if (converted !== null) for (const t of converted) if (t !== g && !inUse(t)) t.dispose();
         dropGradFn(node);
       }
       if (g !== grad && !inUse(g)) g.dispose();

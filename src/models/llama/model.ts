@@ -242,6 +242,9 @@ export class LlamaForCausalLM extends Module {
    */
   get computeDtype(): ComputeDType {
     if (this.chosenDtype !== null) return this.chosenDtype;
+    // Quantized weights only matter for f32 weights on a backend that computes in bf16;
+    // every forward asks, so the module-tree walk is left for that case.
+    if (this.dtype === 'bf16' || !computesBf16(this.backend)) return defaultComputeDtype(this.backend, this.dtype, false);
     let quantized = false;
     for (const [, m] of this.namedModules()) {
       if (m instanceof Linear && m.quantized !== null) {
