@@ -10,7 +10,7 @@ import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
 import { formatShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
-import { assertDtype, computeDtype, sameBackend, withContiguousAs, withF32Contiguous } from './util.js';
+import { assertDtype, computeDtype, sameBackend, withContiguousAs } from './util.js';
 import { withShapes } from './nn_util.js';
 
 /** Hugging Face LlamaRMSNorm's default epsilon. */
@@ -31,11 +31,11 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
   const dtype = computeDtype(backend, x);
   const out = empty(x.shape, dtype, backend);
   const rstd = empty([N], 'f32', backend);
+  // The weight widened to f32 once, for the forward kernel and (saved) for backward's.
+  const wf = asF32Contiguous(weight);
   if (x.size > 0) {
     withContiguousAs(dtype, [x], (xc) =>
-      withF32Contiguous([weight], (wc) =>
-        withShapes([[xc, [N, D]], [out, [N, D]]], (xf, of) => kernel(backend, 'rmsnorm')(xf, wc, of, rstd, eps)),
-      ),
+      withShapes([[xc, [N, D]], [out, [N, D]]], (xf, of) => kernel(backend, 'rmsnorm')(xf, wf, of, rstd, eps)),
     );
   }
   const y = record(out, 'rmsNorm', [x, weight], (g) => {
@@ -44,16 +44,25 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
     kernel(backend, 'fill')(dw, 0);
     if (x.size > 0) {
       withContiguousAs(dtype, [x, g], (xc, gc) =>
-        withF32Contiguous([weight], (wc) =>
-          withShapes([[xc, [N, D]], [gc, [N, D]], [dx, [N, D]]], (xf, gf, dxf) =>
-            kernel(backend, 'rmsnormBackward')(xf, wc, rstd, gf, dxf, dw),
-          ),
+        withShapes([[xc, [N, D]], [gc, [N, D]], [dx, [N, D]]], (xf, gf, dxf) =>
+          kernel(backend, 'rmsnormBackward')(xf, wf, rstd, gf, dxf, dw),
         ),
       );
     }
     return [dx, dw];
-  }, [x, weight, rstd]);
-  // rstd is only needed by backward
-  if (y.gradFn === null) rstd.dispose();
+  }, [x, wf, rstd]);
+  // rstd and the widened weight are only needed by backward
+  if (y.gradFn === null) {
+    rstd.dispose();
+    if (wf !== weight) wf.dispose();
+  }
   return y;
+}
+
+/** w itself when it is f32 and contiguous, else an f32 contiguous copy (the caller's to dispose). */
+function asF32Contiguous(w: Tensor): Tensor {
+  if (w.dtype === 'f32' && w.isContiguous()) return w;
+  const c = empty(w.shape, 'f32', w.backend);
+  kernel(w.backend, 'copy')(w, c);
+  return c;
 }
