@@ -7,7 +7,7 @@
 import { kernel } from '../backend/backend.js';
 import type { BinaryOp } from '../backend/kernels.js';
 import { record } from '../autograd/tape.js';
-import { broadcastShapes } from '../tensor/shape.js';
+import { broadcastShapes, sameShape } from '../tensor/shape.js';
 import { empty, type Tensor, Tensor as TensorClass } from '../tensor/tensor.js';
 import { scalar } from './creation.js';
 import { cast, expand, sumTo } from './view.js';
@@ -31,11 +31,13 @@ function compute(op: BinaryOp, x: Tensor, y: Tensor): Tensor {
   const dtype = computeDtype(x.backend, x, y);
   const xf = cast(x, dtype);
   const yf = cast(y, dtype);
-  const xb = expand(xf, shape);
-  const yb = expand(yf, shape);
+  // An operand that already has the output's shape needs no broadcast view.
+  const xb = sameShape(xf.shape, shape) ? xf : expand(xf, shape);
+  const yb = sameShape(yf.shape, shape) ? yf : expand(yf, shape);
   const out = empty(shape, dtype, x.backend);
   kernel(x.backend, 'binary')(op, xb, yb, out);
-  for (const t of [xb, yb]) t.dispose();
+  if (xb !== xf) xb.dispose();
+  if (yb !== yf) yb.dispose();
   if (xf !== x) xf.dispose();
   if (yf !== y) yf.dispose();
   return out;

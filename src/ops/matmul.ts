@@ -19,7 +19,7 @@
 // whose inner dimension runs over every row of every batch entry.
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
-import { broadcastShapes, contiguousStrides, formatShape, numel, type Shape } from '../tensor/shape.js';
+import { broadcastShapes, contiguousStrides, formatShape, numel, sameShape, type Shape } from '../tensor/shape.js';
 import { empty, type Tensor, view } from '../tensor/tensor.js';
 import { reshape, sumTo, transpose } from './view.js';
 import { computeDtype, computesBf16, sameBackend } from './util.js';
@@ -115,6 +115,8 @@ function gemmInto(a: Tensor, b: Tensor, out: Tensor, transA: boolean, transB: bo
   const temps: Tensor[] = [];
   const views: Tensor[] = [];
   const mk = (x: Tensor, shape: number[], strides: number[], offset: number) => {
+    // A rank-2 operand is its own single-matrix view (the weight of every linear).
+    if (x.rank === 2 && offset === x.offset && sameShape(shape, x.shape) && strides[0] === x.strides[0] && strides[1] === x.strides[1]) return x;
     const v = view(x, shape, strides, offset);
     views.push(v);
     return v;
