@@ -3,10 +3,12 @@
 import { Backend, BackendBuffer } from '../backend.js';
 import type { Kernels } from '../kernels.js';
 import { builtKernels, nativeKernels, type NativeRun } from '../native_kernels.js';
+import { ForgottenBuffers, type TrackedBuffer } from '../forgotten.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { type CpuAddon, loadCpuAddon, type NativeBuffer } from './addon.js';
 
-export class CpuBuffer extends BackendBuffer {
+export class CpuBuffer extends BackendBuffer implements TrackedBuffer {
+  tracking: TrackedBuffer['tracking'] = 'new';
   constructor(readonly native: NativeBuffer, bytes: number) {
     super(bytes);
   }
@@ -42,18 +44,18 @@ export class CpuBackend implements Backend {
     this.kernels = this.buildKernels();
   }
 
-  // Buffers are freed explicitly (Tensor.dispose, scope); this registry frees the
-  // ones a program forgets, once their CpuBuffer object is garbage collected.
-  private readonly finalizer = new FinalizationRegistry<NativeBuffer>((handle) => this.addon.free(handle));
+  // Buffers are freed explicitly (Tensor.dispose, scope); this frees the ones a program
+  // forgets, once their CpuBuffer object is garbage collected.
+  private readonly forgotten = new ForgottenBuffers<NativeBuffer>((handle) => this.addon.free(handle));
 
   alloc(bytes: number): BackendBuffer {
     const buf = new CpuBuffer(this.addon.alloc(bytes), bytes);
-    this.finalizer.register(buf, buf.native, buf);
+    this.forgotten.add(buf, buf.native);
     return buf;
   }
   free(buf: BackendBuffer): void {
     if (!(buf instanceof CpuBuffer)) return;
-    this.finalizer.unregister(buf);
+    this.forgotten.remove(buf);
     this.addon.free(buf.native);
   }
   write(buf: BackendBuffer, byteOffset: number, data: Uint8Array): void {

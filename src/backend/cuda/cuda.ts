@@ -8,10 +8,12 @@
 import { type Backend, BackendBuffer } from '../backend.js';
 import type { Kernels } from '../kernels.js';
 import { builtKernels, nativeKernels, type NativeRun } from '../native_kernels.js';
+import { ForgottenBuffers, type TrackedBuffer } from '../forgotten.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { type CudaAddon, type CudaBufferHandle, type CudaDeviceInfo, loadCudaAddon } from './addon.js';
 
-export class CudaBuffer extends BackendBuffer {
+export class CudaBuffer extends BackendBuffer implements TrackedBuffer {
+  tracking: TrackedBuffer['tracking'] = 'new';
   constructor(readonly handle: CudaBufferHandle, bytes: number) {
     super(bytes);
   }
@@ -37,18 +39,18 @@ export class CudaBackend implements Backend {
     this.kernels = this.buildKernels();
   }
 
-  // Buffers are freed explicitly (Tensor.dispose, scope); this registry frees the
-  // ones a program forgets, once their CudaBuffer object is garbage collected.
-  private readonly finalizer = new FinalizationRegistry<CudaBufferHandle>((handle) => this.addon.free(handle));
+  // Buffers are freed explicitly (Tensor.dispose, scope); this frees the ones a program
+  // forgets, once their CudaBuffer object is garbage collected.
+  private readonly forgotten = new ForgottenBuffers<CudaBufferHandle>((handle) => this.addon.free(handle));
 
   alloc(bytes: number): BackendBuffer {
     const buf = new CudaBuffer(this.addon.alloc(bytes), bytes);
-    this.finalizer.register(buf, buf.handle, buf);
+    this.forgotten.add(buf, buf.handle);
     return buf;
   }
   free(buf: BackendBuffer): void {
     if (!(buf instanceof CudaBuffer)) return;
-    this.finalizer.unregister(buf);
+    this.forgotten.remove(buf);
     this.addon.free(buf.handle);
   }
   write(buf: BackendBuffer, byteOffset: number, data: Uint8Array): void {
