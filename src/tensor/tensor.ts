@@ -53,6 +53,8 @@ export class Tensor {
   savedBy = 0;
   /** A scope gave this tensor up while a record still saved it: backward frees it after its last reader ran. */
   graphHeld = false;
+  /** Passed to keep(): no scope disposes it (scopes skip it instead of searching their lists). */
+  kept = false;
   /** The storage is released (the handle may still be a graph edge). */
   private freed = false;
   private disposed = false;
@@ -165,11 +167,14 @@ export function view(x: Tensor, shape: Shape, strides: readonly number[], offset
 
 // ------------------------------------------------------------------ scopes
 
-const scopes: Set<Tensor>[] = [];
+// Each open scope's tensors, in creation order. A tensor joins one list at a time (the
+// innermost scope's, then the enclosing one's when it outlives that scope), so lists
+// need no membership test; kept tensors are skipped when a scope ends.
+const scopes: Tensor[][] = [];
 
 function trackInScope(t: Tensor): void {
   const top = scopes[scopes.length - 1];
-  if (top !== undefined) top.add(t);
+  if (top !== undefined) top.push(t);
 }
 
 function collectTensors(value: unknown, out: Set<Tensor>, seen: Set<unknown>): void {
@@ -214,7 +219,7 @@ function reachedGraph(survivors: ReadonlySet<Tensor>, firstId: number): { reache
  * its data (see the file header).
  */
 export function scope<T>(fn: () => T): T {
-  const tracked = new Set<Tensor>();
+  const tracked: Tensor[] = [];
   const firstId = nextId;
   scopes.push(tracked);
   let result: T;
@@ -222,7 +227,7 @@ export function scope<T>(fn: () => T): T {
     result = fn();
   } catch (e) {
     scopes.pop();
-    for (const t of tracked) t.dispose();
+    for (const t of tracked) if (!t.kept) t.dispose();
     throw e;
   }
   scopes.pop();
@@ -230,8 +235,9 @@ export function scope<T>(fn: () => T): T {
   collectTensors(result, survivors, new Set());
   const { reached, saved } = reachedGraph(survivors, firstId);
   // Unreached tensors go first: their records stop counting as readers of what they saved.
-  for (const t of tracked) if (!survivors.has(t) && !reached.has(t) && !saved.has(t)) t.dispose();
+  for (const t of tracked) if (!t.kept && !survivors.has(t) && !reached.has(t) && !saved.has(t)) t.dispose();
   for (const t of tracked) {
+    if (t.kept) continue;
     if (survivors.has(t)) {
       trackInScope(t);
     } else if (saved.has(t)) {
@@ -249,6 +255,6 @@ export function scope<T>(fn: () => T): T {
 
 /** Removes a tensor from every open scope, so it outlives them (parameters, state). */
 export function keep<T extends Tensor>(t: T): T {
-  for (const s of scopes) s.delete(t);
+  t.kept = true;
   return t;
 }
