@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { ForgottenBuffers, type TrackedBuffer } from '../../src/backend/forgotten.js';
+import { BATCH, ForgottenBuffers, type TrackedBuffer } from '../../src/backend/forgotten.js';
 import { defaultBackend } from '../../src/backend/registry.js';
 
 setFlagsFromString('--expose-gc');
@@ -32,7 +32,7 @@ test('ForgottenBuffers frees forgotten buffers and never an explicitly freed one
   const late = make();
   tracker.add(late, 3);
   const keep: TrackedBuffer[] = [];
-  for (let i = 0; i < 600; i++) {
+  for (let i = 0; i < BATCH + 100; i++) {
     const b = make();
     tracker.add(b, 100 + i);
     keep.push(b);
@@ -41,7 +41,7 @@ test('ForgottenBuffers frees forgotten buffers and never an explicitly freed one
   tracker.remove(late);
   await collect(() => freed.includes(1));
   assert.deepEqual(freed, [1], 'only the forgotten buffer is freed');
-  assert.equal(keep.length, 600);
+  assert.equal(keep.length, BATCH + 100);
 });
 
 test('a forgotten tensor buffer on the default device is returned', async () => {
@@ -50,7 +50,7 @@ test('a forgotten tensor buffer on the default device is returned', async () => 
   (() => device.alloc(1 << 20))();
   assert.equal(device.liveBytes(), before + (1 << 20));
   // Enough short-lived buffers to fill the list of new ones.
-  for (let i = 0; i < 600; i++) device.free(device.alloc(64));
+  for (let i = 0; i < BATCH + 100; i++) device.free(device.alloc(64));
   await collect(() => device.liveBytes() === before);
   assert.equal(device.liveBytes(), before);
 });
