@@ -83,11 +83,15 @@ function mergedStride(shape: Shape, strides: readonly number[], from: number, to
   return stride ?? 0;
 }
 
-/** x with a copy when neither of its last two axes has unit stride (the kernel contract). */
-function unitInner(x: Tensor, temps: Tensor[]): Tensor {
+/** Whether one of x's last two axes has unit stride (the kernel contract). */
+function hasUnitInner(x: Tensor): boolean {
   const r = x.rank;
-  const unit = (d: number) => x.strides[d] === 1 || x.shape[d] === 1;
-  if (unit(r - 1) || unit(r - 2)) return x;
+  return x.strides[r - 1] === 1 || x.shape[r - 1] === 1 || x.strides[r - 2] === 1 || x.shape[r - 2] === 1;
+}
+
+/** x with a copy when neither of its last two axes has unit stride. */
+function unitInner(x: Tensor, temps: Tensor[]): Tensor {
+  if (hasUnitInner(x)) return x;
   const c = empty(x.shape, x.dtype, x.backend);
   kernel(x.backend, 'copy')(x, c);
   temps.push(c);
@@ -112,6 +116,12 @@ function gemmInto(a: Tensor, b: Tensor, out: Tensor, transA: boolean, transB: bo
   const { M, N, batch } = dims;
   const run = kernel(out.backend, 'matmul');
   const attrs = { transA, transB, alpha: 1, accumulate };
+  // Two matrices the kernel takes as they are (most products of a backward pass): no
+  // views, no temporaries.
+  if (a.rank === 2 && b.rank === 2 && hasUnitInner(a) && hasUnitInner(b)) {
+    if (M > 0 && N > 0) run(a, b, out, attrs);
+    return;
+  }
   const temps: Tensor[] = [];
   const views: Tensor[] = [];
   const mk = (x: Tensor, shape: number[], strides: number[], offset: number) => {
