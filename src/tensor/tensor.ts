@@ -235,9 +235,13 @@ export function scope<T>(fn: () => T): T {
   collectTensors(result, survivors, new Set());
   const { reached, saved } = reachedGraph(survivors, firstId);
   // Unreached tensors go first: their records stop counting as readers of what they saved.
-  for (const t of tracked) if (!t.kept && !survivors.has(t) && !reached.has(t) && !saved.has(t)) t.dispose();
+  const rest: Tensor[] = [];
   for (const t of tracked) {
     if (t.kept) continue;
+    if (survivors.has(t) || reached.has(t) || saved.has(t)) rest.push(t);
+    else t.dispose();
+  }
+  for (const t of rest) {
     if (survivors.has(t)) {
       trackInScope(t);
     } else if (saved.has(t)) {
