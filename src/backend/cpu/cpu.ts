@@ -109,12 +109,19 @@ export class CpuBackend implements Backend {
   private run(name: string, tensors: Tensor[], ints: number[], floats: number[] = [], variant?: string | (() => string)): void {
     const id = this.ids.get(name);
     if (id === undefined) throw new Error(`cpu backend: kernel '${name}' is not built`);
+    // One pass for both argument arrays: this runs for every kernel call.
+    const buffers = new Array<NativeBuffer>(tensors.length);
+    const offsets = new Array<number>(tensors.length);
+    for (let i = 0; i < tensors.length; i++) {
+      buffers[i] = nativeOf(tensors[i]);
+      offsets[i] = tensors[i].byteOffset;
+    }
     if (!this.profiling) {
-      this.addon.run(id, tensors.map(nativeOf), tensors.map((t) => t.byteOffset), ints, floats);
+      this.addon.run(id, buffers, offsets, ints, floats);
       return;
     }
     const t0 = process.hrtime.bigint();
-    this.addon.run(id, tensors.map(nativeOf), tensors.map((t) => t.byteOffset), ints, floats);
+    this.addon.run(id, buffers, offsets, ints, floats);
     const label = typeof variant === 'function' ? variant() : variant;
     const key = label === undefined ? name : `${name}:${label}`;
     const entry = this.times.get(key) ?? { calls: 0, ns: 0n };
