@@ -68,6 +68,8 @@ export function withContiguous<R>(inputs: readonly (readonly [Tensor, DType | nu
 
 /** Runs fn with a contiguous version of each input in dtype T (see withContiguous). */
 export function withContiguousAs<R>(dtype: DType, inputs: Tensor[], fn: (...xs: Tensor[]) => R): R {
+  // Inputs already in T and contiguous (the usual case) need no temporaries at all.
+  if (inputs.every((x) => x.dtype === dtype && x.isContiguous())) return fn(...inputs);
   return withContiguous(inputs.map((x) => [x, dtype] as const), fn);
 }
 
