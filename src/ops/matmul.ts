@@ -246,6 +246,11 @@ function reduceTo(d: Tensor, shape: Shape): Tensor {
   return r;
 }
 
+/** x itself when it has the shape already (a rank-2 operand), else reshape(x, shape). */
+function reshapedTo(x: Tensor, shape: Shape): Tensor {
+  return sameShape(x.shape, shape) ? x : reshape(x, shape);
+}
+
 /** d b for C = op(a) op(b) with output gradient g (no record). */
 function gradB(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
   const ownBatch = numel(b.shape.slice(0, b.rank - 2));
@@ -255,10 +260,10 @@ function gradB(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean
     // b is shared by every batch entry: one GEMM over all rows, no per-entry partials.
     const K = transA ? a.shape[a.rank - 2] : a.shape[a.rank - 1];
     const at = transA ? transpose(a) : a;
-    const a2 = reshape(at, [rows, K]);
-    const g2 = reshape(g, [rows, g.shape[g.rank - 1]]);
+    const a2 = reshapedTo(at, [rows, K]);
+    const g2 = reshapedTo(g, [rows, g.shape[g.rank - 1]]);
     const d2 = transB ? product('matmul backward', g2, a2, true, false) : product('matmul backward', a2, g2, true, false);
-    const d = reshape(d2, b.shape);
+    const d = reshapedTo(d2, b.shape);
     for (const t of [at, a2, g2, d2]) if (t !== d && t !== a && t !== g) t.dispose();
     return d;
   }
