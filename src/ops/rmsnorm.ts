@@ -11,7 +11,6 @@ import { record } from '../autograd/tape.js';
 import { formatShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
 import { assertDtype, computeDtype, sameBackend, withContiguousAs } from './util.js';
-import { withShapes } from './nn_util.js';
 
 /** Hugging Face LlamaRMSNorm's default epsilon. */
 export const RMS_NORM_EPS = 1e-6;
@@ -34,20 +33,15 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
   // The weight widened to f32 once, for the forward kernel and (saved) for backward's.
   const wf = asF32Contiguous(weight);
   if (x.size > 0) {
-    withContiguousAs(dtype, [x], (xc) =>
-      withShapes([[xc, [N, D]], [out, [N, D]]], (xf, of) => kernel(backend, 'rmsnorm')(xf, wf, of, rstd, eps)),
-    );
+    // The kernels take contiguous rows of any rank (N is all but the last axis): no flat views.
+    withContiguousAs(dtype, [x], (xc) => kernel(backend, 'rmsnorm')(xc, wf, out, rstd, eps));
   }
   const y = record(out, 'rmsNorm', [x, weight], (g) => {
     const dx = empty(x.shape, dtype, backend);
     const dw = empty([D], 'f32', backend);
     kernel(backend, 'fill')(dw, 0);
     if (x.size > 0) {
-      withContiguousAs(dtype, [x, g], (xc, gc) =>
-        withShapes([[xc, [N, D]], [gc, [N, D]], [dx, [N, D]]], (xf, gf, dxf) =>
-          kernel(backend, 'rmsnormBackward')(xf, wf, rstd, gf, dxf, dw),
-        ),
-      );
+      withContiguousAs(dtype, [x, g], (xc, gc) => kernel(backend, 'rmsnormBackward')(xc, wf, rstd, gc, dx, dw));
     }
     return [dx, dw];
   }, [x, wf, rstd]);
