@@ -162,7 +162,7 @@ export interface Kernels {
    * 1/sqrt(mean(x^2) + eps). x and out may be any contiguous [..., D] (N rows in all).
    */
   rmsnorm(x: Tensor, weight: Tensor, out: Tensor, rstd: Tensor, eps: number): void;
-  /** Backward of rmsnorm: x, dy, dx T [N, D] or any contiguous [..., D] (dx =); weight, rstd and dweight f32 (dweight +=). */
+  /** Backward of rmsnorm: x, dy, dx T [N, D] or any contiguous [..., D] (dx =); weight, rstd and dweight f32 (dweight =). */
   rmsnormBackward(x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor, dx: Tensor, dweight: Tensor): void;
   /**
    * Rotary embedding, Hugging Face's rotate_half layout (pairs i and i + D/2):

@@ -39,9 +39,11 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
   const y = record(out, 'rmsNorm', [x, weight], (g) => {
     const dx = empty(x.shape, dtype, backend);
     const dw = empty([D], 'f32', backend);
-    kernel(backend, 'fill')(dw, 0);
+    // The kernel writes dweight (a sum over the rows); with no rows it is zero.
     if (x.size > 0) {
       withContiguousAs(dtype, [x, g], (xc, gc) => kernel(backend, 'rmsnormBackward')(xc, wf, rstd, gc, dx, dw));
+    } else {
+      kernel(backend, 'fill')(dw, 0);
     }
     return [dx, dw];
   }, [x, wf, rstd]);

@@ -4,9 +4,9 @@
 // order Hugging Face uses.
 //
 // rmsnorm ints: [N, D]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
-// rmsnormBackward ints: [N, D]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (+=)]
+// rmsnormBackward ints: [N, D]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
-//   dweight += sum over rows of dy * x * rstd
+//   dweight = sum over rows of dy * x * rstd
 #include <cmath>
 #include <vector>
 
@@ -108,7 +108,7 @@ void rmsnorm_backward_kernel(const KernelArgs& a) {
   p.dw = acc.data();
   const auto fdw = dw_pick();
   parallel_for((p.D + kCols - 1) / kCols, 1 + (1 << 12) / (p.N + 1), [&](int64_t b0, int64_t b1) { fdw(p, b0, b1); });
-  for (int64_t c = 0; c < p.D; ++c) dweight[c] = static_cast<float>(dweight[c] + acc[c]);
+  for (int64_t c = 0; c < p.D; ++c) dweight[c] = static_cast<float>(acc[c]);
 }
 
 }  // namespace

@@ -5,9 +5,9 @@
 // dweight are always f32.
 //
 // rmsnorm ints: [N, D, dtype T]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
-// rmsnormBackward ints: [N, D, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (+=)]
+// rmsnormBackward ints: [N, D, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
-//   dweight += sum over rows of dy * x * rstd, in f64 per column
+//   dweight = sum over rows of dy * x * rstd, in f64 per column
 #include "kernel.h"
 
 namespace finlora {
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(32 * kLanes) rmsnorm_dweight(const T* x, const
   if (threadIdx.y == 0 && d < D) {
     double t = part[0][threadIdx.x];
     for (int l = 1; l < kLanes; ++l) t += part[l][threadIdx.x];
-    dw[d] += static_cast<float>(t);
+    dw[d] = static_cast<float>(t);
   }
 }
 

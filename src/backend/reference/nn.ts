@@ -104,7 +104,8 @@ export function nnKernels(): Partial<Kernels> {
     rmsnormBackward: (x, weight, rstd, dy, dx, dweight) => {
       // y = x * r * w with r = (mean(x^2) + eps)^(-1/2), so dr/dx_k = -r^3 x_k / D.
       const D = x.shape[x.rank - 1], N = x.size / D;
-      const vx = read(x), vw = read(weight), vr = read(rstd), vdy = read(dy), dw = read(dweight);
+      const vx = read(x), vw = read(weight), vr = read(rstd), vdy = read(dy);
+      const dw = new Float64Array(D);
       const r = new Float64Array(N * D);
       for (let n = 0; n < N; n++) {
         const rs = vr[n];
