@@ -1,15 +1,6 @@
-// finlora CPU backend: the contract between binding.cc (the only file that touches
-// N-API) and the kernels in kernels/. A kernel is a plain C++ function over raw
-// pointers; it registers itself by name with FINLORA_KERNEL, so adding a kernel
-// never edits the binding.
-//
-// Calling convention (KernelArgs):
-//   ptrs   - one pointer per buffer operand, already advanced by the view's offset
-//   ints   - shapes, strides (in elements), dtype codes, flags; layout documented
-//            at each kernel's registration
-//   floats - scalar attributes (eps, scale, alpha, ...)
-// Accumulation rule: parameter-gradient kernels say so when they accumulate (+=);
-// every other kernel overwrites its output (=).
+// finlora CPU backend: what its kernels share besides the registry and calling
+// convention of native/common/kernel_registry.h (the SIMD level, the thread pool,
+// bf16/f16 conversions).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -17,37 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "kernel_registry.h"
+
 namespace finlora {
-
-struct KernelArgs {
-  std::vector<void*> ptrs;
-  std::vector<int64_t> ints;
-  std::vector<double> floats;
-  // A kernel that meets bad data (an id out of range, say) sets this instead of
-  // crashing; the binding turns it into a JS exception naming the kernel.
-  mutable std::string error;
-};
-
-using KernelFn = void (*)(const KernelArgs&);
-
-struct KernelEntry {
-  const char* name;
-  KernelFn fn;
-};
-
-std::vector<KernelEntry>& kernel_registry();
-
-struct RegisterKernel {
-  RegisterKernel(const char* name, KernelFn fn) { kernel_registry().push_back({name, fn}); }
-};
-
-#define FINLORA_CONCAT_INNER(a, b) a##b
-#define FINLORA_CONCAT(a, b) FINLORA_CONCAT_INNER(a, b)
-#define FINLORA_KERNEL(name, fn) \
-  static ::finlora::RegisterKernel FINLORA_CONCAT(finlora_reg_, __LINE__)(name, fn);
-
-// dtype codes, shared with src/tensor/dtype.ts
-enum DType : int64_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, U8 = 4, I32 = 5 };
 
 // Instruction-set level the SIMD kernels use: the best the CPU supports, or lower
 // when FINLORA_CPU_ISA=avx512|avx2|scalar (or setIsa from JS) asks for it; tests use

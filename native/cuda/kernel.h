@@ -1,16 +1,7 @@
-// finlora CUDA backend: the contract between binding.cc (the only file that touches
-// N-API) and the kernels in kernels/. It mirrors native/cpu/kernel.h: a kernel is a
-// plain host function over device pointers that registers itself by name with
-// FINLORA_CUDA_KERNEL, so adding a kernel never edits the binding.
-//
-// Calling convention (KernelArgs):
-//   ptrs   - one device pointer per buffer operand, already advanced by the view's offset
-//   ints   - shapes, strides (in elements), dtype codes, flags; the layout of each
-//            kernel is documented at its registration and is the CPU kernel's layout
-//   floats - scalar attributes (eps, scale, alpha, ...)
-// Every launch goes to stream(), the backend's one stream, so launches return at once
-// and run in order; only read() and sync() wait. Accumulation rule as on the CPU:
-// parameter-gradient kernels say when they accumulate (+=), others overwrite (=).
+// finlora CUDA backend: what its kernels share besides the registry and calling
+// convention of native/common/kernel_registry.h (the same as the CPU addon's, with
+// device pointers). Every launch goes to stream(), the backend's one stream, so
+// launches return at once and run in order; only read() and sync() wait.
 #pragma once
 #include <cuda_runtime.h>
 #include <cublasLt.h>
@@ -22,38 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "kernel_registry.h"
+
 namespace finlora {
 namespace cuda {
-
-struct KernelArgs {
-  std::vector<void*> ptrs;
-  std::vector<int64_t> ints;
-  std::vector<double> floats;
-  // A kernel that meets bad data (an id out of range, say) sets this instead of
-  // launching; the binding turns it into a JS exception naming the kernel.
-  mutable std::string error;
-};
-
-using KernelFn = void (*)(const KernelArgs&);
-
-struct KernelEntry {
-  const char* name;
-  KernelFn fn;
-};
-
-std::vector<KernelEntry>& kernel_registry();
-
-struct RegisterKernel {
-  RegisterKernel(const char* name, KernelFn fn) { kernel_registry().push_back({name, fn}); }
-};
-
-#define FINLORA_CUDA_CONCAT_INNER(a, b) a##b
-#define FINLORA_CUDA_CONCAT(a, b) FINLORA_CUDA_CONCAT_INNER(a, b)
-#define FINLORA_CUDA_KERNEL(name, fn) \
-  static ::finlora::cuda::RegisterKernel FINLORA_CUDA_CONCAT(finlora_cuda_reg_, __LINE__)(name, fn);
-
-// dtype codes, shared with src/tensor/dtype.ts
-enum DType : int64_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, U8 = 4, I32 = 5 };
 
 // The backend's stream and cuBLAS handles (created on first use, in runtime.cu).
 cudaStream_t stream();

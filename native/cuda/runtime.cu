@@ -7,12 +7,13 @@
 #include "kernel.h"
 
 namespace finlora {
-namespace cuda {
 
 std::vector<KernelEntry>& kernel_registry() {
   static std::vector<KernelEntry> reg;
   return reg;
 }
+
+namespace cuda {
 
 cudaStream_t stream() {
   // Non-blocking: the legacy default stream would serialise against other libraries'

@@ -91,7 +91,7 @@ void adamw(const KernelArgs& k) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("adamw", adamw)
+FINLORA_KERNEL("adamw", adamw)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -814,8 +814,8 @@ void attention_backward(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("attention", attention)
-FINLORA_CUDA_KERNEL("attentionBackward", attention_backward)
+FINLORA_KERNEL("attention", attention)
+FINLORA_KERNEL("attentionBackward", attention_backward)
 
 }  // namespace cuda
 }  // namespace finlora

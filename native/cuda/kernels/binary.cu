@@ -121,7 +121,7 @@ void binary(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("binary", binary)
+FINLORA_KERNEL("binary", binary)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -163,7 +163,7 @@ void copy(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("copy", copy)
+FINLORA_KERNEL("copy", copy)
 
 }  // namespace cuda
 }  // namespace finlora

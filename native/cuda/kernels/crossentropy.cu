@@ -96,8 +96,8 @@ void cross_entropy_backward(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("crossEntropy", cross_entropy)
-FINLORA_CUDA_KERNEL("crossEntropyBackward", cross_entropy_backward)
+FINLORA_KERNEL("crossEntropy", cross_entropy)
+FINLORA_KERNEL("crossEntropyBackward", cross_entropy_backward)
 
 }  // namespace cuda
 }  // namespace finlora

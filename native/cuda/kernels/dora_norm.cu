@@ -149,7 +149,7 @@ void dora_norm(const KernelArgs& args) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("doraNorm", dora_norm)
+FINLORA_KERNEL("doraNorm", dora_norm)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -214,8 +214,8 @@ void dora_scale_backward(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("doraScale", dora_scale)
-FINLORA_CUDA_KERNEL("doraScaleBackward", dora_scale_backward)
+FINLORA_KERNEL("doraScale", dora_scale)
+FINLORA_KERNEL("doraScaleBackward", dora_scale_backward)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -107,8 +107,8 @@ void dropout(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("dropoutMask", dropout_mask)
-FINLORA_CUDA_KERNEL("dropout", dropout)
+FINLORA_KERNEL("dropoutMask", dropout_mask)
+FINLORA_KERNEL("dropout", dropout)
 
 }  // namespace cuda
 }  // namespace finlora

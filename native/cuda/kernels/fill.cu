@@ -66,7 +66,7 @@ void fill(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("fill", fill)
+FINLORA_KERNEL("fill", fill)
 
 }  // namespace cuda
 }  // namespace finlora

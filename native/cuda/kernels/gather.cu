@@ -56,7 +56,7 @@ void gather(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("gather", gather)
+FINLORA_KERNEL("gather", gather)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -301,7 +301,7 @@ void matmul(const KernelArgs& g) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("matmul", matmul)
+FINLORA_KERNEL("matmul", matmul)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -256,8 +256,8 @@ void quantized_matmul(const KernelArgs& args) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("quantizedMatmul", quantized_matmul)
-FINLORA_CUDA_KERNEL("dequantize", dequantize)
+FINLORA_KERNEL("quantizedMatmul", quantized_matmul)
+FINLORA_KERNEL("dequantize", dequantize)
 
 }  // namespace cuda
 }  // namespace finlora

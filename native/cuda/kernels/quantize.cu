@@ -138,8 +138,8 @@ void quantize_blockwise(const KernelArgs& args) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("quantizeInt8", quantize_int8)
-FINLORA_CUDA_KERNEL("quantizeBlockwise", quantize_blockwise)
+FINLORA_KERNEL("quantizeInt8", quantize_int8)
+FINLORA_KERNEL("quantizeBlockwise", quantize_blockwise)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -72,7 +72,7 @@ void reduce(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("reduce", reduce)
+FINLORA_KERNEL("reduce", reduce)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -103,8 +103,8 @@ void rmsnorm_backward(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("rmsnorm", rmsnorm)
-FINLORA_CUDA_KERNEL("rmsnormBackward", rmsnorm_backward)
+FINLORA_KERNEL("rmsnorm", rmsnorm)
+FINLORA_KERNEL("rmsnormBackward", rmsnorm_backward)
 
 }  // namespace cuda
 }  // namespace finlora

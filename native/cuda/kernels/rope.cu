@@ -51,7 +51,7 @@ void rope(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("rope", rope)
+FINLORA_KERNEL("rope", rope)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -43,7 +43,7 @@ void scatter_add(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("scatterAdd", scatter_add)
+FINLORA_KERNEL("scatterAdd", scatter_add)
 
 }  // namespace cuda
 }  // namespace finlora

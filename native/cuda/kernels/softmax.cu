@@ -61,7 +61,7 @@ void softmax(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("softmax", softmax)
+FINLORA_KERNEL("softmax", softmax)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -131,8 +131,8 @@ void silu_mul_backward(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("siluMul", silu_mul)
-FINLORA_CUDA_KERNEL("siluMulBackward", silu_mul_backward)
+FINLORA_KERNEL("siluMul", silu_mul)
+FINLORA_KERNEL("siluMulBackward", silu_mul_backward)
 
 }  // namespace cuda
 }  // namespace finlora

@@ -80,7 +80,7 @@ void unary(const KernelArgs& a) {
 
 }  // namespace
 
-FINLORA_CUDA_KERNEL("unary", unary)
+FINLORA_KERNEL("unary", unary)
 
 }  // namespace cuda
 }  // namespace finlora
