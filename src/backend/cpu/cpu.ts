@@ -4,17 +4,18 @@ import { Backend, BackendBuffer } from '../backend.js';
 import type { Kernels } from '../kernels.js';
 import { builtKernels, nativeKernels, type NativeRun } from '../native_kernels.js';
 import { ForgottenBuffers, type TrackedBuffer } from '../forgotten.js';
+import type { BufferHandle } from '../native_addon.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import { type CpuAddon, loadCpuAddon, type NativeBuffer } from './addon.js';
+import { type CpuAddon, loadCpuAddon } from './addon.js';
 
 export class CpuBuffer extends BackendBuffer implements TrackedBuffer {
   tracking: TrackedBuffer['tracking'] = 'new';
-  constructor(readonly native: NativeBuffer, bytes: number) {
+  constructor(readonly native: BufferHandle, bytes: number) {
     super(bytes);
   }
 }
 
-function nativeOf(t: Tensor): NativeBuffer {
+function nativeOf(t: Tensor): BufferHandle {
   const b = t.storage.buffer;
   if (!(b instanceof CpuBuffer)) throw new Error(`cpu backend: ${t} does not live on the cpu backend`);
   t.assertAlive('cpu kernel');
@@ -46,7 +47,7 @@ export class CpuBackend implements Backend {
 
   // Buffers are freed explicitly (Tensor.dispose, scope); this frees the ones a program
   // forgets, once their CpuBuffer object is garbage collected.
-  private readonly forgotten = new ForgottenBuffers<NativeBuffer>((handle) => this.addon.free(handle));
+  private readonly forgotten = new ForgottenBuffers<BufferHandle>((handle) => this.addon.free(handle));
 
   alloc(bytes: number): BackendBuffer {
     const buf = new CpuBuffer(this.addon.alloc(bytes), bytes);
@@ -110,7 +111,7 @@ export class CpuBackend implements Backend {
     const id = this.ids.get(name);
     if (id === undefined) throw new Error(`cpu backend: kernel '${name}' is not built`);
     // One pass for both argument arrays: this runs for every kernel call.
-    const buffers = new Array<NativeBuffer>(tensors.length);
+    const buffers = new Array<BufferHandle>(tensors.length);
     const offsets = new Array<number>(tensors.length);
     for (let i = 0; i < tensors.length; i++) {
       buffers[i] = nativeOf(tensors[i]);

@@ -2,11 +2,7 @@
 // cuBLAS exist, never by `npm install`) and gives it a typed surface.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-/** A device buffer's handle: a slot number the addon resolves (stale handles are refused). */
-export type CudaBufferHandle = number;
+import { addonPath, type NativeAddon } from '../native_addon.js';
 
 export interface CudaDeviceInfo {
   readonly name: string;
@@ -17,25 +13,10 @@ export interface CudaDeviceInfo {
   readonly multiprocessors: number;
 }
 
-export interface CudaAddon {
-  alloc(bytes: number): CudaBufferHandle;
-  free(buf: CudaBufferHandle): void;
-  /** Queues a host-to-device copy; the host bytes are consumed before it returns. */
-  write(buf: CudaBufferHandle, byteOffset: number, data: ArrayBufferView): void;
-  /** Waits for queued work, then copies device bytes back. */
-  read(buf: CudaBufferHandle, byteOffset: number, bytes: number): ArrayBuffer;
-  kernelNames(): string[];
-  /** Queues a kernel on the backend's stream and returns without waiting for it. */
-  run(id: number, buffers: CudaBufferHandle[], byteOffsets: number[], ints: number[], floats: number[]): void;
+/** NativeAddon's entry points over device memory: write queues its copy, run queues the kernel on the backend's stream. */
+export interface CudaAddon extends NativeAddon {
   /** Waits for every queued kernel and copy; throws the first error one of them raised. */
   sync(): void;
-  liveBytes(): number;
-  peakBytes(): number;
-  resetPeak(): void;
-  /** Bytes held by the caching allocator for reuse (not live). */
-  cachedBytes(): number;
-  /** Returns every cached block to the device. */
-  emptyCache(): void;
   /** Visible GPUs; 0 when there is none or no driver (never throws). */
   deviceCount(): number;
   deviceInfo(): CudaDeviceInfo;
@@ -43,18 +24,8 @@ export interface CudaAddon {
 
 export const CUDA_NOT_BUILT = 'the CUDA backend is not built: run npm run build:cuda on a machine with nvcc and cuBLAS';
 
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error('finlora: cannot locate the package root');
-    dir = parent;
-  }
-  return dir;
-}
-
 export function cudaAddonPath(): string {
-  return join(packageRoot(), 'build', 'Release', 'finlora_cuda.node');
+  return addonPath('finlora_cuda.node');
 }
 
 let addon: CudaAddon | null = null;

@@ -6,20 +6,21 @@
 // The backend lists only the kernels the addon registers, so a model that needs a
 // missing one is refused before it starts (requireOps), naming the ops.
 import { type Backend, BackendBuffer } from '../backend.js';
+import type { BufferHandle } from '../native_addon.js';
 import type { Kernels } from '../kernels.js';
 import { builtKernels, nativeKernels, type NativeRun } from '../native_kernels.js';
 import { ForgottenBuffers, type TrackedBuffer } from '../forgotten.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import { type CudaAddon, type CudaBufferHandle, type CudaDeviceInfo, loadCudaAddon } from './addon.js';
+import { type CudaAddon, type CudaDeviceInfo, loadCudaAddon } from './addon.js';
 
 export class CudaBuffer extends BackendBuffer implements TrackedBuffer {
   tracking: TrackedBuffer['tracking'] = 'new';
-  constructor(readonly handle: CudaBufferHandle, bytes: number) {
+  constructor(readonly handle: BufferHandle, bytes: number) {
     super(bytes);
   }
 }
 
-function handleOf(t: Tensor): CudaBufferHandle {
+function handleOf(t: Tensor): BufferHandle {
   const b = t.storage.buffer;
   if (!(b instanceof CudaBuffer)) throw new Error(`cuda backend: ${t} does not live on the cuda backend`);
   t.assertAlive('cuda kernel');
@@ -41,7 +42,7 @@ export class CudaBackend implements Backend {
 
   // Buffers are freed explicitly (Tensor.dispose, scope); this frees the ones a program
   // forgets, once their CudaBuffer object is garbage collected.
-  private readonly forgotten = new ForgottenBuffers<CudaBufferHandle>((handle) => this.addon.free(handle));
+  private readonly forgotten = new ForgottenBuffers<BufferHandle>((handle) => this.addon.free(handle));
 
   alloc(bytes: number): BackendBuffer {
     const buf = new CudaBuffer(this.addon.alloc(bytes), bytes);
