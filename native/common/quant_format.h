@@ -28,11 +28,7 @@
 #include <cstdint>
 #include <string>
 
-#ifdef __CUDACC__
-#define FINLORA_HD __host__ __device__
-#else
-#define FINLORA_HD
-#endif
+#include "host_device.h"
 
 namespace finlora {
 namespace quant {

@@ -15,6 +15,7 @@
 // multiplies and shifts.
 #include <cstdint>
 
+#include "dropout_hash.h"
 #include "kernel.h"
 
 #if defined(__x86_64__) && !defined(__clang__)
@@ -26,26 +27,9 @@
 namespace finlora {
 namespace {
 
-// Wellons' "lowbias32" finaliser, as mix32 in src/ops/dropout.ts.
-inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
-}
-
-// The keys depend only on the counter's high word, which is constant over runs of
-// 2^32 counters; they are computed once per run.
-struct Keys {
-  uint32_t k1, k2;
-};
-inline Keys keys_for(uint32_t seed, uint32_t hi) {
-  const uint32_t k1 = mix32(mix32(seed ^ 0x9e3779b9u) + hi);
-  return {k1, mix32(k1 ^ 0x85ebca6bu)};
-}
-inline uint32_t bits24(const Keys& k, uint32_t lo) { return mix32(mix32(lo + k.k1) ^ k.k2) >> 8; }
+using dropout::bits24;
+using dropout::Keys;
+using dropout::keys_for;
 
 struct MaskParams {
   uint32_t seed, threshold;
@@ -55,10 +39,7 @@ struct MaskParams {
 
 MaskParams mask_params(const KernelArgs& a) {
   const double p = a.floats[0];
-  // u = bits / 2^24 >= p  <=>  bits >= ceil(p * 2^24), exactly (p * 2^24 is exact in f64)
-  const double scaled = p * 16777216.0;
-  const uint32_t threshold = static_cast<uint32_t>(scaled) + (static_cast<double>(static_cast<uint32_t>(scaled)) < scaled ? 1u : 0u);
-  return {static_cast<uint32_t>(a.ints[1]), threshold, static_cast<uint64_t>(a.ints[2]), static_cast<float>(1.0 / (1.0 - p))};
+  return {static_cast<uint32_t>(a.ints[1]), dropout::keep_threshold(p), static_cast<uint64_t>(a.ints[2]), static_cast<float>(1.0 / (1.0 - p))};
 }
 
 // Elements [i, stop) share the counter's high word; lo0 is the low word of element i.

@@ -9,32 +9,22 @@
 //
 // dropoutMask ints: [n, seed (uint32), offset (0 <= offset + n <= 2^53)]; floats: [p]; ptrs: [out f32 [n]]
 // dropout ints: [n, seed, offset, dtype T]; floats: [p]; ptrs: [x T [n], out T [n] (=)]
+#include "dropout_hash.h"
 #include "kernel.h"
 
 namespace finlora {
 namespace cuda {
 namespace {
 
-// Wellons' "lowbias32" finaliser, as mix32 in src/ops/dropout.ts.
-__device__ __forceinline__ uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
-}
+using dropout::bits24;
+using dropout::Keys;
+using dropout::keys_for;
 
-// The keys depend only on the counter's high word; the mask of the counter with low
-// word lo is keep or 0.
-__device__ __forceinline__ uint32_t key1(uint32_t seed, uint32_t hi) { return mix32(mix32(seed ^ 0x9e3779b9u) + hi); }
-__device__ __forceinline__ float mask_from(uint32_t lo, uint32_t k1, uint32_t threshold, float keep) {
-  const uint32_t k2 = mix32(k1 ^ 0x85ebca6bu);
-  const uint32_t bits = mix32(mix32(lo + k1) ^ k2) >> 8;
-  return bits >= threshold ? keep : 0.0f;
+__device__ __forceinline__ float mask_from(uint32_t lo, const Keys& k, uint32_t threshold, float keep) {
+  return bits24(k, lo) >= threshold ? keep : 0.0f;
 }
 __device__ __forceinline__ float mask_at(uint64_t c, uint32_t seed, uint32_t threshold, float keep) {
-  return mask_from(static_cast<uint32_t>(c), key1(seed, static_cast<uint32_t>(c >> 32)), threshold, keep);
+  return mask_from(static_cast<uint32_t>(c), keys_for(seed, static_cast<uint32_t>(c >> 32)), threshold, keep);
 }
 
 __global__ void dropout_mask_kernel(float* out, int64_t n, uint32_t seed, uint64_t offset, uint32_t threshold, float keep) {
@@ -51,9 +41,10 @@ __global__ void dropout_kernel(const T* x, T* out, int64_t n, uint32_t seed, uin
     if (VEC && i + 8 <= n && (c >> 32) == ((c + 7) >> 32)) {
       float v[8];
       ld8(x + i, v);
-      const uint32_t k1 = key1(seed, static_cast<uint32_t>(c >> 32)), lo = static_cast<uint32_t>(c);
+      const Keys k = keys_for(seed, static_cast<uint32_t>(c >> 32));
+      const uint32_t lo = static_cast<uint32_t>(c);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] *= mask_from(lo + j, k1, threshold, keep);
+      for (int j = 0; j < 8; ++j) v[j] *= mask_from(lo + j, k, threshold, keep);
       st8(out + i, v);
     } else {
       for (int64_t e = i; e < i + 8 && e < n; ++e) st(out, e, ld(x, e) * mask_at(c + (e - i), seed, threshold, keep));
@@ -71,10 +62,7 @@ struct Params {
 
 Params params(const KernelArgs& a) {
   const double p = a.floats[0];
-  // u = bits / 2^24 >= p  <=>  bits >= ceil(p * 2^24), exactly (p * 2^24 is exact in f64)
-  const double scaled = p * 16777216.0;
-  const uint32_t threshold = static_cast<uint32_t>(scaled) + (static_cast<double>(static_cast<uint32_t>(scaled)) < scaled ? 1u : 0u);
-  return {a.ints[0], static_cast<uint32_t>(a.ints[1]), static_cast<uint64_t>(a.ints[2]), threshold,
+  return {a.ints[0], static_cast<uint32_t>(a.ints[1]), static_cast<uint64_t>(a.ints[2]), dropout::keep_threshold(p),
           static_cast<float>(1.0 / (1.0 - p))};
 }
 
