@@ -34,32 +34,20 @@ import { type Batch, EpochBatcher, sequentialBatches } from '../data/batches.js'
 import type { Features } from '../data/format.js';
 import { AdamW, clipCoefficient, gradNorm as globalGradNorm } from './adamw.js';
 import { listCheckpoints, readTrainerState, removeStaleTemporaries, restoreCheckpoint, saveCheckpoint, type TrainerState } from './checkpoint.js';
-import type { LrScheduler } from './config.js';
+import type { RunConfig } from './config.js';
 import { lossCurveSvg, MetricsLog } from './metrics.js';
 import { MovementMonitor } from './monitor.js';
 import { TrainProgress } from './progress.js';
 import { LrSchedule } from './schedule.js';
 import type { CausalLM, TrainTarget } from './target.js';
 
-export interface TrainSettings {
-  readonly name: string;
-  readonly learningRate: number;
-  readonly numEpochs: number;
-  readonly batchSize: number;
-  readonly gradientAccumulationSteps: number;
-  readonly warmupSteps: number;
-  readonly lrScheduler: LrScheduler;
-  readonly weightDecay: number;
-  readonly adamBeta1: number;
-  readonly adamBeta2: number;
-  readonly adamEpsilon: number;
-  readonly maxGradNorm: number;
-  readonly evalsPerEpoch: number;
-  readonly seed: number;
-  readonly maxSteps: number | null;
-  readonly saveSteps: number | null;
-  readonly saveTotalLimit: number;
-}
+/** The settings of a run the trainer reads, with the meanings RunConfig documents (a RunConfig is one). */
+export type TrainSettings = Pick<
+  RunConfig,
+  | 'name' | 'learningRate' | 'numEpochs' | 'batchSize' | 'gradientAccumulationSteps' | 'warmupSteps' | 'lrScheduler'
+  | 'weightDecay' | 'adamBeta1' | 'adamBeta2' | 'adamEpsilon' | 'maxGradNorm' | 'evalsPerEpoch' | 'seed' | 'maxSteps'
+  | 'saveSteps' | 'saveTotalLimit'
+>;
 
 export interface TrainerOptions {
   settings: TrainSettings;
