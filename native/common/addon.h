@@ -7,8 +7,9 @@
 //   struct Device {
 //     static constexpr const char* kName;      // prefix of N-API failure messages
 //     static constexpr const char* kMemory;    // what "alloc: out of <kMemory>" names
-//     static size_t size_class(size_t bytes);  // the block size a request is served from
-//     static size_t cache_limit();             // most bytes the cache keeps
+//     static size_t class_unit(size_t bytes);  // requests round up to a multiple of this
+//     static constexpr const char* kCacheEnv;  // MiB the cache may keep (negative: none)
+//     static constexpr size_t kCacheDefault;   // bytes it keeps when kCacheEnv is unset
 //     static void* allocate(size_t bytes);     // a fresh block, nullptr when out of memory
 //     static void deallocate(void* block);
 //     static void settle();                    // no queued work can still use a freed block
@@ -35,8 +36,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "kernel_registry.h"
@@ -86,7 +89,7 @@ class Addon {
     double bytes = get_number(env, argv[0]);
     if (!(bytes >= 0)) return throw_error(env, "alloc: invalid size");
     size_t n = static_cast<size_t>(bytes);
-    void* data = take_block(Device::size_class(n));
+    void* data = take_block(size_class(n));
     if (data == nullptr) return throw_error(env, std::string("alloc: out of ") + Device::kMemory + " allocating " + std::to_string(n) + " bytes");
     uint32_t index;
     if (!free_slots().empty()) {
@@ -94,7 +97,7 @@ class Addon {
       free_slots().pop_back();
     } else {
       if (slots().size() >= kSlots) {
-        return_block(data, Device::size_class(n));
+        return_block(data, size_class(n));
         return throw_error(env, "alloc: too many live buffers");
       }
       index = static_cast<uint32_t>(slots().size());
@@ -117,7 +120,7 @@ class Addon {
     CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
     Slot* s = get_slot(env, argv[0]);
     if (s != nullptr) {
-      return_block(s->data, Device::size_class(s->bytes));
+      return_block(s->data, size_class(s->bytes));
       live_bytes() -= static_cast<int64_t>(s->bytes);
       s->data = nullptr;
       s->bytes = 0;
@@ -233,6 +236,18 @@ class Addon {
     return nullptr;
   }
 
+  // Defines the shared entry points and the addon's own (`extra`) on exports.
+  static napi_value define(napi_env env, napi_value exports, std::vector<napi_property_descriptor> extra) {
+    const std::pair<const char*, napi_callback> shared[] = {
+        {"alloc", Alloc}, {"free", Free}, {"write", Write}, {"read", Read}, {"kernelNames", KernelNames}, {"run", Run},
+        {"liveBytes", LiveBytes}, {"peakBytes", PeakBytes}, {"resetPeak", ResetPeak}, {"cachedBytes", CachedBytes},
+        {"emptyCache", EmptyCache},
+    };
+    for (const auto& [name, fn] : shared) extra.push_back({name, nullptr, fn, nullptr, nullptr, nullptr, napi_default, nullptr});
+    napi_define_properties(env, exports, extra.size(), extra.data());
+    return exports;
+  }
+
   static napi_value number(napi_env env, double x) {
     napi_value v;
     CHECK(napi_create_double(env, x, &v));
@@ -242,6 +257,22 @@ class Addon {
 #undef CHECK
 
  private:
+  // The block size a request is served from.
+  static size_t size_class(size_t n) {
+    const size_t unit = Device::class_unit(n);
+    return ((n == 0 ? 1 : n) + unit - 1) / unit * unit;
+  }
+
+  static size_t cache_limit() {
+    static const size_t limit = [] {
+      const char* env = std::getenv(Device::kCacheEnv);
+      if (env == nullptr) return Device::kCacheDefault;
+      const double mb = std::atof(env);
+      return static_cast<size_t>(mb < 0 ? 0 : mb * 1048576.0);
+    }();
+    return limit;
+  }
+
   struct Slot {
     void* data = nullptr;
     size_t bytes = 0;
@@ -298,7 +329,7 @@ class Addon {
   }
 
   static void return_block(void* p, size_t cls) {
-    if (cached_bytes() + cls > Device::cache_limit()) {
+    if (cached_bytes() + cls > cache_limit()) {
       Device::settle();  // queued work may still use it
       Device::deallocate(p);
       return;

@@ -23,18 +23,9 @@ using finlora::addon::throw_error;
 struct CpuDevice {
   static constexpr const char* kName = "finlora native";
   static constexpr const char* kMemory = "memory";
-  static size_t size_class(size_t n) {
-    size_t unit = n < (64u << 10) ? 64 : n < (4u << 20) ? (4u << 10) : (64u << 10);
-    return ((n == 0 ? 1 : n) + unit - 1) / unit * unit;
-  }
-  static size_t cache_limit() {
-    static size_t limit = [] {
-      const char* env = std::getenv("FINLORA_CPU_CACHE_MB");
-      double mb = env != nullptr ? std::atof(env) : 4096.0;
-      return static_cast<size_t>(mb < 0 ? 0 : mb * 1048576.0);
-    }();
-    return limit;
-  }
+  static size_t class_unit(size_t n) { return n < (64u << 10) ? 64 : n < (4u << 20) ? (4u << 10) : (64u << 10); }
+  static constexpr const char* kCacheEnv = "FINLORA_CPU_CACHE_MB";
+  static constexpr size_t kCacheDefault = size_t{4096} << 20;
   static void* allocate(size_t bytes) { return std::aligned_alloc(64, bytes); }
   static void deallocate(void* p) { std::free(p); }
   static void settle() {}  // kernels run before run() returns
@@ -101,25 +92,12 @@ napi_value SetNumThreads(napi_env env, napi_callback_info info) {
 }
 
 napi_value Init(napi_env env, napi_value exports) {
-  napi_property_descriptor props[] = {
-      {"alloc", nullptr, Addon::Alloc, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"free", nullptr, Addon::Free, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"write", nullptr, Addon::Write, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"read", nullptr, Addon::Read, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"kernelNames", nullptr, Addon::KernelNames, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"run", nullptr, Addon::Run, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"liveBytes", nullptr, Addon::LiveBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"peakBytes", nullptr, Addon::PeakBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"resetPeak", nullptr, Addon::ResetPeak, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"cachedBytes", nullptr, Addon::CachedBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"emptyCache", nullptr, Addon::EmptyCache, nullptr, nullptr, nullptr, napi_default, nullptr},
+  return Addon::define(env, exports, {
       {"isa", nullptr, GetIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"setIsa", nullptr, SetIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"numThreads", nullptr, NumThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"setNumThreads", nullptr, SetNumThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  return exports;
+  });
 }
 
 }  // namespace

@@ -9,7 +9,6 @@
 // and sync() wait for the stream, and report any error a queued kernel raised.
 #include <node_api.h>
 
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -34,19 +33,9 @@ napi_value throw_if_cuda_error(napi_env env, cudaError_t err, const char* where)
 struct CudaDevice {
   static constexpr const char* kName = "finlora cuda";
   static constexpr const char* kMemory = "GPU memory";
-  static size_t size_class(size_t n) {
-    size_t unit = n < (1u << 20) ? 512 : n < (64u << 20) ? (64u << 10) : (2u << 20);
-    return ((n == 0 ? 1 : n) + unit - 1) / unit * unit;
-  }
-  static size_t cache_limit() {
-    static size_t limit = [] {
-      const char* env = std::getenv("FINLORA_CUDA_CACHE_MB");
-      if (env == nullptr) return static_cast<size_t>(-1);
-      double mb = std::atof(env);
-      return static_cast<size_t>(mb < 0 ? 0 : mb * 1048576.0);
-    }();
-    return limit;
-  }
+  static size_t class_unit(size_t n) { return n < (1u << 20) ? 512 : n < (64u << 20) ? (64u << 10) : (2u << 20); }
+  static constexpr const char* kCacheEnv = "FINLORA_CUDA_CACHE_MB";
+  static constexpr size_t kCacheDefault = static_cast<size_t>(-1);
   static void* allocate(size_t bytes) {
     void* p = nullptr;
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
@@ -120,24 +109,11 @@ napi_value DeviceInfo(napi_env env, napi_callback_info) {
 }
 
 napi_value Init(napi_env env, napi_value exports) {
-  napi_property_descriptor props[] = {
-      {"alloc", nullptr, Addon::Alloc, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"free", nullptr, Addon::Free, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"write", nullptr, Addon::Write, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"read", nullptr, Addon::Read, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"kernelNames", nullptr, Addon::KernelNames, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"run", nullptr, Addon::Run, nullptr, nullptr, nullptr, napi_default, nullptr},
+  return Addon::define(env, exports, {
       {"sync", nullptr, Sync, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"liveBytes", nullptr, Addon::LiveBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"peakBytes", nullptr, Addon::PeakBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"resetPeak", nullptr, Addon::ResetPeak, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"cachedBytes", nullptr, Addon::CachedBytes, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"emptyCache", nullptr, Addon::EmptyCache, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"deviceCount", nullptr, DeviceCount, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"deviceInfo", nullptr, DeviceInfo, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  return exports;
+  });
 }
 
 }  // namespace
