@@ -256,4 +256,10 @@ export interface Kernels {
    * fixed per-row accumulation order (independent of the thread count).
    */
   doraNorm(w: Tensor, a: Tensor, b: Tensor, out: Tensor, s: number): void;
+  /**
+   * doraNorm over a quantized W read as stored (no dense copy): out[i] = ‖W_i + s·(B·A)_i‖₂
+   * with W_i the values dequantize gives, a f32 [r, cols], b f32 [rows, r], out f32
+   * [rows]; sums as doraNorm's.
+   */
+  doraNormQuantized(w: QuantizedOperand, a: Tensor, b: Tensor, out: Tensor, s: number): void;
 }

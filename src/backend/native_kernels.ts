@@ -140,6 +140,10 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
       const { tensors, ints, offset } = quantizedOperands(w, out);
       run('dequantize', [...tensors, out], ints, [offset]);
     },
+    doraNormQuantized: (w, a, b, out, s) => {
+      const { tensors, ints, offset } = quantizedOperands(w, out);
+      run('doraNormQuantized', [...tensors, a, b, out], [...ints, a.shape[0]], [offset, s]);
+    },
     quantizeInt8: (w, cb, scb) => run('quantizeInt8', [w, cb, scb], [w.shape[0], w.shape[1], DTYPE_CODE[w.dtype]]),
     quantizeBlockwise: (x, code, q, absmax, blocksize, pack4) =>
       run('quantizeBlockwise', [x, code, q, absmax], [x.size, DTYPE_CODE[x.dtype], code.size, blocksize, pack4 ? 1 : 0]),

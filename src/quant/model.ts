@@ -9,7 +9,7 @@ import type { Module } from '../nn/module.js';
 import { scope, type Tensor } from '../tensor/tensor.js';
 import { keptInFullPrecision } from './load.js';
 import type { Nf4Options } from './nf4.js';
-import { dequantize, quantizedLinear } from './ops.js';
+import { dequantize, quantizedDoraNorm, quantizedLinear } from './ops.js';
 import { type QuantFormat, type QuantizedWeight, quantizeWeight } from './weight.js';
 
 export interface QuantizeModelOptions extends Nf4Options {
@@ -63,15 +63,17 @@ export function dequantizeModel(model: Module): [string, QuantFormat][] {
 
 /**
  * The frozen weight of a quantized base as an adapter sees it (the shape of
- * src/adapters/lora/layer.ts's FrozenWeight): x·Wᵀ through the quantized kernel, and W
- * dequantized to f32 only inside withDense. A quantized W cannot be written, so there is
- * no assign: merging goes to a dequantized copy.
+ * src/adapters/lora/layer.ts's FrozenWeight): x·Wᵀ through the quantized kernel, DoRA's
+ * norm from the quantized W (quantizedDoraNorm), and W dequantized to f32 only inside
+ * withDense. A quantized W cannot be written, so there is no assign: merging goes to a
+ * dequantized copy.
  */
 export interface QuantizedFrozenWeight {
   readonly outFeatures: number;
   readonly inFeatures: number;
   readonly quantized: QuantizedWeight;
   apply(x: Tensor): Tensor;
+  doraNorm(a: Tensor, b: Tensor, s: number): Tensor;
   withDense<T>(fn: (w: Tensor) => T): T;
 }
 
@@ -81,6 +83,7 @@ export function quantizedFrozenWeight(q: QuantizedWeight): QuantizedFrozenWeight
     inFeatures: q.cols,
     quantized: q,
     apply: (x) => quantizedLinear(x, q),
+    doraNorm: (a, b, s) => quantizedDoraNorm(q, a, b, s),
     withDense: <T>(fn: (w: Tensor) => T): T => {
       const w = dequantize(q);
       try {

@@ -1,6 +1,7 @@
 // Ops on quantized weights: quantizedLinear (y = x Wᵀ + b with W decoded on the fly by
-// the backend's quantizedMatmul kernel) and dequantize (W in f32, for DoRA's weight
-// norm and for merging).
+// the backend's quantizedMatmul kernel), quantizedDoraNorm (DoRA's weight norm over a
+// quantized base, W read as stored where the backend has the kernel) and dequantize (W
+// in f32, for merging and for the norm on backends without that kernel).
 //
 // The weight is frozen, as in QLoRA: quantizedLinear records a gradient for x (and the
 // bias, when it trains) only. dx = dy W runs through the same kernel with W untransposed,
@@ -13,16 +14,17 @@
 // widened to f32. y and dx are T.
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
-import { type ComputeDType, computeDtype, sameBackend, withContiguousAs } from '../ops/util.js';
+import { doraNorm } from '../ops/dora.js';
+import { type ComputeDType, computeDtype, sameBackend, withContiguous, withContiguousAs } from '../ops/util.js';
 import { reshape, sumTo } from '../ops/view.js';
 import { isFloat } from '../tensor/dtype.js';
 import { formatShape, numel } from '../tensor/shape.js';
 import { empty, type Tensor, view } from '../tensor/tensor.js';
 import type { QuantizedWeight } from './weight.js';
 
-function checkWeight(op: string, w: QuantizedWeight, x: Tensor): void {
+function checkWeight(op: string, w: QuantizedWeight, x: Tensor, xName = 'x'): void {
   for (const t of w.tensors()) t.assertAlive(`${op} (quantized weight)`);
-  if (w.backend !== x.backend) throw new Error(`${op}: x lives on ${x.backend.name}, the quantized weight on ${w.backend.name}`);
+  if (w.backend !== x.backend) throw new Error(`${op}: ${xName} lives on ${x.backend.name}, the quantized weight on ${w.backend.name}`);
 }
 
 /** out = a · op(W) + bias through the kernel, in T; a [M, K] is made contiguous T first. */
@@ -97,5 +99,33 @@ export function dequantize(w: QuantizedWeight): Tensor {
   for (const t of w.tensors()) t.assertAlive('dequantize');
   const out = empty(w.shape, 'f32', w.backend);
   if (out.size > 0) kernel(out.backend, 'dequantize')(w, out);
+  return out;
+}
+
+/**
+ * DoRA's weight norm n_i = ‖W_i + s·(B·A)_i‖₂ (src/ops/dora.ts doraNorm) for a quantized
+ * W [out, in], a [r, in] and b [out, r] -> f32 [out], no gradient. A backend with the
+ * doraNormQuantized kernel (cuda) decodes W as it reads it, so no f32 copy of W is made
+ * (64 MiB per 4096 × 4096 projection and forward); elsewhere (cpu, whose doraNorm reads
+ * a dense W) W is dequantized to f32 for doraNorm, the same values.
+ */
+export function quantizedDoraNorm(w: QuantizedWeight, a: Tensor, b: Tensor, s: number): Tensor {
+  const op = 'quantizedDoraNorm';
+  checkWeight(op, w, a, 'a');
+  sameBackend(op, a, b);
+  if (a.rank !== 2 || b.rank !== 2 || a.shape[1] !== w.cols || b.shape[0] !== w.rows || b.shape[1] !== a.shape[0]) {
+    throw new Error(`${op}: a [r, ${w.cols}] and b [${w.rows}, r] expected for the quantized weight [${w.rows}, ${w.cols}], got ${formatShape(a.shape)} and ${formatShape(b.shape)}`);
+  }
+  const k = w.backend.kernels.doraNormQuantized;
+  if (k === undefined) {
+    const dense = dequantize(w);
+    try {
+      return doraNorm(dense, a, b, s);
+    } finally {
+      dense.dispose();
+    }
+  }
+  const out = empty([w.rows], 'f32', w.backend);
+  if (out.size > 0) withContiguous([[a, 'f32'], [b, 'f32']], (ac, bc) => k(w, ac, bc, out, s));
   return out;
 }

@@ -13,7 +13,8 @@
 // On a backend with the doraNorm kernel (src/ops/dora.ts) the norm is one kernel in the
 // direct form, W_i + s·B_i·A formed and squared row by row in registers: no cancellation
 // to guard against and nothing read back to the host, which on a GPU would stall the
-// stream once per DoRA layer and step. Elsewhere it is computed without materialising
+// stream once per DoRA layer and step. Over a quantized base the frozen weight's own
+// doraNorm (src/quant/ops.ts quantizedDoraNorm) reads W from its codes where it can. Elsewhere it is computed without materialising
 // W + s·B·A (out × in values per layer and step): per row,
 //   ‖W + s·B·A‖² = ‖W‖² + 2s·rowsum((W·Aᵀ) ⊙ B) + s²·rowsum((B·A·Aᵀ) ⊙ B),
 // with ‖W‖² computed once for the frozen W (f64 sums in the reduce kernel; the row sums
@@ -163,6 +164,9 @@ export class DoraVariant implements LoraVariant {
     const A = layer.lora_A.weight, B = layer.lora_B.weight;
     if (hasDoraNormKernel(A.backend)) {
       this.lastFallbackRows = [];
+      // A quantized base computes the norm from its codes (no f32 copy of W per forward).
+      const fromHeld = layer.frozen.doraNorm;
+      if (fromHeld !== undefined) return noGrad(() => fromHeld(A, B, layer.scaling));
       return noGrad(() => layer.frozen.withDense((w) => doraNorm(w, A, B, layer.scaling)));
     }
     if (this.wNormSq === null) this.wNormSq = keep(weightNormSquared(layer.frozen));

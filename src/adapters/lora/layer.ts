@@ -36,15 +36,20 @@ import type { DropoutSemantics, LayerHyperparameters } from './config.js';
 
 /**
  * The frozen base weight W [out, in] as an adapter needs it. A plain Linear's is its
- * weight tensor (denseFrozenWeight); a quantized base provides its own (products
- * through its dequantizing kernels, a dequantized copy for the few things that need W
- * itself).
+ * weight tensor (denseFrozenWeight); a quantized base provides its own (products and
+ * DoRA's norm through its decoding kernels, a dequantized copy for the few things that
+ * need W itself).
  */
 export interface FrozenWeight {
   readonly outFeatures: number;
   readonly inFeatures: number;
   /** x [..., in] -> x·Wᵀ [..., out], no bias; gradients flow to x only. */
   apply(x: Tensor): Tensor;
+  /**
+   * DoRA's ‖W + s·B·A‖ per row (src/ops/dora.ts doraNorm) computed from W as it is held,
+   * f32 [out], no gradient; present where that avoids a dense copy of W (a quantized base).
+   */
+  readonly doraNorm?: (a: Tensor, b: Tensor, s: number) => Tensor;
   /** Runs fn with W as a tensor (f32 or bf16); the tensor is only valid inside fn. */
   withDense<T>(fn: (w: Tensor) => T): T;
   /** Overwrites W with f32 values [out, in] (merge, unmerge); absent when W cannot be written. */

@@ -66,6 +66,22 @@ function attentionRow(
   return { p, lse: max + Math.log(sum) };
 }
 
+/** ‖W_i + s·(B·A)_i‖ per row in f64, W [rows, cols], A [r, cols], B [rows, r] row-major. */
+export function doraRowNorms(wv: ArrayLike<number>, av: ArrayLike<number>, bv: ArrayLike<number>, rows: number, cols: number, r: number, s: number): Float64Array {
+  const norms = new Float64Array(rows);
+  for (let i = 0; i < rows; i++) {
+    let sq = 0;
+    for (let c = 0; c < cols; c++) {
+      let ba = 0;
+      for (let k = 0; k < r; k++) ba += bv[i * r + k] * av[k * cols + c];
+      const v = wv[i * cols + c] + s * ba;
+      sq += v * v;
+    }
+    norms[i] = Math.sqrt(sq);
+  }
+  return norms;
+}
+
 export function nnKernels(): Partial<Kernels> {
   return {
     gather: (table, ids, out) => {
@@ -253,22 +269,7 @@ export function nnKernels(): Partial<Kernels> {
       write(dlora, db.map((x) => s * x));
       write(dg, sums);
     },
-    doraNorm: (w, a, b, out, s) => {
-      const wv = read(w), av = read(a), bv = read(b);
-      const [rows, cols] = w.shape, r = a.shape[0];
-      const norms = new Float64Array(rows);
-      for (let i = 0; i < rows; i++) {
-        let sq = 0;
-        for (let c = 0; c < cols; c++) {
-          let ba = 0;
-          for (let k = 0; k < r; k++) ba += bv[i * r + k] * av[k * cols + c];
-          const v = wv[i * cols + c] + s * ba;
-          sq += v * v;
-        }
-        norms[i] = Math.sqrt(sq);
-      }
-      write(out, norms);
-    },
+    doraNorm: (w, a, b, out, s) => write(out, doraRowNorms(read(w), read(a), read(b), w.shape[0], w.shape[1], a.shape[0], s)),
     dropout: (x, out, p, seed, offset) => {
       const v = read(x);
       write(out, v.map((xi, i) => xi * (dropoutUniform(seed, offset + i) >= p ? 1 / (1 - p) : 0)));

@@ -4,6 +4,7 @@
 import type { Kernels, QuantizedOperand } from '../kernels.js';
 import { dequantizeInt8Host, quantizeInt8Host } from '../../quant/int8.js';
 import { blockScalesHost, packNibbles, quantizeBlockwiseHost, unpackNibbles } from '../../quant/nf4.js';
+import { doraRowNorms } from './nn.js';
 import { read, write } from './reference.js';
 
 /** The weight W [rows, cols], row-major, in f64. */
@@ -44,6 +45,7 @@ export function quantKernels(): Partial<Kernels> {
       write(out, r);
     },
     dequantize: (w, out) => write(out, decode(w)),
+    doraNormQuantized: (w, a, b, out, s) => write(out, doraRowNorms(decode(w), read(a), read(b), w.rows, w.cols, a.shape[0], s)),
     quantizeInt8: (w, cb, scb) => {
       const [rows, cols] = w.shape;
       const q = quantizeInt8Host(read(w), rows, cols);
