@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -75,6 +76,13 @@ inline size_t typed_array_element_bytes(napi_typedarray_type type) {
     default: return 1;
   }
 }
+
+// A Device that profiles launches defines profile_begin(env, key, kernelId) and
+// profile_end(), called around each kernel run; others (the CPU's) are left as they were.
+template <class D, class = void>
+struct profiles_launches : std::false_type {};
+template <class D>
+struct profiles_launches<D, std::void_t<decltype(&D::profile_begin), decltype(&D::profile_end)>> : std::true_type {};
 
 template <class Device>
 class Addon {
@@ -179,10 +187,10 @@ class Addon {
     return arr;
   }
 
-  // run(id, buffers: handle[], byteOffsets: number[], ints: number[], floats: number[])
+  // run(id, buffers: handle[], byteOffsets: number[], ints: number[], floats: number[][, profileKey])
   static napi_value Run(napi_env env, napi_callback_info info) {
-    size_t argc = 5;
-    napi_value argv[5];
+    size_t argc = 6;
+    napi_value argv[6];
     CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
     auto& reg = kernel_registry();
     int64_t id = static_cast<int64_t>(get_number(env, argv[0]));
@@ -215,7 +223,13 @@ class Addon {
       CHECK(napi_get_element(env, argv[4], i, &v));
       args.floats[i] = get_number(env, v);
     }
-    reg[id].fn(args);
+    if constexpr (profiles_launches<Device>::value) {
+      Device::profile_begin(env, argc > 5 ? argv[5] : nullptr, id);
+      reg[id].fn(args);
+      Device::profile_end();
+    } else {
+      reg[id].fn(args);
+    }
     if (!args.error.empty()) return throw_error(env, std::string(reg[id].name) + ": " + args.error);
     Device::after_run(env, reg[id].name);
     return nullptr;

@@ -1,5 +1,6 @@
 // The N-API surface of the CUDA backend: the shared buffer, copy and kernel entry points
-// of native/common/addon.h over device memory, plus sync() and the device's description.
+// of native/common/addon.h over device memory, plus sync(), the device's description and
+// the launch profile (setProfiling, profileRead).
 // Nothing else in native/cuda touches N-API.
 //
 // Ordering: every copy and launch goes to the backend's one stream (kernel.h), so
@@ -19,6 +20,7 @@ namespace {
 
 using finlora::addon::throw_error;
 using finlora::cuda::stream;
+namespace profile = finlora::cuda::profile;
 
 // Turns a CUDA error (a launch's, or one a queued kernel raised) into a JS exception.
 napi_value throw_if_cuda_error(napi_env env, cudaError_t err, const char* where) {
@@ -50,13 +52,17 @@ struct CudaDevice {
     if (n == 0) return true;
     // A pageable source is staged before cudaMemcpyAsync returns, so the JS array may
     // change afterwards; the copy itself is ordered on the stream after earlier kernels.
+    profile::begin(profile::kCopyIn);
     cudaError_t err = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream());
+    profile::end();
     throw_if_cuda_error(env, err, "write");
     return err == cudaSuccess;
   }
   static bool copy_out(napi_env env, void* dst, const void* src, size_t n) {
     if (n == 0) return true;
+    profile::begin(profile::kCopyOut);
     cudaError_t err = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, stream());
+    profile::end();
     if (err == cudaSuccess) err = cudaStreamSynchronize(stream());
     throw_if_cuda_error(env, err, "read");
     return err == cudaSuccess;
@@ -68,6 +74,15 @@ struct CudaDevice {
     if (err != cudaSuccess) throw_error(env, std::string(kernel) + ": " + cudaGetErrorString(err));
     return err == cudaSuccess;
   }
+  // Brackets each run while profiling; the key is run()'s optional sixth argument (the
+  // JS side's label index), else kUnlabelled - the kernel's id.
+  static void profile_begin(napi_env env, napi_value key, int64_t id) {
+    if (!profile::on()) return;
+    napi_valuetype type = napi_undefined;
+    if (key != nullptr) napi_typeof(env, key, &type);
+    profile::begin(type == napi_number ? static_cast<int64_t>(finlora::addon::get_number(env, key)) : profile::kUnlabelled - id);
+  }
+  static void profile_end() { profile::end(); }
 };
 using Addon = finlora::addon::Addon<CudaDevice>;
 
@@ -75,6 +90,34 @@ using Addon = finlora::addon::Addon<CudaDevice>;
 
 napi_value Sync(napi_env env, napi_callback_info) {
   return throw_if_cuda_error(env, cudaStreamSynchronize(stream()), "sync");
+}
+
+// setProfiling(on): brackets every later launch and copy with events (see kernel.h).
+napi_value SetProfiling(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  bool on = false;
+  if (argc < 1 || napi_get_value_bool(env, argv[0], &on) != napi_ok) return throw_error(env, "setProfiling: expected a boolean");
+  profile::set(on);
+  return nullptr;
+}
+
+// profileRead() -> [key, calls, ms, key, calls, ms, ...]: GPU time per key since the last
+// read (waits for the stream; a launch's key is what run() was given, see kernel.h).
+napi_value ProfileRead(napi_env env, napi_callback_info) {
+  std::vector<profile::Total> totals;
+  const cudaError_t err = profile::read(&totals);
+  if (err != cudaSuccess) return throw_if_cuda_error(env, err, "profileRead");
+  napi_value arr;
+  CHECK(napi_create_array_with_length(env, 3 * totals.size(), &arr));
+  uint32_t i = 0;
+  for (const profile::Total& t : totals) {
+    CHECK(napi_set_element(env, arr, i++, Addon::number(env, static_cast<double>(t.key))));
+    CHECK(napi_set_element(env, arr, i++, Addon::number(env, static_cast<double>(t.calls))));
+    CHECK(napi_set_element(env, arr, i++, Addon::number(env, t.ms)));
+  }
+  return arr;
 }
 
 // deviceCount() -> number of visible GPUs (0 when there is none or no driver); never throws.
@@ -113,6 +156,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"sync", nullptr, Sync, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"deviceCount", nullptr, DeviceCount, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"deviceInfo", nullptr, DeviceInfo, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setProfiling", nullptr, SetProfiling, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"profileRead", nullptr, ProfileRead, nullptr, nullptr, nullptr, napi_default, nullptr},
   });
 }
 

@@ -49,6 +49,29 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 constexpr int64_t kNoSkip = INT64_MIN;
 int64_t first_bad_index(const int32_t* ids, int64_t n, int64_t lo, int64_t hi, int64_t skip);
 
+// The launch profile (FINLORA_PROFILE=1 or setProfiling): while it is on, each kernel
+// run and each host copy is bracketed by two CUDA events on stream(), taken from a pool
+// and given back once read, so nothing waits per launch. A key names what a bracket
+// times (the JS side's label index; kCopyIn / kCopyOut for copies). Off, begin/end
+// return at once and no event is recorded.
+namespace profile {
+constexpr int64_t kCopyIn = -1, kCopyOut = -2;
+// A launch given no key is kept under kUnlabelled - its kernel id.
+constexpr int64_t kUnlabelled = -3;
+struct Total {
+  int64_t key;
+  int64_t calls;
+  double ms;  // GPU time between each bracket's two events, summed
+};
+bool on();
+void set(bool on);
+void begin(int64_t key);
+void end();
+// Waits for the stream, then returns the totals per key since the last read and
+// clears them; the stream's error, if any, is returned and the totals kept.
+cudaError_t read(std::vector<Total>* out);
+}  // namespace profile
+
 // Grid size for n items at `block` threads each, capped so a grid-stride loop covers the rest.
 inline unsigned grid_for(int64_t n, int block) {
   int64_t g = (n + block - 1) / block;

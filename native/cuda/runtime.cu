@@ -1,8 +1,11 @@
 // The CUDA backend's runtime pieces that kernels share: the kernel registry, the one
 // stream every launch goes to, the cuBLAS and cuBLASLt handles and the GEMM
-// workspace, and the index check that gather and crossEntropy run before they write.
+// workspace, the index check that gather and crossEntropy run before they write, and
+// the launch profile's event brackets.
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
+#include <map>
 
 #include "kernel.h"
 
@@ -101,6 +104,113 @@ int64_t first_bad_index(const int32_t* ids, int64_t n, int64_t lo, int64_t hi, i
   cudaStreamSynchronize(stream());
   return *host == none ? -1 : static_cast<int64_t>(*host);
 }
+
+namespace profile {
+namespace {
+
+struct Bracket {
+  int64_t key;
+  cudaEvent_t start, stop;
+};
+
+struct State {
+  bool on = false;
+  bool open = false;
+  Bracket current{};
+  std::deque<Bracket> pending;      // recorded, not yet folded into totals
+  std::vector<cudaEvent_t> pool;    // events free for reuse
+  std::map<int64_t, Total> totals;  // ordered: read() lists keys in a stable order
+};
+
+State& state() {
+  static State s;
+  return s;
+}
+
+cudaEvent_t take_event() {
+  State& s = state();
+  if (!s.pool.empty()) {
+    cudaEvent_t e = s.pool.back();
+    s.pool.pop_back();
+    return e;
+  }
+  cudaEvent_t e = nullptr;
+  cudaEventCreate(&e);
+  return e;
+}
+
+void fold(const Bracket& b) {
+  State& s = state();
+  float ms = 0;
+  if (cudaEventElapsedTime(&ms, b.start, b.stop) != cudaSuccess) {
+    cudaGetLastError();
+    ms = 0;
+  }
+  Total& t = s.totals.try_emplace(b.key, Total{b.key, 0, 0.0}).first->second;
+  t.calls += 1;
+  t.ms += ms;
+  s.pool.push_back(b.start);
+  s.pool.push_back(b.stop);
+}
+
+// A long profile would otherwise hold two events per launch until read(): past this
+// many brackets, the oldest ones the GPU has finished are folded as launches go by,
+// with a query that does not wait.
+constexpr size_t kFoldAfter = 4096;
+
+void fold_finished() {
+  State& s = state();
+  if (s.pending.size() < kFoldAfter) return;
+  // A not-ready query must not pass for a launch error at the next check, and must not
+  // hide one that is already pending.
+  const bool clean = cudaPeekAtLastError() == cudaSuccess;
+  while (!s.pending.empty()) {
+    const cudaError_t q = cudaEventQuery(s.pending.front().stop);
+    if (q != cudaSuccess) {
+      if (clean) cudaGetLastError();
+      return;
+    }
+    fold(s.pending.front());
+    s.pending.pop_front();
+  }
+}
+
+}  // namespace
+
+bool on() { return state().on; }
+
+void set(bool on) { state().on = on; }
+
+void begin(int64_t key) {
+  State& s = state();
+  if (!s.on) return;
+  fold_finished();
+  s.current = Bracket{key, take_event(), take_event()};
+  s.open = true;
+  cudaEventRecord(s.current.start, stream());
+}
+
+void end() {
+  State& s = state();
+  if (!s.open) return;
+  cudaEventRecord(s.current.stop, stream());
+  s.pending.push_back(s.current);
+  s.open = false;
+}
+
+cudaError_t read(std::vector<Total>* out) {
+  State& s = state();
+  const cudaError_t err = cudaStreamSynchronize(stream());
+  if (err != cudaSuccess) return err;
+  for (const Bracket& b : s.pending) fold(b);
+  s.pending.clear();
+  out->clear();
+  for (const auto& [key, t] : s.totals) out->push_back(t);
+  s.totals.clear();
+  return cudaSuccess;
+}
+
+}  // namespace profile
 
 }  // namespace cuda
 }  // namespace finlora

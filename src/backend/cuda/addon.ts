@@ -2,7 +2,7 @@
 // cuBLAS exist, never by `npm install`) and gives it a typed surface.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { addonPath, type NativeAddon } from '../native_addon.js';
+import { addonPath, type BufferHandle, type NativeAddon } from '../native_addon.js';
 
 export interface CudaDeviceInfo {
   readonly name: string;
@@ -20,7 +20,22 @@ export interface CudaAddon extends NativeAddon {
   /** Visible GPUs; 0 when there is none or no driver (never throws). */
   deviceCount(): number;
   deviceInfo(): CudaDeviceInfo;
+  /** While on, every launch and copy is bracketed by CUDA events on the stream (no waiting per launch). */
+  setProfiling(on: boolean): void;
+  /**
+   * GPU milliseconds per key since the last read, flat: [key, calls, ms, ...]; waits for the
+   * stream. A launch's key is run()'s sixth argument (PROFILE_UNLABELLED - its kernel id without
+   * one); host-to-device copies are PROFILE_COPY_IN, device-to-host ones PROFILE_COPY_OUT.
+   */
+  profileRead(): number[];
+  /** run() with a sixth argument: the key its GPU time is profiled under. */
+  run(id: number, buffers: BufferHandle[], byteOffsets: number[], ints: number[], floats: number[], profileKey?: number): void;
 }
+
+/** The profile keys of copies and unlabelled launches (native/cuda/kernel.h, namespace profile). */
+export const PROFILE_COPY_IN = -1;
+export const PROFILE_COPY_OUT = -2;
+export const PROFILE_UNLABELLED = -3;
 
 export const CUDA_NOT_BUILT = 'the CUDA backend is not built: run npm run build:cuda on a machine with nvcc and cuBLAS';
 
