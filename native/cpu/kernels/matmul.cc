@@ -16,7 +16,8 @@
 //   ic over mc rows     -> an mc x kc block of A packed into mr-high micro-panels (L2)
 //   jr, ir              -> micro-kernel on one A and one B micro-panel (registers, L1)
 // The micro-kernel and its blocking (kernels/gemm/) are picked at run time from
-// finlora::isa().
+// finlora::isa(); the loop nest and the column slabs are gemm/blocked.h's, shared with
+// the quantized product (qmatmul.cc).
 //
 // Threads (one fork per product, or per band of a very large one, and no barrier
 // inside): a product wider than tall is cut into column slabs that share one packing
@@ -31,40 +32,15 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <type_traits>
 
-#include "gemm/gemm.h"
+#include "gemm/blocked.h"
 #include "kernel.h"
 
 namespace finlora {
 namespace {
 
-using gemm::MicroKernel;
-
-// Packing buffers live as long as their thread (the pool's workers persist), so a
-// GEMM in a training step does not page-fault fresh megabytes every call.
-class PackBuffer {
- public:
-  ~PackBuffer() { std::free(data_); }
-  float* get(size_t floats) {
-    if (floats > capacity_) {
-      std::free(data_);
-      const size_t bytes = (floats * sizeof(float) + 4095) / 4096 * 4096;
-      data_ = static_cast<float*>(std::aligned_alloc(4096, bytes));
-      capacity_ = data_ == nullptr ? 0 : bytes / sizeof(float);
-    }
-    return data_;
-  }
-
- private:
-  float* data_ = nullptr;
-  size_t capacity_ = 0;
-};
-
-thread_local PackBuffer t_pack_a;
-thread_local PackBuffer t_pack_b;
+using namespace gemm;
 
 inline float to_f32(float x) { return x; }
 inline float to_f32(uint16_t x) { return bf16_to_f32(x); }
@@ -122,151 +98,26 @@ struct Operands {
   bool accumulate;
 };
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// The blocked loop nest over rows [m0, m1) and columns [n0, n1) of one product.
+// blocked.h's pack_a and pack_b for one product: the micro-kernel's own packers where
+// they handle the layout, the portable loops above otherwise.
+auto a_packer(const MicroKernel& uk, const Operands& o, const float* a) {
+  return [&uk, &o, a](int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* dst) {
+    const float* src = a + ic * o.ars + pc * o.acs;
+    if (uk.pack_a == nullptr || !uk.pack_a(src, o.ars, o.acs, mc, kc, dst)) pack_a(src, o.ars, o.acs, mc, kc, uk.mr, dst);
+  };
+}
 template <typename TB>
-void gemm_rect(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, int64_t m0,
-               int64_t m1, int64_t n0, int64_t n1) {
-  const int mr = uk.mr, nr = uk.nr;
-  const int64_t rows = m1 - m0, cols = n1 - n0;
-  if (rows <= 0 || cols <= 0) return;
-  // Even blocks: K = 2100 with kc 512 runs 5 blocks of 420, not 4 of 512 and one of 52.
-  const int64_t kblocks = ceil_div(o.K, uk.kc);
-  const int64_t kc_max = ceil_div(o.K, kblocks);
-  const int64_t mblocks = ceil_div(rows, uk.mc);
-  const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), mr) * mr;
-  const int64_t nblocks = ceil_div(cols, uk.nc);
-  const int64_t nc_max = ceil_div(ceil_div(cols, nblocks), nr) * nr;
-  float* pa = t_pack_a.get(static_cast<size_t>(mc_max * kc_max));
-  float* pb = t_pack_b.get(static_cast<size_t>(nc_max * kc_max));
-  if (pa == nullptr || pb == nullptr) std::abort();
-  for (int64_t jc = n0; jc < n1; jc += nc_max) {
-    const int64_t nc = std::min(nc_max, n1 - jc);
-    for (int64_t pc = 0; pc < o.K; pc += kc_max) {
-      const int64_t kc = std::min(kc_max, o.K - pc);
-      const bool add = pc > 0 || o.accumulate;
-      const TB* bsrc = b + pc * o.brs + jc * o.bcs;
-      for (int64_t ic = m0; ic < m1; ic += mc_max) {
-        const int64_t mc = std::min(mc_max, m1 - ic);
-        const float* asrc = a + ic * o.ars + pc * o.acs;
-        if (uk.pack_a == nullptr || !uk.pack_a(asrc, o.ars, o.acs, mc, kc, pa)) pack_a(asrc, o.ars, o.acs, mc, kc, mr, pa);
-        for (int64_t jr = 0; jr < nc; jr += nr) {
-          const int ncols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
-          float* bp = pb + jr * kc;
-          // B's micro-panels are packed just before their first use, while the
-          // micro-kernel's reads of them can still hit L1, instead of in one pass
-          // over a block far larger than L2.
-          if (ic == m0 && !fast_pack_b(uk, bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, bp)) {
-            pack_b(bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, nr, bp);
-          }
-          for (int64_t ir = 0; ir < mc; ir += mr) {
-            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
-            uk.run(kc, pa + ir * kc, bp, c + (ic + ir) * o.N + jc + jr, o.N, nrows, ncols, o.alpha, add);
-          }
-        }
-      }
-    }
-  }
+auto b_packer(const MicroKernel& uk, const Operands& o, const TB* b) {
+  return [&uk, &o, b](int64_t pc, int64_t kc, int64_t jc, int ncols, float* dst) {
+    const TB* src = b + pc * o.brs + jc * o.bcs;
+    if (!fast_pack_b(uk, src, o.brs, o.bcs, kc, ncols, dst)) pack_b(src, o.brs, o.bcs, kc, ncols, uk.nr, dst);
+  };
 }
 
-// Below this many flops per task, splitting costs more than waking a thread.
-constexpr double kMinFlopsPerTask = 4.0e6;
-// Tasks per thread when a product is split: enough that a thread slowed down (by
-// another process on its core, say) leaves its remaining tasks to the others, few
-// enough that each still amortises its packing.
-constexpr int64_t kTasksPerThread = 4;
-// The widest column slab one task takes: its packed B (kc x slab) and one packed A
-// block (mc x kc) fit in L2 together.
-constexpr int64_t kMaxSlab = 256;
-// Packed A shared by the threads of one product stays under 16 MiB (an L3's worth);
-// larger products run in bands of rows and depth of that size.
-constexpr int64_t kSharedAFloats = int64_t{1} << 22;
-constexpr int64_t kMaxBandBlocks = 64;
-
-const MicroKernel& pick_micro_kernel() {
-  const MicroKernel* k = nullptr;
-  if (isa() == Isa::Avx512) k = gemm::avx512_micro_kernel();
-  if (k == nullptr && isa() >= Isa::Avx2) k = gemm::avx2_micro_kernel();
-  if (k == nullptr) k = gemm::scalar_micro_kernel();
-  return *k;
-}
-
-inline void cpu_relax() {
-#if defined(__x86_64__)
-  __builtin_ia32_pause();
-#endif
-}
-
-// The blocks of A for one band of rows and depth, packed once and read by every
-// thread: block (p, i) holds rows i * mc_max ... of the band and depth
-// k0 + p * kc_max ... . Its state
-// goes 0 (not packed) -> 1 (a thread is packing it) -> 2 (ready); whichever thread
-// first needs a block packs it, so packing is spread over the threads too.
-struct SharedA {
-  float* data;
-  std::atomic<int>* state;
-  int64_t k0;  // depth of the band's first block
-  int64_t kblocks, mblocks, kc_max, mc_max;
-  float* block(int64_t p, int64_t i) const { return data + (p * mblocks + i) * mc_max * kc_max; }
-};
-
-// Columns [n0, n1) of rows [m0, m1) of the product, with A from `sa`: for each depth
-// block, the A blocks are taken in whatever order they become ready.
+// One whole product on this thread.
 template <typename TB>
-void column_slab(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c, const SharedA& sa,
-                 int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int mr = uk.mr, nr = uk.nr;
-  const int64_t cols = n1 - n0;
-  float* pb = t_pack_b.get(static_cast<size_t>(ceil_div(cols, nr) * nr * sa.kc_max));
-  if (pb == nullptr) std::abort();
-  std::array<bool, kMaxBandBlocks> done;
-  for (int64_t p = 0; p < sa.kblocks; ++p) {
-    const int64_t pc = sa.k0 + p * sa.kc_max, kc = std::min(sa.kc_max, o.K - pc);
-    const bool add = pc > 0 || o.accumulate;
-    const TB* bsrc = b + pc * o.brs + n0 * o.bcs;
-    done.fill(false);
-    int64_t remaining = sa.mblocks;
-    bool b_packed = false;
-    int spins = 0;
-    while (remaining > 0) {
-      bool progressed = false;
-      for (int64_t i = 0; i < sa.mblocks; ++i) {
-        if (done[i]) continue;
-        const int64_t ic = m0 + i * sa.mc_max, mc = std::min(sa.mc_max, m1 - ic);
-        std::atomic<int>& st = sa.state[p * sa.mblocks + i];
-        int s = st.load(std::memory_order_acquire);
-        if (s == 0 && st.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) {
-          const float* asrc = a + ic * o.ars + pc * o.acs;
-          float* dst = sa.block(p, i);
-          if (uk.pack_a == nullptr || !uk.pack_a(asrc, o.ars, o.acs, mc, kc, dst)) pack_a(asrc, o.ars, o.acs, mc, kc, mr, dst);
-          st.store(2, std::memory_order_release);
-          s = 2;
-        }
-        if (s != 2) continue;  // another thread is packing it: come back later
-        const float* pa = sa.block(p, i);
-        for (int64_t jr = 0; jr < cols; jr += nr) {
-          const int ncols = static_cast<int>(std::min<int64_t>(nr, cols - jr));
-          float* bp = pb + jr * kc;
-          if (!b_packed && !fast_pack_b(uk, bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, bp)) {
-            pack_b(bsrc + jr * o.bcs, o.brs, o.bcs, kc, ncols, nr, bp);
-          }
-          for (int64_t ir = 0; ir < mc; ir += mr) {
-            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
-            uk.run(kc, pa + ir * kc, bp, c + (ic + ir) * o.N + n0 + jr, o.N, nrows, ncols, o.alpha, add);
-          }
-        }
-        b_packed = true;
-        done[i] = true;
-        --remaining;
-        progressed = true;
-      }
-      if (!progressed) {
-        if (++spins < 64) cpu_relax();
-        else std::this_thread::yield();
-      }
-    }
-  }
+void whole_product(const MicroKernel& uk, const Operands& o, const float* a, const TB* b, float* c) {
+  gemm_rect(uk, o.K, c, o.N, o.alpha, o.accumulate, 0, o.M, 0, o.N, a_packer(uk, o, a), b_packer(uk, o, b));
 }
 
 // The micro-panels of B for one band of depth, packed once and read by every thread:
@@ -290,16 +141,16 @@ void row_slab(const MicroKernel& uk, const Operands& o, const float* a, const TB
   const int64_t rows = m1 - m0;
   const int64_t mblocks = ceil_div(rows, uk.mc);
   const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), mr) * mr;
-  float* pa = t_pack_a.get(static_cast<size_t>(mc_max * sb.kc_max));
-  if (pa == nullptr) std::abort();
+  float* pa = pack_a_buffer().get(static_cast<size_t>(mc_max * sb.kc_max));
+  const auto pack_a_block = a_packer(uk, o, a);
+  const auto pack_b_panel = b_packer(uk, o, b);
   std::array<bool, kMaxBandBlocks> done;
   for (int64_t p = 0; p < sb.kblocks; ++p) {
     const int64_t pc = sb.k0 + p * sb.kc_max, kc = std::min(sb.kc_max, o.K - pc);
     const bool add = pc > 0 || o.accumulate;
     for (int64_t ic = m0; ic < m1; ic += mc_max) {
       const int64_t mc = std::min(mc_max, m1 - ic);
-      const float* asrc = a + ic * o.ars + pc * o.acs;
-      if (uk.pack_a == nullptr || !uk.pack_a(asrc, o.ars, o.acs, mc, kc, pa)) pack_a(asrc, o.ars, o.acs, mc, kc, mr, pa);
+      pack_a_block(ic, mc, pc, kc, pa);
       done.fill(false);
       int64_t remaining = sb.panels;
       int spins = 0;
@@ -309,28 +160,14 @@ void row_slab(const MicroKernel& uk, const Operands& o, const float* a, const TB
           if (done[j]) continue;
           const int64_t jc = j * nr;
           const int ncols = static_cast<int>(std::min<int64_t>(nr, o.N - jc));
-          std::atomic<int>& st = sb.state[p * sb.panels + j];
           float* bp = sb.panel(p, j);
-          int s = st.load(std::memory_order_acquire);
-          if (s == 0 && st.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) {
-            const TB* bsrc = b + pc * o.brs + jc * o.bcs;
-            if (!fast_pack_b(uk, bsrc, o.brs, o.bcs, kc, ncols, bp)) pack_b(bsrc, o.brs, o.bcs, kc, ncols, nr, bp);
-            st.store(2, std::memory_order_release);
-            s = 2;
-          }
-          if (s != 2) continue;
-          for (int64_t ir = 0; ir < mc; ir += mr) {
-            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
-            uk.run(kc, pa + ir * kc, bp, c + (ic + ir) * o.N + jc, o.N, nrows, ncols, o.alpha, add);
-          }
+          if (!claim(sb.state[p * sb.panels + j], [&] { pack_b_panel(pc, kc, jc, ncols, bp); })) continue;
+          run_panel(uk, mc, kc, pa, bp, ncols, c + ic * o.N + jc, o.N, o.alpha, add);
           done[j] = true;
           --remaining;
           progressed = true;
         }
-        if (!progressed) {
-          if (++spins < 64) cpu_relax();
-          else std::this_thread::yield();
-        }
+        if (!progressed) wait_a_little(spins);
       }
     }
   }
@@ -338,8 +175,6 @@ void row_slab(const MicroKernel& uk, const Operands& o, const float* a, const TB
 
 // Storage for SharedA or SharedB, owned by the calling thread and reused across calls.
 thread_local PackBuffer t_shared_a;
-thread_local std::unique_ptr<std::atomic<int>[]> t_states;
-thread_local int64_t t_states_size = 0;
 
 // One product over `threads` threads, cut into slabs that share one packing of the
 // operand they all read: when the product is taller than it is wide (the lm_head's
@@ -365,13 +200,7 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
       const int64_t kblocks = ceil_div(std::min(kband, o.K - k0), kc_max);
       const int64_t nstates = kblocks * pn;
       float* data = t_shared_a.get(static_cast<size_t>(nstates * uk.nr * kc_max));
-      if (data == nullptr) std::abort();
-      if (nstates > t_states_size) {
-        t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
-        t_states_size = nstates;
-      }
-      for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
-      const SharedB sb{data, t_states.get(), k0, kblocks, pn, kc_max, uk.nr};
+      const SharedB sb{data, fresh_states(nstates), k0, kblocks, pn, kc_max, uk.nr};
       next.store(0);
       parallel_for(threads, 1, [&](int64_t, int64_t) {
         for (int64_t t; (t = next.fetch_add(1)) < tasks;) row_slab<TB>(uk, o, a, b, c, sb, row_of(t), row_of(t + 1));
@@ -394,17 +223,12 @@ void parallel_product(const MicroKernel& uk, const Operands& o, const float* a, 
       const int64_t kblocks = ceil_div(std::min(kband, o.K - k0), kc_max);
       const int64_t nstates = kblocks * mblocks;
       float* data = t_shared_a.get(static_cast<size_t>(nstates * mc_max * kc_max));
-      if (data == nullptr) std::abort();
-      if (nstates > t_states_size) {
-        t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
-        t_states_size = nstates;
-      }
-      for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
-      const SharedA sa{data, t_states.get(), k0, kblocks, mblocks, kc_max, mc_max};
+      const SharedA sa{data, fresh_states(nstates), k0, kblocks, mblocks, kc_max, mc_max};
       next.store(0);
       parallel_for(threads, 1, [&](int64_t, int64_t) {
         for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
-          column_slab<TB>(uk, o, a, b, c, sa, m0, m1, col_of(t), col_of(t + 1));
+          column_slab(uk, o.K, c, o.N, o.alpha, o.accumulate, sa, m0, m1, col_of(t), col_of(t + 1), a_packer(uk, o, a),
+                      b_packer(uk, o, b));
         }
       });
     }
@@ -448,7 +272,6 @@ bool run_narrow(const MicroKernel& uk, const Operands& o, const float* a, const 
     const int64_t copies = src_batch == 0 ? 1 : batch;
     if (copies * n * o.K > kSharedAFloats) return false;
     float* buf = t_narrow.get(static_cast<size_t>(copies * n * o.K));
-    if (buf == nullptr) std::abort();
     for (int64_t q = 0; q < copies; ++q) {
       for (int64_t j = 0; j < n; ++j) {
         float* dst = buf + (q * n + j) * o.K;
@@ -495,16 +318,16 @@ void run_batched(const KernelArgs& args, const Operands& o, int64_t batch, int64
   const MicroKernel& uk = pick_micro_kernel();
   const double flops = 2.0 * static_cast<double>(o.M) * static_cast<double>(o.N) * static_cast<double>(o.K) *
                        static_cast<double>(batch);
-  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
+  const int64_t threads = threads_for(flops);
   if (run_narrow<TB>(uk, o, a, b, c, batch, abs, bbs, threads)) return;
   if (threads <= 1) {
-    for (int64_t p = 0; p < batch; ++p) gemm_rect<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N, 0, o.M, 0, o.N);
+    for (int64_t p = 0; p < batch; ++p) whole_product<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N);
   } else if (batch >= 2 * threads) {
     // Many products: one thread each, taken from a shared counter.
     std::atomic<int64_t> next{0};
     parallel_for(threads, 1, [&](int64_t, int64_t) {
       for (int64_t p; (p = next.fetch_add(1)) < batch;) {
-        gemm_rect<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N, 0, o.M, 0, o.N);
+        whole_product<TB>(uk, o, a + p * abs, b + p * bbs, c + p * o.M * o.N);
       }
     });
   } else {

@@ -18,9 +18,9 @@
 //
 // Weight operands q0..q4: those of quant::parse_weight (native/common/quant_format.h).
 //
-// Structure: the blocked loop nest and thread scheduling of kernels/matmul.cc (Goto &
-// van de Geijn; BLIS's five loops; column slabs sharing one packing of A) around the
-// same register micro-kernels and A packers (gemm/gemm.h), with B's panels packed from
+// Structure: the blocked loop nest and column slabs of kernels/matmul.cc (gemm/blocked.h:
+// Goto & van de Geijn; BLIS's five loops; column slabs sharing one packing of A) around
+// the same register micro-kernels and A packers (gemm/gemm.h), with B's panels packed from
 // the quantized weight instead of copied from f32. For a Linear's forward
 // a panel holds nr rows of W laid across, so each row stretch is decoded with SIMD and
 // then transposed into the panel; for the input gradient the rows of W are the rows of
@@ -32,53 +32,20 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <thread>
 
-#include "gemm/gemm.h"
+#include "gemm/blocked.h"
 #include "kernel.h"
 #include "quant/quant.h"
 
 namespace finlora {
 namespace {
 
-using gemm::MicroKernel;
+using namespace gemm;
 using quant::parse_weight;
 using quant::QuantIsa;
 using quant::QWeight;
 
-class Buffer {
- public:
-  ~Buffer() { std::free(data_); }
-  float* get(size_t floats) {
-    if (floats > capacity_) {
-      std::free(data_);
-      const size_t bytes = (floats * sizeof(float) + 4095) / 4096 * 4096;
-      data_ = static_cast<float*>(std::aligned_alloc(4096, bytes));
-      if (data_ == nullptr) std::abort();
-      capacity_ = bytes / sizeof(float);
-    }
-    return data_;
-  }
-
- private:
-  float* data_ = nullptr;
-  size_t capacity_ = 0;
-};
-
-thread_local Buffer t_pack_a;
-thread_local Buffer t_pack_b;
-thread_local Buffer t_scratch;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-const MicroKernel& pick_micro_kernel() {
-  const MicroKernel* k = nullptr;
-  if (isa() == Isa::Avx512) k = gemm::avx512_micro_kernel();
-  if (k == nullptr && isa() >= Isa::Avx2) k = gemm::avx2_micro_kernel();
-  if (k == nullptr) k = gemm::scalar_micro_kernel();
-  return *k;
-}
+thread_local PackBuffer t_scratch;
 
 struct Problem {
   const float* a;
@@ -121,129 +88,36 @@ void pack_a_block(const MicroKernel& uk, const Problem& p, int64_t ic, int64_t m
   if (uk.pack_a == nullptr || !uk.pack_a(src, p.K, 1, mc, kc, dst)) pack_a(p, ic, mc, pc, kc, uk.mr, dst);
 }
 
-// The blocked loop nest over rows [m0, m1) and columns [n0, n1) of the output, with
-// its own packing of A: one thread's whole product, or a row slab of a narrow one.
-void gemm_rect(const MicroKernel& uk, const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int mr = uk.mr, nr = uk.nr;
-  const int64_t rows = m1 - m0, cols = n1 - n0;
-  if (rows <= 0 || cols <= 0) return;
-  const int64_t kblocks = ceil_div(p.K, uk.kc);
-  const int64_t kc_max = ceil_div(p.K, kblocks);
-  const int64_t mblocks = ceil_div(rows, uk.mc);
-  const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), mr) * mr;
-  const int64_t nblocks = ceil_div(cols, uk.nc);
-  const int64_t nc_max = ceil_div(ceil_div(cols, nblocks), nr) * nr;
-  float* pa = t_pack_a.get(static_cast<size_t>(mc_max * kc_max));
-  float* pb = t_pack_b.get(static_cast<size_t>(nc_max * kc_max));
-  float* scratch = t_scratch.get(static_cast<size_t>(nr * ((kc_max + 15) / 16 * 16)));
-  for (int64_t jc = n0; jc < n1; jc += nc_max) {
-    const int64_t nc = std::min(nc_max, n1 - jc);
-    for (int64_t pc = 0; pc < p.K; pc += kc_max) {
-      const int64_t kc = std::min(kc_max, p.K - pc);
-      const bool add = pc > 0 || p.accumulate;
-      for (int64_t ic = m0; ic < m1; ic += mc_max) {
-        const int64_t mc = std::min(mc_max, m1 - ic);
-        pack_a_block(uk, p, ic, mc, pc, kc, pa);
-        for (int64_t jr = 0; jr < nc; jr += nr) {
-          const int ncols = static_cast<int>(std::min<int64_t>(nr, nc - jr));
-          float* bp = pb + jr * kc;
-          // Decoded just before first use, while its lines are still in L1/L2.
-          if (ic == m0) pack_b(p, pc, kc, jc + jr, ncols, nr, bp, scratch);
-          for (int64_t ir = 0; ir < mc; ir += mr) {
-            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
-            uk.run(kc, pa + ir * kc, bp, p.c + (ic + ir) * p.N + jc + jr, p.N, nrows, ncols, 1.0f, add);
-          }
-        }
-      }
-    }
-  }
+// blocked.h's pack_a and pack_b for this product; B's panels decode through scratch
+// sized for depth blocks of at most kc_max.
+auto a_packer(const MicroKernel& uk, const Problem& p) {
+  return [&uk, &p](int64_t ic, int64_t mc, int64_t pc, int64_t kc, float* dst) { pack_a_block(uk, p, ic, mc, pc, kc, dst); };
+}
+auto b_packer(const MicroKernel& uk, const Problem& p, int64_t kc_max) {
+  float* scratch = t_scratch.get(static_cast<size_t>(uk.nr * ((kc_max + 15) / 16 * 16)));
+  return [&uk, &p, scratch](int64_t pc, int64_t kc, int64_t n0, int ncols, float* dst) {
+    pack_b(p, pc, kc, n0, ncols, uk.nr, dst, scratch);
+  };
 }
 
-constexpr double kMinFlopsPerTask = 4.0e6;
+// Rows [m0, m1) and columns [n0, n1) of the output, with its own packing of A: one
+// thread's whole product, or a row slab of a narrow one.
+void product_rect(const MicroKernel& uk, const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int64_t kc_max = ceil_div(p.K, ceil_div(p.K, uk.kc));  // gemm_rect's depth blocks
+  gemm_rect(uk, p.K, p.c, p.N, 1.0f, p.accumulate, m0, m1, n0, n1, a_packer(uk, p), b_packer(uk, p, kc_max));
+}
+
+thread_local PackBuffer t_shared_a;
+
 // The threading of kernels/matmul.cc's parallel_product, with the same constants:
 // column slabs of at most kMaxSlab columns (kTasksPerThread per thread) taken from a
 // counter, all sharing one packing of A per row band. Each slab's columns of W are
 // decoded once, by the thread that takes it, so no weight is decoded twice.
-constexpr int64_t kTasksPerThread = 4;
-constexpr int64_t kMaxSlab = 256;
-constexpr int64_t kSharedAFloats = int64_t{1} << 22;
-constexpr int64_t kMaxBandBlocks = 64;
-
-inline void cpu_relax() {
-#if defined(__x86_64__)
-  __builtin_ia32_pause();
-#endif
-}
-
-// Blocks of A for one row band, packed once by whichever thread first needs each
-// (state 0 -> 1 packing -> 2 ready) and read by all.
-struct SharedA {
-  float* data;
-  std::atomic<int>* state;
-  int64_t kblocks, mblocks, kc_max, mc_max;
-  float* block(int64_t p, int64_t i) const { return data + (p * mblocks + i) * mc_max * kc_max; }
-};
-
-// Columns [n0, n1) of rows [m0, m1): per depth block, decode this slab of W, then run
-// it against the A blocks in whatever order they become ready.
-void column_slab(const MicroKernel& uk, const Problem& p, const SharedA& sa, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int mr = uk.mr, nr = uk.nr;
-  const int64_t cols = n1 - n0;
-  float* pb = t_pack_b.get(static_cast<size_t>(ceil_div(cols, nr) * nr * sa.kc_max));
-  float* scratch = t_scratch.get(static_cast<size_t>(nr * ((sa.kc_max + 15) / 16 * 16)));
-  bool done[kMaxBandBlocks];
-  for (int64_t pb_i = 0; pb_i < sa.kblocks; ++pb_i) {
-    const int64_t pc = pb_i * sa.kc_max, kc = std::min(sa.kc_max, p.K - pc);
-    const bool add = pc > 0 || p.accumulate;
-    for (int64_t i = 0; i < sa.mblocks && i < kMaxBandBlocks; ++i) done[i] = false;
-    int64_t remaining = sa.mblocks;
-    bool b_packed = false;
-    int spins = 0;
-    while (remaining > 0) {
-      bool progressed = false;
-      for (int64_t i = 0; i < sa.mblocks; ++i) {
-        if (done[i]) continue;
-        const int64_t ic = m0 + i * sa.mc_max, mc = std::min(sa.mc_max, m1 - ic);
-        std::atomic<int>& st = sa.state[pb_i * sa.mblocks + i];
-        int s = st.load(std::memory_order_acquire);
-        if (s == 0 && st.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) {
-          pack_a_block(uk, p, ic, mc, pc, kc, sa.block(pb_i, i));
-          st.store(2, std::memory_order_release);
-          s = 2;
-        }
-        if (s != 2) continue;  // another thread is packing it: come back later
-        const float* pa = sa.block(pb_i, i);
-        for (int64_t jr = 0; jr < cols; jr += nr) {
-          const int ncols = static_cast<int>(std::min<int64_t>(nr, cols - jr));
-          float* bp = pb + jr * kc;
-          if (!b_packed) pack_b(p, pc, kc, n0 + jr, ncols, nr, bp, scratch);
-          for (int64_t ir = 0; ir < mc; ir += mr) {
-            const int nrows = static_cast<int>(std::min<int64_t>(mr, mc - ir));
-            uk.run(kc, pa + ir * kc, bp, p.c + (ic + ir) * p.N + n0 + jr, p.N, nrows, ncols, 1.0f, add);
-          }
-        }
-        b_packed = true;
-        done[i] = true;
-        --remaining;
-        progressed = true;
-      }
-      if (!progressed) {
-        if (++spins < 64) cpu_relax();
-        else std::this_thread::yield();
-      }
-    }
-  }
-}
-
-thread_local Buffer t_shared_a;
-thread_local std::unique_ptr<std::atomic<int>[]> t_states;
-thread_local int64_t t_states_size = 0;
-
 void run_blocked(const Problem& p) {
   const MicroKernel& uk = pick_micro_kernel();
   const double flops = 2.0 * static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K);
-  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
-  if (threads <= 1) return gemm_rect(uk, p, 0, p.M, 0, p.N);
+  const int64_t threads = threads_for(flops);
+  if (threads <= 1) return product_rect(uk, p, 0, p.M, 0, p.N);
   const int64_t pm = ceil_div(p.M, uk.mr), pn = ceil_div(p.N, uk.nr);
   const int64_t want = kTasksPerThread * threads;
   std::atomic<int64_t> next{0};
@@ -252,7 +126,7 @@ void run_blocked(const Problem& p) {
     const int64_t h = ceil_div(pm, want) * uk.mr;
     const int64_t tasks = ceil_div(p.M, h);
     parallel_for(threads, 1, [&](int64_t, int64_t) {
-      for (int64_t t; (t = next.fetch_add(1)) < tasks;) gemm_rect(uk, p, t * h, std::min(p.M, (t + 1) * h), 0, p.N);
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) product_rect(uk, p, t * h, std::min(p.M, (t + 1) * h), 0, p.N);
     });
     return;
   }
@@ -267,15 +141,15 @@ void run_blocked(const Problem& p) {
     const int64_t mc_max = ceil_div(ceil_div(rows, mblocks), uk.mr) * uk.mr;
     const int64_t nstates = kblocks * mblocks;
     float* data = t_shared_a.get(static_cast<size_t>(nstates * mc_max * kc_max));
-    if (nstates > t_states_size) {
-      t_states.reset(new std::atomic<int>[static_cast<size_t>(nstates)]);
-      t_states_size = nstates;
-    }
-    for (int64_t i = 0; i < nstates; ++i) t_states[i].store(0, std::memory_order_relaxed);
-    const SharedA sa{data, t_states.get(), kblocks, mblocks, kc_max, mc_max};
+    const SharedA sa{data, fresh_states(nstates), 0, kblocks, mblocks, kc_max, mc_max};
     next.store(0);
     parallel_for(threads, 1, [&](int64_t, int64_t) {
-      for (int64_t t; (t = next.fetch_add(1)) < tasks;) column_slab(uk, p, sa, m0, m1, t * w, std::min(p.N, (t + 1) * w));
+      const auto pack_a_block = a_packer(uk, p);
+      const auto pack_b_panel = b_packer(uk, p, kc_max);
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
+        column_slab(uk, p.K, p.c, p.N, 1.0f, p.accumulate, sa, m0, m1, t * w, std::min(p.N, (t + 1) * w), pack_a_block,
+                    pack_b_panel);
+      }
     });
   }
 }
@@ -292,7 +166,7 @@ constexpr int64_t kStretch = 1024;  // weight values decoded per row at a time, 
 void run_small_forward(const Problem& p) {
   const int64_t groups = ceil_div(p.N, 4);
   const double flops = 2.0 * static_cast<double>(p.M + 1) * static_cast<double>(p.N) * static_cast<double>(p.K);
-  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
+  const int64_t threads = threads_for(flops);
   auto body = [&](int64_t g0, int64_t g1) {
     float* buf = t_scratch.get(4 * kStretch);
     float acc[kSmallM * 4];
@@ -322,7 +196,7 @@ void run_small_forward(const Problem& p) {
 // stretch per thread where they fit, so each thread reads long runs of every row of W.
 void run_small_backward(const Problem& p) {
   const double flops = 2.0 * static_cast<double>(p.M + 1) * static_cast<double>(p.N) * static_cast<double>(p.K);
-  const int64_t threads = std::min<int64_t>(num_threads(), std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerTask)));
+  const int64_t threads = threads_for(flops);
   const int64_t S = std::min<int64_t>(2 * kStretch, std::max<int64_t>(256, ceil_div(ceil_div(p.N, threads), 16) * 16));
   const int64_t chunks = ceil_div(p.N, S);
   auto body = [&](int64_t c0i, int64_t c1i) {
