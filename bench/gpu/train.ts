@@ -33,8 +33,20 @@
 //            --json FILE (every result as JSON), --batch B / --seq T (every row), --layers N
 //            (finlora alone, N decoder layers), --device cpu (finlora's plumbing without a GPU),
 //            --compute f32|bf16 (finlora's activation dtype; default: the model's, bf16 here),
-//            --list (print the rows the options select, run nothing)
+//            --list (print the rows the options select, run nothing), --profile (finlora: 2 more steps
+//            after the timed ones with the cuda backend's per-kernel profile; a table of the top
+//            kernels' GPU ms per step, their sum against the step's wall time, launches per step)
 //   one side of one row: --worker '<row as JSON>' [--device, --layers]
+//
+// Quantized base (FinLoRA's quant_bits): --quant int8|nf4|bf16 (repeatable; bf16 = the
+// unquantized rows) quantizes every decoder Linear on the device after the random fill,
+// as finetune does for quant_bits 8 / 4 (src/train/quantize.ts: int8 rows, NF4 with
+// double quantization; embeddings and lm_head stay bf16), and names the rows "int8" /
+// "nf4". finlora only: PEFT's side needs bitsandbytes, which the benchmark machine lacks.
+// --quant-norm dequantize computes DoRA's norm through a dequantized f32 W (the route
+// before doraNormQuantized), for comparison.
+//
+//   node dist/bench/gpu/train.js --sentiment-only --quant int8 --quant nf4 --no-peft
 //
 // Needs the CUDA addon (npm run build:cuda); PEFT's side needs python3 (PYTHON
 // overrides) with torch, transformers and peft.
@@ -43,10 +55,11 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { LoraModel } from '../../src/adapters/lora/model.js';
+import type { FrozenWeight } from '../../src/adapters/lora/layer.js';
 import type { DropoutSemantics } from '../../src/adapters/lora/config.js';
 import { backward, noGrad } from '../../src/autograd/tape.js';
 import type { Backend } from '../../src/backend/backend.js';
-import { CudaBackend } from '../../src/backend/cuda/cuda.js';
+import { CudaBackend, type CudaKernelTime } from '../../src/backend/cuda/cuda.js';
 import { getBackend } from '../../src/backend/registry.js';
 import { parseLlamaConfig } from '../../src/models/llama/config.js';
 import { LlamaForCausalLM } from '../../src/models/llama/model.js';
@@ -57,7 +70,9 @@ import { fill } from '../../src/ops/inplace.js';
 import { sum } from '../../src/ops/reduce.js';
 import { AdamW, clipCoefficient, gradNorm } from '../../src/train/adamw.js';
 import { enableGradientCheckpointing } from '../../src/train/grad_checkpoint.js';
+import { quantizeBase } from '../../src/train/quantize.js';
 import { f32ToBf16Bits } from '../../src/tensor/dtype.js';
+import type { Linear } from '../../src/nn/linear.js';
 import { Rng } from '../../src/tensor/rng.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 
@@ -74,6 +89,10 @@ export interface Row {
   readonly batch: number;
   readonly seq: number;
   readonly checkpointing: boolean;
+  /** The decoder's Linear weights quantized (quant_bits 8 / 4); absent: bf16. */
+  readonly quant?: 'int8' | 'nf4';
+  /** DoRA's norm through a dequantized f32 W instead of from the codes (for comparison). */
+  readonly dequantizedNorm?: boolean;
 }
 
 const VOCAB = 128256;
@@ -100,11 +119,12 @@ function configJson(model: ModelName, layers?: number): Record<string, unknown> 
 
 export function rowName(r: Row): string {
   const t = r.targets === 'qkv' ? 'q,k,v' : 'all linear';
-  return `${r.model.toUpperCase()} ${t} ${r.dora ? 'DoRA' : 'LoRA'} p${r.dropout} ${r.batch}x${r.seq}${r.checkpointing ? ' ckpt' : ''}`;
+  const quant = r.quant === undefined ? '' : ` ${r.quant}${r.dequantizedNorm === true ? ' (norm via dequantize)' : ''}`;
+  return `${r.model.toUpperCase()} ${t} ${r.dora ? 'DoRA' : 'LoRA'} p${r.dropout} ${r.batch}x${r.seq}${r.checkpointing ? ' ckpt' : ''}${quant}`;
 }
 
 const sameShape = (a: Row, b: Row): boolean =>
-  a.model === b.model && a.targets === b.targets && a.dropout === b.dropout && a.batch === b.batch && a.seq === b.seq && a.checkpointing === b.checkpointing;
+  a.model === b.model && a.targets === b.targets && a.dropout === b.dropout && a.batch === b.batch && a.seq === b.seq && a.checkpointing === b.checkpointing && a.quant === b.quant;
 
 const isSentiment = (r: Row): boolean => r.model === '8b' && r.targets === 'qkv' && r.batch === 8 && r.seq === 128 && r.checkpointing;
 
@@ -224,6 +244,78 @@ interface WorkerOptions {
   readonly layers?: number;
   /** The activation dtype instead of the model's default. */
   readonly compute?: 'f32' | 'bf16';
+  /** Profile 2 more steps after the timed ones (cuda only). */
+  readonly profile?: boolean;
+}
+
+/** --profile: per step, where the GPU's time went, against the step's wall time. */
+export interface StepProfile {
+  readonly steps: number;
+  /** Wall milliseconds per profiled step (the events add a little host time to each launch). */
+  readonly wallMs: number;
+  /** GPU milliseconds per step inside kernels and copies. */
+  readonly gpuMs: number;
+  /** Host milliseconds per step inside the addon's calls (launching, and any wait for the GPU there). */
+  readonly hostMs: number;
+  readonly launches: number;
+  readonly copies: number;
+  /** Every label, per step, the most GPU time first. */
+  readonly kernels: readonly { name: string; calls: number; ms: number; hostMs: number; tflops?: number }[];
+}
+
+const PROFILED_STEPS = 2;
+
+function stepProfile(rows: readonly CudaKernelTime[], steps: number, wallSeconds: number): StepProfile {
+  const per = (x: number): number => x / steps;
+  const isCopy = (name: string): boolean => name.startsWith('copy:');
+  return {
+    steps,
+    wallMs: per(wallSeconds * 1e3),
+    gpuMs: per(rows.reduce((t, r) => t + r.seconds, 0) * 1e3),
+    hostMs: per(rows.reduce((t, r) => t + r.hostSeconds, 0) * 1e3),
+    launches: per(rows.filter((r) => !isCopy(r.name)).reduce((t, r) => t + r.calls, 0)),
+    copies: per(rows.filter((r) => isCopy(r.name)).reduce((t, r) => t + r.calls, 0)),
+    kernels: rows.map((r) => ({
+      name: r.name, calls: per(r.calls), ms: per(r.seconds * 1e3), hostMs: per(r.hostSeconds * 1e3),
+      ...(r.flops !== undefined && r.seconds > 0 ? { tflops: r.flops / r.seconds / 1e12 } : {}),
+    })),
+  };
+}
+
+/** The profile as the row's log shows it: the top labels, then the time per kernel (labels of one kernel summed). */
+export function profileText(p: StepProfile, top = 15): string {
+  const pct = (ms: number): string => (p.gpuMs > 0 ? `${((100 * ms) / p.gpuMs).toFixed(1)}%` : '-');
+  const gemms = p.kernels.filter((k) => k.name.startsWith('matmul:'));
+  const gemmMs = gemms.reduce((t, k) => t + k.ms, 0);
+  const gemmTflop = gemms.reduce((t, k) => t + (k.tflops ?? 0) * k.ms * 1e-3, 0);
+  const lines = [
+    `profile, per step over ${p.steps} steps: wall ${p.wallMs.toFixed(1)} ms; GPU busy in kernels and copies ${p.gpuMs.toFixed(1)} ms ` +
+      `(${((100 * p.gpuMs) / p.wallMs).toFixed(0)}% of wall; idle, waiting on the host, ${(p.wallMs - p.gpuMs).toFixed(1)} ms); ` +
+      `${p.launches.toFixed(0)} kernel launches and ${p.copies.toFixed(0)} copies; host time inside the addon's calls ${p.hostMs.toFixed(1)} ms`,
+    `GEMMs ${gemmMs.toFixed(1)} ms (${pct(gemmMs)}), ${gemmTflop.toFixed(1)} TFLOP at ${gemmMs > 0 ? (gemmTflop / gemmMs * 1e3).toFixed(0) : '-'} TFLOP/s; everything else ${(p.gpuMs - gemmMs).toFixed(1)} ms`,
+    '| kernel | calls/step | GPU ms/step | % of GPU | host ms/step | TFLOP/s |',
+    '|---|---|---|---|---|---|',
+  ];
+  for (const k of p.kernels.slice(0, top)) {
+    lines.push(`| ${k.name} | ${k.calls.toFixed(0)} | ${k.ms.toFixed(2)} | ${pct(k.ms)} | ${k.hostMs.toFixed(2)} | ${k.tflops?.toFixed(0) ?? ''} |`);
+  }
+  const rest = p.kernels.slice(top);
+  if (rest.length > 0) {
+    const ms = rest.reduce((t, k) => t + k.ms, 0);
+    lines.push(`| (${rest.length} more labels) | ${rest.reduce((t, k) => t + k.calls, 0).toFixed(0)} | ${ms.toFixed(2)} | ${pct(ms)} | ${rest.reduce((t, k) => t + k.hostMs, 0).toFixed(2)} | |`);
+  }
+  const byKernel = new Map<string, { calls: number; ms: number; hostMs: number }>();
+  for (const k of p.kernels) {
+    const name = k.name.split(':')[0];
+    const e = byKernel.get(name) ?? { calls: 0, ms: 0, hostMs: 0 };
+    e.calls += k.calls;
+    e.ms += k.ms;
+    e.hostMs += k.hostMs;
+    byKernel.set(name, e);
+  }
+  lines.push(`by kernel (calls/step, GPU ms/step, host ms/step): ${[...byKernel].sort((a, b) => b[1].ms - a[1].ms)
+    .map(([n, e]) => `${n} ${e.calls.toFixed(0)} / ${e.ms.toFixed(1)} (${pct(e.ms)}) / ${e.hostMs.toFixed(1)}`).join('; ')}`);
+  return lines.join('\n');
 }
 
 /** One row on finlora's cuda backend; throws when the step fails its check. */
@@ -239,10 +331,18 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
   try {
     model.checkBackend(be, config.architecture);
     fillRandom(model, be, 5);
+    // finetune's quant_bits path: the decoder's Linear weights quantized on the device, each dense one freed as it goes.
+    const base = row.quant === undefined ? null : quantizeBase(model, row.quant === 'int8' ? 8 : 4);
+    if (base !== null) cuda?.emptyCache();
+    const frozenWeight = (name: string, target: Linear): FrozenWeight | undefined => {
+      const f = base?.frozenWeight(name, target);
+      // Without its doraNorm the adapter takes the norm through withDense (a dequantized f32 W).
+      return f === undefined || row.dequantizedNorm !== true ? f : { outFeatures: f.outFeatures, inFeatures: f.inFeatures, apply: (x) => f.apply(x), withDense: (fn) => f.withDense(fn) };
+    };
     const lora = LoraModel.inject(
       model,
       { r: 8, lora_alpha: 16, lora_dropout: row.dropout, target_modules: [...TARGET_MODULES[row.targets]], use_dora: row.dora, dropout_semantics: semantics },
-      { seed: 3 },
+      { seed: 3, frozenWeight },
     );
     if (row.checkpointing) enableGradientCheckpointing(model, lora.dropout);
     model.train();
@@ -309,6 +409,23 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
     for (let k = 0; k < steps; k++) last = step();
     sync();
     const seconds = Number(process.hrtime.bigint() - t1) / 1e9 / steps;
+    let profile: StepProfile | undefined;
+    if (o.profile === true && cuda !== null) {
+      cuda.resetProfile();
+      cuda.setProfiling(true);
+      const tp = process.hrtime.bigint();
+      try {
+        for (let k = 0; k < PROFILED_STEPS; k++) step();
+        sync();
+      } finally {
+        cuda.setProfiling(false);
+      }
+      profile = stepProfile(cuda.profile(), PROFILED_STEPS, Number(process.hrtime.bigint() - tp) / 1e9);
+      cuda.resetProfile();
+      log(`finlora ${rowName(row)}: ${profileText(profile)}`);
+    } else if (o.profile === true) {
+      log(`finlora ${rowName(row)}: --profile needs the cuda backend (this is ${be.name})`);
+    }
     const result: SideResult = {
       side: 'finlora',
       tokensPerSecond: (row.batch * row.seq) / seconds,
@@ -326,6 +443,7 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
       buildSeconds,
       device: cuda?.device.name ?? be.name,
       layers: config.numHiddenLayers,
+      ...(profile !== undefined ? { profile } : {}),
     };
     optimizer.dispose();
     ids.dispose();
@@ -391,6 +509,7 @@ function workerArgs(row: Row, warmup: number, steps: number, values: Flags): str
   return [
     fileURLToPath(import.meta.url), '--worker', JSON.stringify(row), '--warmup', String(warmup), '--steps', String(steps),
     ...(values['peft-dropout'] === true ? ['--peft-dropout'] : []), ...pass('layers'), ...pass('device'), ...pass('compute'),
+    ...(values.profile === true ? ['--profile'] : []),
   ];
 }
 
@@ -438,7 +557,7 @@ export function table(outcomes: readonly Outcome[]): { text: string; failed: num
     const cells = [
       rowName(o.row),
       f.error !== undefined ? `error: ${f.error}` : fmtRate(fr),
-      p === null ? 'not run' : p.error !== undefined ? `error: ${p.error}` : fmtRate(pr),
+      p === null ? (o.row.quant !== undefined ? 'not run (needs bitsandbytes)' : 'not run') : p.error !== undefined ? `error: ${p.error}` : fmtRate(pr),
       ratio === undefined ? '-' : `${ratio.toFixed(2)}x`,
       fmtGiB(f.peakBytes),
       fmtGiB(p?.peakBytes),
@@ -471,7 +590,11 @@ async function runner(values: Flags, log: (s: string) => void): Promise<number> 
   const python = process.env.PYTHON ?? 'python3';
   const batch = values.batch === undefined ? undefined : positive(values.batch, '--batch');
   const seq = values.seq === undefined ? undefined : positive(values.seq, '--seq');
-  const rows = grid({ models, targets, methods, dropouts, sentiment }).map((r) => ({ ...r, batch: batch ?? r.batch, seq: seq ?? r.seq }));
+  const quants = (values.quant ?? ['bf16']).map(parseQuant);
+  const dequantizedNorm = values['quant-norm'] === undefined ? false : parseQuantNorm(values['quant-norm']);
+  const rows = grid({ models, targets, methods, dropouts, sentiment }).flatMap((r) =>
+    quants.map((q): Row => ({ ...r, batch: batch ?? r.batch, seq: seq ?? r.seq, ...(q === 'bf16' ? {} : { quant: q, ...(dequantizedNorm && r.dora ? { dequantizedNorm } : {}) }) })),
+  );
   if (rows.length === 0) throw new Error('no row matches the options');
   if (values.list === true) {
     for (const r of rows) console.log(rowName(r));
@@ -484,7 +607,8 @@ async function runner(values: Flags, log: (s: string) => void): Promise<number> 
   for (const row of rows) {
     log(`-- ${rowName(row)}`);
     const finlora = await runChild(process.execPath, workerArgs(row, warmup, steps, values), 'finlora', rowTimeout, log);
-    const peft = withPeft ? await runChild(python, peftArgs(row, warmup, steps), 'peft', rowTimeout, log) : null;
+    // PEFT's quantized side needs bitsandbytes.
+    const peft = withPeft && row.quant === undefined ? await runChild(python, peftArgs(row, warmup, steps), 'peft', rowTimeout, log) : null;
     const show = (r: SideResult) => (r.error !== undefined ? `error: ${r.error}` : `${fmtRate(r.tokensPerSecond)} tok/s, peak ${fmtGiB(r.peakBytes)} GiB, first loss ${r.loss0?.toFixed(4)}${r.queueSeconds !== undefined && r.stepSeconds !== undefined ? `, step ${(r.stepSeconds * 1e3).toFixed(1)} ms of which ${(r.queueSeconds * 1e3).toFixed(1)} ms queueing fwd+bwd on the host` : ''}`);
     log(`   finlora: ${show(finlora)}${peft !== null ? `\n   PEFT:    ${show(peft)}` : ''}`);
     outcomes.push({ row, finlora, peft });
@@ -497,7 +621,7 @@ async function runner(values: Flags, log: (s: string) => void): Promise<number> 
   console.log(text);
   console.log('');
   console.log(`${first?.device ?? 'device unknown'}; finlora compute ${first?.computeDtype ?? '?'}; PEFT ${versions !== undefined ? JSON.stringify(versions) : 'not run'}`);
-  console.log(`bf16 base weights, r 8, lora_alpha 16; a step is forward + loss + backward + clip + AdamW; tok/s over ${steps} steps after ${warmup} warm-up; peak = most device bytes allocated during the steps (weights included); ${elapsed.toFixed(0)} s in all`);
+  console.log(`bf16 base weights (int8 / nf4 rows: the decoder's Linear weights quantized, embeddings and lm_head bf16), r 8, lora_alpha 16; a step is forward + loss + backward + clip + AdamW; tok/s over ${steps} steps after ${warmup} warm-up; peak = most device bytes allocated during the steps (weights included); ${elapsed.toFixed(0)} s in all`);
   if (values.json !== undefined) writeFileSync(values.json, `${JSON.stringify(outcomes, null, 2)}\n`);
   return failed;
 }
@@ -527,6 +651,9 @@ interface Flags {
   batch?: string;
   seq?: string;
   compute?: string;
+  quant?: string[];
+  'quant-norm'?: string;
+  profile?: boolean;
 }
 
 function parseModel(s: string): ModelName {
@@ -553,6 +680,17 @@ function parseCompute(s: string): 'f32' | 'bf16' {
   return s;
 }
 
+function parseQuant(s: string): 'bf16' | 'int8' | 'nf4' {
+  if (s !== 'bf16' && s !== 'int8' && s !== 'nf4') throw new Error(`--quant must be int8, nf4 or bf16, got '${s}'`);
+  return s;
+}
+
+function parseQuantNorm(s: string): boolean {
+  if (s === 'dequantize') return true;
+  if (s === 'codes') return false;
+  throw new Error(`--quant-norm must be codes or dequantize, got '${s}'`);
+}
+
 function positive(s: string, flag: string): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got '${s}'`);
@@ -563,7 +701,8 @@ function isRow(v: unknown): v is Row {
   if (typeof v !== 'object' || v === null) return false;
   const r = v as Record<string, unknown>;
   return (r.model === '1b' || r.model === '8b') && (r.targets === 'qkv' || r.targets === 'all') && typeof r.dora === 'boolean' && typeof r.dropout === 'number' &&
-    typeof r.batch === 'number' && typeof r.seq === 'number' && typeof r.checkpointing === 'boolean';
+    typeof r.batch === 'number' && typeof r.seq === 'number' && typeof r.checkpointing === 'boolean' &&
+    (r.quant === undefined || r.quant === 'int8' || r.quant === 'nf4') && (r.dequantizedNorm === undefined || typeof r.dequantizedNorm === 'boolean');
 }
 
 async function main(): Promise<void> {
@@ -574,7 +713,8 @@ async function main(): Promise<void> {
       'no-sentiment': { type: 'boolean' }, 'sentiment-only': { type: 'boolean' }, list: { type: 'boolean' }, 'no-peft': { type: 'boolean' }, 'peft-dropout': { type: 'boolean' }, steps: { type: 'string' },
       warmup: { type: 'string' }, 'row-timeout': { type: 'string' }, json: { type: 'string' },
       layers: { type: 'string' }, device: { type: 'string' }, batch: { type: 'string' }, seq: { type: 'string' },
-      compute: { type: 'string' },
+      compute: { type: 'string' }, quant: { type: 'string', multiple: true }, 'quant-norm': { type: 'string' },
+      profile: { type: 'boolean' },
     },
   });
   const log = (s: string) => console.error(s);
@@ -589,6 +729,7 @@ async function main(): Promise<void> {
           warmup: positive(values.warmup ?? '3', '--warmup'), steps: positive(values.steps ?? '10', '--steps'), semantics: values['peft-dropout'] ? 'peft' : 'finlora',
           device: values.device ?? 'cuda', ...(values.layers !== undefined ? { layers: positive(values.layers, '--layers') } : {}),
           ...(values.compute !== undefined ? { compute: parseCompute(values.compute) } : {}),
+          profile: values.profile === true,
         },
         log,
       );
