@@ -119,7 +119,8 @@ test('cuda: doraNormQuantized gives what dequantize then doraNorm gives, without
           const grew = cuda.peakBytes() - live;
           // Same decoded values, same per-thread column walk and reduction order.
           assertClose(values(n), viaDense, { atol: 1e-7, rtol: 1e-6 }, `${variant} [${rows}, ${cols}] r ${r}: fused vs dequantize + doraNorm`);
-          assert.ok(grew < rows * cols * 4, `${variant} [${rows}, ${cols}]: ${grew} bytes allocated, a dense f32 W is ${rows * cols * 4}`);
+          // Small shapes sit below the allocator's size classes; a 1024 × 4096 W is 16 MiB in f32, its norms 4 KiB.
+          if (rows * cols >= 1 << 20) assert.ok(grew < rows * cols, `${variant} [${rows}, ${cols}]: ${grew} bytes allocated, a dense f32 W is ${rows * cols * 4}`);
         } finally {
           w.dispose();
         }
