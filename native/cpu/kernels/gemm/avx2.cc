@@ -7,20 +7,21 @@
 #include "gemm.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
-#define FINLORA_AVX2 __attribute__((target("avx2,fma")))
+#include "simd_x86.h"
 
 namespace finlora {
 namespace gemm {
 namespace {
 
+using simd::first_lanes8;
+using simd::transpose8;
+
 constexpr int MR = 6;
 constexpr int NR = 16;
 
 template <int R, int NV>
-FINLORA_AVX2 void tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
-                       int64_t ldc, int cols, float alpha, bool add) {
+FINLORA_AVX2_TARGET void tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                              int64_t ldc, int cols, float alpha, bool add) {
   __m256 acc[R][NV];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i)
@@ -62,8 +63,8 @@ FINLORA_AVX2 void tile(int64_t kc, const float* __restrict a, const float* __res
 }
 
 template <int NV>
-FINLORA_AVX2 void dispatch_rows(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows,
-                                int cols, float alpha, bool add) {
+FINLORA_AVX2_TARGET void dispatch_rows(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows,
+                                       int cols, float alpha, bool add) {
   switch (rows) {
     case 6: return tile<6, NV>(kc, a, b, c, ldc, cols, alpha, add);
     case 5: return tile<5, NV>(kc, a, b, c, ldc, cols, alpha, add);
@@ -74,8 +75,8 @@ FINLORA_AVX2 void dispatch_rows(int64_t kc, const float* a, const float* b, floa
   }
 }
 
-FINLORA_AVX2 void run(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows, int cols,
-                      float alpha, bool add) {
+FINLORA_AVX2_TARGET void run(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows, int cols,
+                             float alpha, bool add) {
   if (cols > 8) dispatch_rows<2>(kc, a, b, c, ldc, rows, cols, alpha, add);
   else dispatch_rows<1>(kc, a, b, c, ldc, rows, cols, alpha, add);
 }
@@ -85,56 +86,32 @@ FINLORA_AVX2 void run(int64_t kc, const float* a, const float* b, float* c, int6
 // in-register transposes instead of a scalar gather over 6 or 16 strided streams, as
 // on AVX-512 (avx512.cc); f32 only (bf16 B takes the portable loops).
 
-FINLORA_AVX2 inline __m256i first_lanes(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n < 8 ? n : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-// r[i] (row i) becomes column i of the 8 x 8 block.
-FINLORA_AVX2 inline void transpose8(__m256 r[8]) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // u[4g + q] holds, in 128-bit lane L, column 4L + q of rows 4g .. 4g + 3.
-  for (int g = 0; g < 2; ++g) {
-    u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int q = 0; q < 4; ++q) {
-    r[q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x20);
-    r[4 + q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x31);
-  }
-}
-
-FINLORA_AVX2 bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
+FINLORA_AVX2_TARGET bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
   if (cs != 1 && rs != 1) return false;
-  const __m256i panel = first_lanes(MR);
+  const __m256i panel = first_lanes8(MR);
   for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
     const int rows = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
     const float* src = a + i0 * rs;
     if (cs == 1) {
       for (int64_t k0 = 0; k0 < kc; k0 += 8) {
         const int64_t kn = kc - k0 < 8 ? kc - k0 : 8;
-        const __m256i m = first_lanes(kn);
+        const __m256i m = first_lanes8(kn);
         __m256 r[8];
         for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm256_maskload_ps(src + i * rs + k0, m) : _mm256_setzero_ps();
         transpose8(r);
         for (int64_t t = 0; t < kn; ++t) _mm256_maskstore_ps(dst + (k0 + t) * MR, panel, r[t]);
       }
     } else {
-      const __m256i m = first_lanes(rows);
+      const __m256i m = first_lanes8(rows);
       for (int64_t k = 0; k < kc; ++k) _mm256_maskstore_ps(dst + k * MR, panel, _mm256_maskload_ps(src + k * cs, m));
     }
   }
   return true;
 }
 
-FINLORA_AVX2 bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+FINLORA_AVX2_TARGET bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
   if (cs == 1) {
-    const __m256i m0 = first_lanes(cols), m1 = first_lanes(cols > 8 ? cols - 8 : 0);
+    const __m256i m0 = first_lanes8(cols), m1 = first_lanes8(cols > 8 ? cols - 8 : 0);
     for (int64_t k = 0; k < kc; ++k) {
       const float* s = b + k * rs;
       _mm_prefetch(reinterpret_cast<const char*>(s + NR), _MM_HINT_T1);  // the next micro-panel's row
@@ -153,7 +130,7 @@ FINLORA_AVX2 bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc,
     }
     for (int64_t k0 = 0; k0 < kc; k0 += 8) {
       const int64_t kn = kc - k0 < 8 ? kc - k0 : 8;
-      const __m256i m = first_lanes(kn);
+      const __m256i m = first_lanes8(kn);
       __m256 r[8];
       for (int i = 0; i < 8; ++i) r[i] = i < n ? _mm256_maskload_ps(b + (j0 + i) * cs + k0, m) : _mm256_setzero_ps();
       transpose8(r);

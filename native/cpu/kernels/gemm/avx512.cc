@@ -12,23 +12,24 @@
 // The warnings are about the headers, not this file.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdint>
 
-#define FINLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#include "simd_x86.h"
 
 namespace finlora {
 namespace gemm {
 namespace {
 
+using simd::first_lanes16;
+using simd::transpose16;
+
 constexpr int MR = 14;
 constexpr int NR = 32;
 
 template <int R, int NV>
-FINLORA_AVX512 void tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
-                         int64_t ldc, int cols, float alpha, bool add) {
+FINLORA_AVX512_TARGET void tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                                int64_t ldc, int cols, float alpha, bool add) {
   __m512 acc[R][NV];
 #pragma GCC unroll 14
   for (int i = 0; i < R; ++i)
@@ -67,8 +68,8 @@ FINLORA_AVX512 void tile(int64_t kc, const float* __restrict a, const float* __r
 }
 
 template <int NV>
-FINLORA_AVX512 void dispatch_rows(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows,
-                                  int cols, float alpha, bool add) {
+FINLORA_AVX512_TARGET void dispatch_rows(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows,
+                                         int cols, float alpha, bool add) {
   switch (rows) {
     case 14: return tile<14, NV>(kc, a, b, c, ldc, cols, alpha, add);
     case 13: return tile<13, NV>(kc, a, b, c, ldc, cols, alpha, add);
@@ -87,8 +88,8 @@ FINLORA_AVX512 void dispatch_rows(int64_t kc, const float* a, const float* b, fl
   }
 }
 
-FINLORA_AVX512 void run(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows, int cols,
-                        float alpha, bool add) {
+FINLORA_AVX512_TARGET void run(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows, int cols,
+                               float alpha, bool add) {
   if (cols > 16) dispatch_rows<2>(kc, a, b, c, ldc, rows, cols, alpha, add);
   else dispatch_rows<1>(kc, a, b, c, ldc, rows, cols, alpha, add);
 }
@@ -99,53 +100,20 @@ FINLORA_AVX512 void run(int64_t kc, const float* a, const float* b, float* c, in
 // as a fifth of the product, so those layouts go through 16 x 16 in-register
 // transposes. bf16 is widened to f32 on load (a 16-bit shift: bf16 is f32's top half).
 
-FINLORA_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+FINLORA_AVX512_TARGET inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 
-FINLORA_AVX512 inline __m512 load16(const uint16_t* p, __mmask16 m) {
-  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
+FINLORA_AVX512_TARGET inline __m512 load16(const uint16_t* p, __mmask16 m) { return simd::load_bf16x16(p, m); }
 
-inline __mmask16 first_lanes(int64_t n) {
-  return static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1u);
-}
-
-// r[i] (row i) becomes column i of the 16 x 16 block.
-FINLORA_AVX512 inline void transpose16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // u[4g + q] holds, in 128-bit lane L, column 4L + q of rows 4g .. 4g + 3.
-  for (int g = 0; g < 4; ++g) {
-    u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int q = 0; q < 4; ++q) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x44);
-    const __m512 v1 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xee);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0x44);
-    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0xee);
-    r[q] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    r[4 + q] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
-    r[8 + q] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    r[12 + q] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
-  }
-}
-
-FINLORA_AVX512 bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
+FINLORA_AVX512_TARGET bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
   if (cs != 1 && rs != 1) return false;
-  const __mmask16 panel = first_lanes(MR);
+  const __mmask16 panel = first_lanes16(MR);
   for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
     const int rows = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
     const float* src = a + i0 * rs;
     if (cs == 1) {
       for (int64_t k0 = 0; k0 < kc; k0 += 16) {
         const int64_t kn = kc - k0 < 16 ? kc - k0 : 16;
-        const __mmask16 m = first_lanes(kn);
+        const __mmask16 m = first_lanes16(kn);
         __m512 r[16];
         // Each row is its own stream (dlogits' rows are 128 KB apart), more than the
         // hardware prefetchers follow: ask for each row's line four lines ahead.
@@ -155,7 +123,7 @@ FINLORA_AVX512 bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, i
         for (int64_t t = 0; t < kn; ++t) _mm512_mask_storeu_ps(dst + (k0 + t) * MR, panel, r[t]);
       }
     } else {
-      const __mmask16 m = first_lanes(rows);
+      const __mmask16 m = first_lanes16(rows);
       for (int64_t k = 0; k < kc; ++k) _mm512_mask_storeu_ps(dst + k * MR, panel, load16(src + k * cs, m));
     }
   }
@@ -163,9 +131,9 @@ FINLORA_AVX512 bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, i
 }
 
 template <typename T>
-FINLORA_AVX512 bool pack_b(const T* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+FINLORA_AVX512_TARGET bool pack_b(const T* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
   if (cs == 1) {
-    const __mmask16 m0 = first_lanes(cols), m1 = first_lanes(cols > 16 ? cols - 16 : 0);
+    const __mmask16 m0 = first_lanes16(cols), m1 = first_lanes16(cols > 16 ? cols - 16 : 0);
     for (int64_t k = 0; k < kc; ++k) {
       const T* s = b + k * rs;
       // The next micro-panel's rows: each is a new page, too far apart for the
@@ -187,7 +155,7 @@ FINLORA_AVX512 bool pack_b(const T* b, int64_t rs, int64_t cs, int64_t kc, int c
     }
     for (int64_t k0 = 0; k0 < kc; k0 += 16) {
       const int64_t kn = kc - k0 < 16 ? kc - k0 : 16;
-      const __mmask16 m = first_lanes(kn);
+      const __mmask16 m = first_lanes16(kn);
       __m512 r[16];
       for (int i = 0; i < 16; ++i) r[i] = i < n ? load16(b + (j0 + i) * cs + k0, m) : _mm512_setzero_ps();
       transpose16(r);
@@ -197,10 +165,10 @@ FINLORA_AVX512 bool pack_b(const T* b, int64_t rs, int64_t cs, int64_t kc, int c
   return true;
 }
 
-FINLORA_AVX512 bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+FINLORA_AVX512_TARGET bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
   return pack_b(b, rs, cs, kc, cols, dst);
 }
-FINLORA_AVX512 bool pack_b_bf16(const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+FINLORA_AVX512_TARGET bool pack_b_bf16(const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
   return pack_b(b, rs, cs, kc, cols, dst);
 }
 
@@ -209,8 +177,8 @@ FINLORA_AVX512 bool pack_b_bf16(const uint16_t* b, int64_t rs, int64_t cs, int64
 // loads per 16-deep step for R * J FMAs (3 x 8: 11 loads, 24 FMAs).
 
 template <typename TX, int R, int J>
-FINLORA_AVX512 void narrow_block(const TX* x, int64_t ldx, const float* y, int64_t ldy, int64_t kn, float* c,
-                                 int64_t c_rs, int64_t c_cs, float alpha, bool add) {
+FINLORA_AVX512_TARGET void narrow_block(const TX* x, int64_t ldx, const float* y, int64_t ldy, int64_t kn, float* c,
+                                        int64_t c_rs, int64_t c_cs, float alpha, bool add) {
   // Every loop over r and j is unrolled so that the accumulators stay in registers.
   __m512 acc[R][J];
 #pragma GCC unroll 3
@@ -218,7 +186,7 @@ FINLORA_AVX512 void narrow_block(const TX* x, int64_t ldx, const float* y, int64
 #pragma GCC unroll 8
     for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kn; k += 16) {
-    const __mmask16 m = first_lanes(kn - k);
+    const __mmask16 m = first_lanes16(kn - k);
     __m512 xv[R];
 #pragma GCC unroll 3
     for (int r = 0; r < R; ++r) xv[r] = load16(x + r * ldx + k, m);
@@ -249,8 +217,8 @@ constexpr NarrowBlockFn<TX> kNarrowRow[8] = {narrow_block<TX, R, 1>, narrow_bloc
                                              narrow_block<TX, R, 7>, narrow_block<TX, R, 8>};
 
 template <typename TX>
-FINLORA_AVX512 void narrow_typed(const TX* x, int64_t ldx, const float* y, int64_t ldy, int64_t K, int64_t n, float* c,
-                                 int64_t c_rs, int64_t c_cs, int64_t rows, float alpha, bool add) {
+FINLORA_AVX512_TARGET void narrow_typed(const TX* x, int64_t ldx, const float* y, int64_t ldy, int64_t K, int64_t n, float* c,
+                                        int64_t c_rs, int64_t c_cs, int64_t rows, float alpha, bool add) {
   // K in chunks whose slice of y (n x chunk) stays in L1 while every row of x passes it.
   const int64_t chunk = std::max<int64_t>(256, 8192 / n / 16 * 16);
   for (int64_t k0 = 0; k0 < K; k0 += chunk) {
@@ -268,8 +236,8 @@ FINLORA_AVX512 void narrow_typed(const TX* x, int64_t ldx, const float* y, int64
   }
 }
 
-FINLORA_AVX512 void narrow(const void* x, bool x_bf16, int64_t ldx, const float* y, int64_t ldy, int64_t K, int64_t n,
-                           float* c, int64_t c_rs, int64_t c_cs, int64_t rows, float alpha, bool add) {
+FINLORA_AVX512_TARGET void narrow(const void* x, bool x_bf16, int64_t ldx, const float* y, int64_t ldy, int64_t K, int64_t n,
+                                  float* c, int64_t c_rs, int64_t c_cs, int64_t rows, float alpha, bool add) {
   if (x_bf16) narrow_typed(static_cast<const uint16_t*>(x), ldx, y, ldy, K, n, c, c_rs, c_cs, rows, alpha, add);
   else narrow_typed(static_cast<const float*>(x), ldx, y, ldy, K, n, c, c_rs, c_cs, rows, alpha, add);
 }

@@ -5,19 +5,19 @@
 #include "quant.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 
-#define FINLORA_AVX2 __attribute__((target("avx2,fma")))
+#include "simd_x86.h"
 
 namespace finlora {
 namespace quant {
 namespace {
 
+using simd::transpose8;
+
 // 4 packed bytes -> the 8 nibble indices in element order (high nibble first).
-FINLORA_AVX2 inline __m256i nibbles8(const uint8_t* p) {
+FINLORA_AVX2_TARGET inline __m256i nibbles8(const uint8_t* p) {
   int32_t word;
   std::memcpy(&word, p, 4);
   const __m128i w = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(word));
@@ -26,7 +26,7 @@ FINLORA_AVX2 inline __m256i nibbles8(const uint8_t* p) {
   return _mm256_cvtepu8_epi32(_mm_or_si128(hi, _mm_slli_epi16(lo, 8)));
 }
 
-FINLORA_AVX2 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float* out) {
+FINLORA_AVX2_TARGET void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float* out) {
   if (f & 1) {
     *out++ = w.code[w.nibble(f)] * s;
     ++f;
@@ -48,7 +48,7 @@ FINLORA_AVX2 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float
   }
 }
 
-FINLORA_AVX2 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
+FINLORA_AVX2_TARGET void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
   if (w.format == kInt8) {
     const int8_t* q = w.cb + r * w.cols + c0;
     const float s = w.row_scale(r);
@@ -64,27 +64,8 @@ FINLORA_AVX2 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t l
   for_each_block_run(w, r, c0, len, out, [&](int64_t f, int64_t n, float s, float* o) { nf4_run(w, f, n, s, o); });
 }
 
-// 8 x 8 transpose in registers: r[i][j] -> r[j][i].
-FINLORA_AVX2 inline void transpose8(__m256 r[8]) {
-  __m256 t[8], s[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int h = 0; h < 2; ++h) {  // s[4h + c], lane L: column 4L + c of rows 4h..4h+3
-    s[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
-    s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xee);
-    s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
-    s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xee);
-  }
-  for (int c = 0; c < 4; ++c) {
-    r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
-    r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
-  }
-}
-
-FINLORA_AVX2 void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
-                                  float* scratch) {
+FINLORA_AVX2_TARGET void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                                         float* scratch) {
   if (nr % 8 != 0) return pack_transposed_scalar(w, r0, rows, c0, len, nr, dst, scratch);
   const int64_t ld = (len + 7) / 8 * 8;
   for (int j = 0; j < rows; ++j) {
@@ -105,13 +86,13 @@ FINLORA_AVX2 void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_
   }
 }
 
-FINLORA_AVX2 inline float hsum(__m256 v) {
+FINLORA_AVX2_TARGET inline float hsum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
-FINLORA_AVX2 void dot4(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc) {
+FINLORA_AVX2_TARGET void dot4(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc) {
   for (int64_t m = 0; m < M; ++m) {
     const float* x = a + m * lda;
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
@@ -137,7 +118,7 @@ FINLORA_AVX2 void dot4(const float* a, int64_t lda, int64_t M, const float* cons
   }
 }
 
-FINLORA_AVX2 void axpy4(const float* coef, int64_t M, const float* const w[4], int64_t len, float* out, int64_t ldo) {
+FINLORA_AVX2_TARGET void axpy4(const float* coef, int64_t M, const float* const w[4], int64_t len, float* out, int64_t ldo) {
   for (int64_t m = 0; m < M; ++m) {
     const float a0 = coef[m * 4], a1 = coef[m * 4 + 1], a2 = coef[m * 4 + 2], a3 = coef[m * 4 + 3];
     const __m256 c0 = _mm256_set1_ps(a0), c1 = _mm256_set1_ps(a1), c2 = _mm256_set1_ps(a2), c3 = _mm256_set1_ps(a3);

@@ -10,25 +10,24 @@
 // GCC 12's AVX-512 headers start conversions and reductions from _mm512_undefined_*(),
 // which -Wmaybe-uninitialized reports as a use of an uninitialised value.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
-#define FINLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#include "simd_x86.h"
 
 namespace finlora {
 namespace quant {
 namespace {
 
-inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1u); }
+using simd::transpose16;
+using simd::first_lanes16;
 
 // 8 packed bytes -> the 16 nibble indices in element order (high nibble first).
-FINLORA_AVX512 inline __m512i nibbles16(const uint8_t* p) {
+FINLORA_AVX512_TARGET inline __m512i nibbles16(const uint8_t* p) {
   const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   const __m128i hi = _mm_srli_epi16(w, 4);
   const __m128i lo = _mm_and_si128(w, _mm_set1_epi16(15));
   return _mm512_cvtepu8_epi32(_mm_or_si128(hi, _mm_slli_epi16(lo, 8)));
 }
 
-FINLORA_AVX512 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float* out) {
+FINLORA_AVX512_TARGET void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, float* out) {
   if (f & 1) {
     *out++ = w.code[w.nibble(f)] * s;
     ++f;
@@ -43,7 +42,7 @@ FINLORA_AVX512 void nf4_run(const QWeight& w, int64_t f, int64_t n, float s, flo
   }
 }
 
-FINLORA_AVX512 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
+FINLORA_AVX512_TARGET void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t len, float* out) {
   if (w.format == kInt8) {
     const int8_t* q = w.cb + r * w.cols + c0;
     const __m512 vs = _mm512_set1_ps(w.row_scale(r));
@@ -53,7 +52,7 @@ FINLORA_AVX512 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t
       _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
     }
     if (i < len) {
-      const __mmask16 m = tail_mask(len - i);
+      const __mmask16 m = first_lanes16(len - i);
       const __m128i b = _mm_maskz_loadu_epi8(m, q + i);
       _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
     }
@@ -62,39 +61,9 @@ FINLORA_AVX512 void dequant_row(const QWeight& w, int64_t r, int64_t c0, int64_t
   for_each_block_run(w, r, c0, len, out, [&](int64_t f, int64_t n, float s, float* o) { nf4_run(w, f, n, s, o); });
 }
 
-// 16 x 16 transpose in registers: r[i][j] -> r[j][i]. Pairs of rows interleave
-// (unpack ps), then pairs of pairs (unpack pd) leave each 128-bit lane holding four rows
-// of one column; two rounds of lane shuffles finish the 4 x 4 transpose of lanes.
-FINLORA_AVX512 inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  __m512 u[16];  // u[4g + c], lane L: column 4L + c of rows 4g..4g+3
-  for (int g = 0; g < 4; ++g) {
-    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
-    const __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
-    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
-    const __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xee);
-    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
-    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xee);
-    r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
-    r[4 + c] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
-    r[8 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
-  }
-}
-
 // The NF4 values at flat indices f .. f+15 (the first popcount(m) of them), f even and
 // all 16 inside one block: one masked load of the bytes, one table lookup.
-FINLORA_AVX512 inline __m512 nf4_16(const QWeight& w, int64_t f, __mmask16 m, __m512 lut) {
+FINLORA_AVX512_TARGET inline __m512 nf4_16(const QWeight& w, int64_t f, __mmask16 m, __m512 lut) {
   const __m512 lut_s = _mm512_mul_ps(lut, _mm512_set1_ps(w.block_scale(f / w.blocksize)));
   const __mmask16 bytes = static_cast<__mmask16>((1u << ((_mm_popcnt_u32(m) + 1) / 2)) - 1u);
   const __m128i wide = _mm_cvtepu8_epi16(_mm_maskz_loadu_epi8(bytes, w.packed + (f >> 1)));
@@ -108,8 +77,8 @@ FINLORA_AVX512 inline __m512 nf4_16(const QWeight& w, int64_t f, __mmask16 m, __
 // the table scaled by each row's block absmax. NF4 needs the 16 values inside one
 // block and byte-aligned, which holds when cols, c0, k0 and the block size are all
 // multiples of 16; the caller checks.
-FINLORA_AVX512 inline void load_rows16(const QWeight& w, int64_t r, int live, int64_t col, __mmask16 m, __m512 lut,
-                                       __m512 r16[16]) {
+FINLORA_AVX512_TARGET inline void load_rows16(const QWeight& w, int64_t r, int live, int64_t col, __mmask16 m, __m512 lut,
+                                              __m512 r16[16]) {
   const __m512 zero = _mm512_setzero_ps();
   for (int i = 0; i < 16; ++i) {
     if (i >= live) {
@@ -123,8 +92,8 @@ FINLORA_AVX512 inline void load_rows16(const QWeight& w, int64_t r, int live, in
   }
 }
 
-FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
-                                    float* scratch) {
+FINLORA_AVX512_TARGET void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                                           float* scratch) {
   if (nr % 16 != 0) return pack_transposed_scalar(w, r0, rows, c0, len, nr, dst, scratch);
   const bool direct = w.format == kInt8 || (w.cols % 16 == 0 && c0 % 16 == 0 && w.blocksize % 16 == 0);
   if (direct) {
@@ -138,7 +107,7 @@ FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int6
       for (int64_t k0 = 0; k0 < len; k0 += 16) {
         const int64_t kn = std::min<int64_t>(16, len - k0);
         __m512 r[16];
-        load_rows16(w, r0 + jg, live, c0 + k0, tail_mask(kn), lut, r);
+        load_rows16(w, r0 + jg, live, c0 + k0, first_lanes16(kn), lut, r);
         if (live > 0) transpose16(r);
         for (int64_t t = 0; t < kn; ++t) {
           const __m512 v = w.format == kInt8 ? _mm512_mul_ps(r[t], vs) : r[t];
@@ -167,7 +136,7 @@ FINLORA_AVX512 void pack_transposed(const QWeight& w, int64_t r0, int rows, int6
   }
 }
 
-FINLORA_AVX512 void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst) {
+FINLORA_AVX512_TARGET void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst) {
   const __m512 zero = _mm512_setzero_ps();
   if (w.format == kNf4) {
     if (nr % 16 != 0 || w.cols % 16 != 0 || c0 % 16 != 0 || w.blocksize % 16 != 0) return pack_rows_scalar(w, r0, kc, c0, cols, nr, dst);
@@ -175,7 +144,7 @@ FINLORA_AVX512 void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t 
     for (int64_t k = 0; k < kc; ++k) {
       float* d = dst + k * nr;
       for (int j = 0; j < nr; j += 16) {
-        const __mmask16 m = j < cols ? tail_mask(cols - j) : 0;
+        const __mmask16 m = j < cols ? first_lanes16(cols - j) : 0;
         _mm512_storeu_ps(d + j, m == 0 ? zero : _mm512_maskz_mov_ps(m, nf4_16(w, (r0 + k) * w.cols + c0 + j, m, lut)));
       }
     }
@@ -190,13 +159,13 @@ FINLORA_AVX512 void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t 
         _mm512_storeu_ps(d + j, zero);
         continue;
       }
-      const __m128i b = _mm_maskz_loadu_epi8(tail_mask(cols - j), q + j);
+      const __m128i b = _mm_maskz_loadu_epi8(first_lanes16(cols - j), q + j);
       _mm512_storeu_ps(d + j, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), vs));
     }
   }
 }
 
-FINLORA_AVX512 void dot4(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc) {
+FINLORA_AVX512_TARGET void dot4(const float* a, int64_t lda, int64_t M, const float* const w[4], int64_t len, float* acc) {
   for (int64_t m = 0; m < M; ++m) {
     const float* x = a + m * lda;
     __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
@@ -209,7 +178,7 @@ FINLORA_AVX512 void dot4(const float* a, int64_t lda, int64_t M, const float* co
       s3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(w[3] + i), s3);
     }
     if (i < len) {
-      const __mmask16 k = tail_mask(len - i);
+      const __mmask16 k = first_lanes16(len - i);
       const __m512 v = _mm512_maskz_loadu_ps(k, x + i);
       s0 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w[0] + i), s0);
       s1 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, w[1] + i), s1);
@@ -223,7 +192,7 @@ FINLORA_AVX512 void dot4(const float* a, int64_t lda, int64_t M, const float* co
   }
 }
 
-FINLORA_AVX512 void axpy4(const float* coef, int64_t M, const float* const w[4], int64_t len, float* out, int64_t ldo) {
+FINLORA_AVX512_TARGET void axpy4(const float* coef, int64_t M, const float* const w[4], int64_t len, float* out, int64_t ldo) {
   for (int64_t m = 0; m < M; ++m) {
     const __m512 c0 = _mm512_set1_ps(coef[m * 4]), c1 = _mm512_set1_ps(coef[m * 4 + 1]);
     const __m512 c2 = _mm512_set1_ps(coef[m * 4 + 2]), c3 = _mm512_set1_ps(coef[m * 4 + 3]);
@@ -238,7 +207,7 @@ FINLORA_AVX512 void axpy4(const float* coef, int64_t M, const float* const w[4],
       _mm512_storeu_ps(o + i, v);
     }
     if (i < len) {
-      const __mmask16 k = tail_mask(len - i);
+      const __mmask16 k = first_lanes16(len - i);
       __m512 v = _mm512_maskz_loadu_ps(k, o + i);
       v = _mm512_fmadd_ps(c0, _mm512_maskz_loadu_ps(k, w[0] + i), v);
       v = _mm512_fmadd_ps(c1, _mm512_maskz_loadu_ps(k, w[1] + i), v);

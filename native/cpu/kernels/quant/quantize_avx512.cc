@@ -9,7 +9,7 @@
 
 #if defined(__x86_64__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#include "simd_x86.h"
 
 #define FINLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
 
@@ -17,14 +17,13 @@ namespace finlora {
 namespace quant {
 namespace {
 
-inline __mmask16 lanes(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1u); }
+using simd::first_lanes16;
 
 // 16 values (the first n) of a f32 / bf16 / f16 array at element i, as f32.
 FINLORA_AVX512 inline __m512 load16(const void* p, int64_t dtype, int64_t i, __mmask16 m) {
   if (dtype == F32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
-  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i);
-  if (dtype == BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  return _mm512_cvtph_ps(h);
+  if (dtype == BF16) return simd::load_bf16x16(static_cast<const uint16_t*>(p) + i, m);
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
 }
 
 }  // namespace
@@ -33,7 +32,7 @@ FINLORA_AVX512 bool quantize_int8_row_avx512(const void* w, int64_t dtype, int64
                                              float* absmax_out, float* tmp) {
   __m512 vmax = _mm512_setzero_ps();
   for (int64_t c = 0; c < cols; c += 16) {
-    const __mmask16 m = lanes(cols - c);
+    const __mmask16 m = first_lanes16(cols - c);
     const __m512 x = load16(w, dtype, offset + c, m);
     const __m512 h = _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     _mm512_mask_storeu_ps(tmp + c, m, h);
@@ -48,7 +47,7 @@ FINLORA_AVX512 bool quantize_int8_row_avx512(const void* w, int64_t dtype, int64
   const __m512 scale = _mm512_set1_ps(127.0f / absmax);
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
   for (int64_t c = 0; c < cols; c += 16) {
-    const __mmask16 m = lanes(cols - c);
+    const __mmask16 m = first_lanes16(cols - c);
     const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, tmp + c), scale));
     _mm512_mask_cvtsepi32_storeu_epi8(q + c, m, _mm512_min_epi32(_mm512_max_epi32(v, lo), hi));
   }
