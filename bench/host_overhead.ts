@@ -7,7 +7,10 @@
 //
 //   - kernel launches per step, by kernel (and variant, e.g. binary:add), and in all;
 //   - host ms per step: the step's wall time minus the time inside kernels (JS, N-API
-//     marshalling, allocation), for forward + backward and for the whole step.
+//     marshalling, allocation), for forward + backward and for the whole step;
+//   - JS ms per step: the same steps again with every native kernel call returning at
+//     once (the addon's run entry skipped; allocation and marshalling still run), so the
+//     time is the host's alone, without the kernels' noise on a loaded machine.
 //
 // Rows: gradient checkpointing on (as the trainer runs FinLoRA) and off. The step is
 // the GPU bench's (bench/gpu/train.ts): shifted causal-LM loss on the full logits,
@@ -24,8 +27,8 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { LoraModel } from '../src/adapters/lora/model.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
+import { loadCpuAddon } from '../src/backend/cpu/addon.js';
 import { CpuBackend } from '../src/backend/cpu/cpu.js';
-import { getBackend } from '../src/backend/registry.js';
 import { parseLlamaConfig } from '../src/models/llama/config.js';
 import { LlamaForCausalLM, type WeightDType } from '../src/models/llama/model.js';
 import { causalLmLoss } from '../src/models/loss.js';
@@ -52,6 +55,9 @@ export interface HostRow {
   readonly fwdBwdMs: number;
   readonly fwdBwdKernelMs: number;
   readonly fwdBwdHostMs: number;
+  /** Median wall ms of a step, and of its forward + backward, with kernels skipped. */
+  readonly jsStepMs: number;
+  readonly jsFwdBwdMs: number;
   readonly launches: number;
   /** Launches per step by kernel name (and variant). */
   readonly byKernel: Readonly<Record<string, number>>;
@@ -78,11 +84,34 @@ function buildModel(cpu: CpuBackend, dtype: WeightDType): LlamaForCausalLM {
   return model;
 }
 
-/** Runs one row: warm-up steps, then `steps` timed and profiled ones. */
-export function hostRow(checkpointing: boolean, dtype: WeightDType, steps: number, warmup: number): HostRow {
+/**
+ * Runs one row: warm-up steps, then `steps` timed and profiled ones, then `jsSteps`
+ * with the kernels skipped.
+ */
+export function hostRow(checkpointing: boolean, dtype: WeightDType, steps: number, warmup: number, jsSteps = 2 * steps): HostRow {
   const s = HOST_SHAPE;
-  const cpu = getBackend('cpu');
-  if (!(cpu instanceof CpuBackend)) throw new Error('host_overhead: the cpu backend is not the native one');
+  // A backend of its own over the addon, whose kernel calls can be skipped.
+  const addon = loadCpuAddon();
+  let skipKernels = false;
+  const cpu = new CpuBackend({
+    alloc: (bytes) => addon.alloc(bytes),
+    free: (buf) => addon.free(buf),
+    write: (buf, offset, data) => addon.write(buf, offset, data),
+    read: (buf, offset, bytes) => addon.read(buf, offset, bytes),
+    kernelNames: () => addon.kernelNames(),
+    run: (id, buffers, offsets, ints, floats) => {
+      if (!skipKernels) addon.run(id, buffers, offsets, ints, floats);
+    },
+    liveBytes: () => addon.liveBytes(),
+    peakBytes: () => addon.peakBytes(),
+    resetPeak: () => addon.resetPeak(),
+    cachedBytes: () => addon.cachedBytes(),
+    emptyCache: () => addon.emptyCache(),
+    isa: () => addon.isa(),
+    setIsa: (isa) => addon.setIsa(isa),
+    numThreads: () => addon.numThreads(),
+    setNumThreads: (n) => addon.setNumThreads(n),
+  });
   const model = buildModel(cpu, dtype);
   try {
     const lora = LoraModel.inject(model, { r: s.rank, lora_alpha: 16, lora_dropout: s.dropout, target_modules: ['q_proj', 'k_proj', 'v_proj'], use_dora: true }, { seed: 3 });
@@ -92,16 +121,16 @@ export function hostRow(checkpointing: boolean, dtype: WeightDType, steps: numbe
     const optimizer = new AdamW(params, { lr: 1e-4, weightDecay: 0 });
     const rng = new Rng(11);
     const ids = tensor(Int32Array.from({ length: s.batch * s.seq }, () => Math.floor(rng.next() * s.vocab)), [s.batch, s.seq], { dtype: 'int32', device: cpu });
-    const kernelNs = (): number => cpu.profile().reduce((t, r) => t + r.seconds, 0) * 1e3;
+    const kernelMs = (): number => cpu.profile().reduce((t, r) => t + r.seconds, 0) * 1e3;
     let fwdBwd = 0, fwdBwdKernel = 0;
     const step = (): number => {
       const loss = scope(() => {
-        const k0 = kernelNs();
+        const k0 = kernelMs();
         const t0 = process.hrtime.bigint();
         const l = causalLmLoss(model.forward(ids), ids);
         backward(l);
         fwdBwd = Number(process.hrtime.bigint() - t0) / 1e6;
-        fwdBwdKernel = kernelNs() - k0;
+        fwdBwdKernel = kernelMs() - k0;
         return l.item();
       });
       const norm = gradNorm(params);
@@ -136,6 +165,16 @@ export function hostRow(checkpointing: boolean, dtype: WeightDType, steps: numbe
         counts = c;
         times = new Map(prof.map((r) => [r.name, r.seconds * 1e3]));
       }
+      cpu.setProfiling(false);
+      skipKernels = true;
+      const jsWall: number[] = [], jsFb: number[] = [];
+      for (let k = 0; k < jsSteps; k++) {
+        const t0 = process.hrtime.bigint();
+        step();
+        jsWall.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        jsFb.push(fwdBwd);
+      }
+      skipKernels = false;
       const byKernel = Object.fromEntries([...(counts ?? [])].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])));
       const launches = Object.values(byKernel).reduce((t, n) => t + n, 0);
       const host = wall.map((w, i) => w - inKernels[i]);
@@ -145,6 +184,7 @@ export function hostRow(checkpointing: boolean, dtype: WeightDType, steps: numbe
         checkpointing, dtype, loss,
         stepMs: median(wall), kernelMs: median(inKernels), hostMs: median(host),
         fwdBwdMs: median(fb), fwdBwdKernelMs: median(fbKernels), fwdBwdHostMs: median(fbHost),
+        jsStepMs: median(jsWall), jsFwdBwdMs: median(jsFb),
         launches, byKernel, kernelMsBy: Object.fromEntries(times),
       };
     } finally {
@@ -182,7 +222,8 @@ function main(): void {
     rows.push(r);
     console.log(
       `${r.name}: ${r.launches} launches/step; step ${r.stepMs.toFixed(1)} ms (kernels ${r.kernelMs.toFixed(1)}, host ${r.hostMs.toFixed(1)}); ` +
-        `forward+backward ${r.fwdBwdMs.toFixed(1)} ms (kernels ${r.fwdBwdKernelMs.toFixed(1)}, host ${r.fwdBwdHostMs.toFixed(1)}, ${((1e3 * r.fwdBwdHostMs) / r.launches).toFixed(2)} us host/launch); loss ${r.loss.toFixed(4)}`,
+        `forward+backward ${r.fwdBwdMs.toFixed(1)} ms (kernels ${r.fwdBwdKernelMs.toFixed(1)}, host ${r.fwdBwdHostMs.toFixed(1)}, ${((1e3 * r.fwdBwdHostMs) / r.launches).toFixed(2)} us host/launch); ` +
+        `kernels skipped: step ${r.jsStepMs.toFixed(1)} ms, forward+backward ${r.jsFwdBwdMs.toFixed(1)} ms; loss ${r.loss.toFixed(4)}`,
     );
     const list = Object.entries(r.byKernel);
     for (const [name, n] of values.kernels ? list : list.slice(0, 16)) console.log(`    ${name.padEnd(34)} ${String(n).padStart(6)} ${(r.kernelMsBy[name] ?? 0).toFixed(1).padStart(9)} ms`);

@@ -117,6 +117,16 @@ function addGrads(a: Tensor, b: Tensor, into: Tensor | null): Tensor {
 }
 
 /**
+ * Whether a leaf can take gradient g as its .grad without a copy: g is not the caller's
+ * root gradient, no pending entry holds it, no other tensor views its storage, no record
+ * reads it, no scope keeps it, and it has the leaf's gradient dtype and a contiguous
+ * layout from the start of its storage (what a copy into a fresh tensor would give).
+ */
+function adoptable(g: Tensor, leaf: Tensor, root: Tensor): boolean {
+  return g !== root && !g.kept && g.savedBy === 0 && g.gradFn === null && !g.storage.shared && g.offset === 0 && g.dtype === gradDtype(leaf) && g.isContiguous();
+}
+
+/**
  * Back-propagates from `root` (a one-element tensor unless `grad` is given). Frees
  * the graph afterwards: a second backward needs a second forward.
  */
@@ -154,6 +164,11 @@ export function backward(root: Tensor, grad?: Tensor): void {
           throw new Error(`backward: gradient ${formatShape(g.shape)} does not match ${node.name || 'leaf'} ${formatShape(node.shape)}`);
         }
         if (node.grad === null) {
+          if (!inUse(g) && adoptable(g, node, grad)) {
+            // The gradient is a fresh tensor no one else holds or reads: it becomes .grad as it is.
+            node.grad = keep(g);
+            continue;
+          }
           node.grad = keep(make(node));
           kernel(node.backend, 'copy')(g, node.grad);
         } else {

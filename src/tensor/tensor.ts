@@ -26,6 +26,10 @@ export class Storage {
   get alive(): boolean {
     return this.refs > 0;
   }
+  /** More than one tensor (a view) holds this storage. */
+  get shared(): boolean {
+    return this.refs > 1;
+  }
 }
 
 /** The autograd record of the op that produced a tensor (see autograd/tape.ts). */

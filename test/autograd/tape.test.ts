@@ -173,3 +173,35 @@ test('a trainable leaf made inside a scope that only the graph reaches is dispos
   });
   assert.equal(device.liveBytes(), before, 'the leaf and its gradient are freed');
 });
+
+test('a leaf takes a fresh gradient as its .grad, and one gradient reaching two leaves is not shared by them', () => {
+  scope(() => {
+    const x = tensor([1, 2, 3], [3], { requiresGrad: true });
+    const y = tensor([4, 5, 6], [3], { requiresGrad: true });
+    // d/dx and d/dy of sum((x + y) * c) are both c: add's backward hands one tensor to both leaves.
+    const c = tensor([0.5, -1, 2], [3]);
+    backward(sum(mul(add(x, y), c)));
+    assertClose(x.grad!.toArray(), [0.5, -1, 2]);
+    assertClose(y.grad!.toArray(), [0.5, -1, 2]);
+    assert.notEqual(x.grad!.storage, y.grad!.storage);
+    // A second backward adds into each .grad on its own.
+    backward(sum(mul(x, c)));
+    assertClose(x.grad!.toArray(), [1, -2, 4]);
+    assertClose(y.grad!.toArray(), [0.5, -1, 2]);
+  });
+});
+
+test('a leaf never takes the caller\'s root gradient or a view of a gradient as its .grad', () => {
+  scope(() => {
+    const x = tensor([1, 2, 3, 4], [2, 2], { requiresGrad: true });
+    const g = tensor([1, 2, 3, 4], [2, 2]);
+    // The root is x itself viewed: backward through the view gives a view of g.
+    backward(reshape(x, [4]), reshape(g, [4]));
+    assertClose(x.grad!.toArray(), [1, 2, 3, 4]);
+    assert.notEqual(x.grad!.storage, g.storage);
+    const t = transpose(x);
+    backward(t, g);
+    assertClose(x.grad!.toArray(), [2, 5, 5, 8]);
+    assertClose(g.toArray(), [1, 2, 3, 4]);
+  });
+});
