@@ -10,8 +10,6 @@
 // d256 training benchmark (bench/train_cpu.ts), forward x @ Wᵀ and backward dY @ W.
 //
 // `npm run bench` runs this file; benchGemm() is exported for a wider benchmark runner.
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { createInterface, type Interface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { getBackend } from '../src/backend/registry.js';
@@ -19,6 +17,9 @@ import { CpuBackend } from '../src/backend/cpu/cpu.js';
 import { tensor } from '../src/ops/creation.js';
 import { matmul } from '../src/ops/matmul.js';
 import { Rng } from '../src/tensor/rng.js';
+import { JsonLineWorker, randomMatrix, sampledProductError, summarize, timeOnce, type Timing } from './util.js';
+
+export type { Timing } from './util.js';
 
 export interface GemmCase {
   readonly M: number;
@@ -32,11 +33,6 @@ export interface GemmRow extends GemmCase {
   readonly finlora: Timing;
   readonly numpy: Timing | null;
   readonly maxError: number;
-}
-
-export interface Timing {
-  readonly bestS: number;
-  readonly medianS: number;
 }
 
 export const DEFAULT_CASES: readonly GemmCase[] = [
@@ -120,9 +116,7 @@ for line in sys.stdin:
 
 class NumpyWorker {
   private constructor(
-    private readonly child: ChildProcessWithoutNullStreams,
-    private readonly lines: AsyncIterator<string>,
-    private readonly rl: Interface,
+    private readonly worker: JsonLineWorker,
     readonly info: string,
   ) {}
 
@@ -131,47 +125,26 @@ class NumpyWorker {
     const env = { ...process.env };
     delete env.OPENBLAS_CORETYPE;
     delete env.OPENBLAS_L2_SIZE;
-    const child = spawn('python3', ['-c', NUMPY_WORKER], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    const failed = new Promise<string>((resolve) => child.once('error', (e) => resolve(`python3 could not be started (${e.message})`)));
-    const rl = createInterface({ input: child.stdout });
-    const lines = rl[Symbol.asyncIterator]();
-    const first = await Promise.race([lines.next().then((r) => (r.done ? 'python3 exited without output' : r.value)), failed]);
-    let parsed: { error?: string; numpy?: string; blas?: string[]; python?: string };
-    try {
-      parsed = JSON.parse(first) as typeof parsed;
-    } catch {
-      child.kill();
-      return first;
-    }
-    if (parsed.error !== undefined) {
-      child.kill();
-      return parsed.error;
-    }
-    const info = `numpy ${parsed.numpy} (${parsed.python}); BLAS: ${(parsed.blas ?? []).join('; ')}`;
-    return new NumpyWorker(child, lines, rl, info);
-  }
-
-  private async ask(line: string): Promise<{ seconds?: number }> {
-    this.child.stdin.write(`${line}\n`);
-    const r = await this.lines.next();
-    if (r.done) throw new Error('numpy worker exited');
-    return JSON.parse(r.value) as { seconds?: number };
+    type Hello = { error?: string; numpy?: string; blas?: string[]; python?: string };
+    const started = await JsonLineWorker.start<Hello>('numpy worker', 'python3', ['-c', NUMPY_WORKER], env, 'pipe');
+    if (typeof started === 'string') return started;
+    const { worker, hello } = started;
+    return new NumpyWorker(worker, `numpy ${hello.numpy} (${hello.python}); BLAS: ${(hello.blas ?? []).join('; ')}`);
   }
 
   async setup(c: GemmCase): Promise<void> {
-    await this.ask(`setup ${c.M} ${c.K} ${c.N} ${c.transB ? 1 : 0}`);
+    await this.worker.ask(`setup ${c.M} ${c.K} ${c.N} ${c.transB ? 1 : 0}`);
   }
 
   /** Seconds of one product. */
   async run(): Promise<number> {
-    const r = await this.ask('run');
+    const r = await this.worker.ask<{ seconds?: number }>('run');
     if (r.seconds === undefined) throw new Error('numpy worker: no timing');
     return r.seconds;
   }
 
   close(): void {
-    this.rl.close();
-    this.child.stdin.end();
+    this.worker.close();
   }
 }
 
@@ -181,37 +154,6 @@ class NumpyWorker {
 // bench/train_cpu does. Products of a millisecond or less still vary a lot from run to
 // run on this shared machine: compare their medians over several runs.
 const PAUSE_MS = 150;
-
-function randomMatrix(n: number, rng: Rng): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = rng.next() - 0.5;
-  return out;
-}
-
-function summarize(times: number[]): Timing {
-  const s = [...times].sort((x, y) => x - y);
-  return { bestS: s[0], medianS: s[Math.floor(s.length / 2)] };
-}
-
-/**
- * Checks finlora's product at `samples` entries against f64 dot products; returns the
- * largest error relative to the sum of |terms| (a float32 accumulation's error scale).
- */
-function checkSamples(c: GemmCase, a: Float32Array, b: Float32Array, out: Float32Array, samples: number, rng: Rng): number {
-  const { M, K, N, transB } = c;
-  let worst = 0;
-  for (let s = 0; s < samples; s++) {
-    const i = Math.floor(rng.next() * M), j = Math.floor(rng.next() * N);
-    let acc = 0, mag = 0;
-    for (let k = 0; k < K; k++) {
-      const t = a[i * K + k] * (transB ? b[j * K + k] : b[k * N + j]);
-      acc += t;
-      mag += Math.abs(t);
-    }
-    worst = Math.max(worst, Math.abs(out[i * N + j] - acc) / mag);
-  }
-  return worst;
-}
 
 /**
  * Checks and times finlora's product, taking turns run by run with `other` (numpy's
@@ -229,15 +171,11 @@ async function timeCase(
   const tb = tensor(b, c.transB ? [c.N, c.K] : [c.K, c.N]);
   try {
     const first = matmul(ta, tb, { transB: c.transB });
-    const maxError = checkSamples(c, a, b, Float32Array.from(first.toArray()), 64, new Rng(7));
+    const maxError = sampledProductError(a, b, Float32Array.from(first.toArray()), c.M, c.K, c.N, c.transB, 64, new Rng(7));
     first.dispose();
     // float32 accumulation over K terms errs by about sqrt(K) * 2^-24 of the terms' size
     if (!(maxError < 1e-5)) throw new Error(`gemm ${c.M}x${c.K}x${c.N}: result differs from the f64 reference (relative error ${maxError})`);
-    const run = () => {
-      const t0 = process.hrtime.bigint();
-      matmul(ta, tb, { transB: c.transB }).dispose();
-      return Number(process.hrtime.bigint() - t0) / 1e9;
-    };
+    const run = () => timeOnce(() => matmul(ta, tb, { transB: c.transB }).dispose());
     run();
     const mine: number[] = [], theirs: number[] = [];
     for (let r = 0; r < reps; r++) {

@@ -18,6 +18,7 @@ import { kernel } from '../src/backend/backend.js';
 import { type QuantizedWeight, quantizeInt8, quantizeNf4 } from '../src/quant/weight.js';
 import { Rng } from '../src/tensor/rng.js';
 import { empty, scope, type Tensor } from '../src/tensor/tensor.js';
+import { median, randomMatrix, sampledProductError, summarize, timeOnce, type Timing } from './util.js';
 
 export interface QuantCase {
   /** Rows of x (tokens). */
@@ -40,51 +41,13 @@ const VARIANTS: readonly Variant[] = ['f32', 'int8', 'nf4'];
 export interface QuantRow extends QuantCase {
   readonly direction: 'x·Wᵀ' | 'dy·W';
   /** Best and median seconds per variant. */
-  readonly times: Readonly<Record<Variant, { bestS: number; medianS: number }>>;
+  readonly times: Readonly<Record<Variant, Timing>>;
   /**
    * Median over runs of f32 time / quantized time, each ratio from the two runs taken
    * back to back: steadier than a ratio of medians when other work comes and goes.
    */
   readonly pairedRatio: Readonly<Record<'int8' | 'nf4', number>>;
   readonly maxError: number;
-}
-
-function randomMatrix(n: number, rng: Rng, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = (rng.next() - 0.5) * scale;
-  return out;
-}
-
-/** The largest error at sampled entries relative to the sum of |terms| (a float32 accumulation's scale). */
-function checkSamples(a: Float32Array, W: Float32Array, out: Float32Array, M: number, N: number, K: number, transW: boolean, rng: Rng): number {
-  let worst = 0;
-  for (let s = 0; s < 64; s++) {
-    const i = Math.floor(rng.next() * M), j = Math.floor(rng.next() * N);
-    let acc = 0, mag = 0;
-    for (let k = 0; k < K; k++) {
-      const t = a[i * K + k] * (transW ? W[j * K + k] : W[k * N + j]);
-      acc += t;
-      mag += Math.abs(t);
-    }
-    worst = Math.max(worst, Math.abs(out[i * N + j] - acc) / mag);
-  }
-  return worst;
-}
-
-function timeOnce(fn: () => void): number {
-  const t0 = process.hrtime.bigint();
-  fn();
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  return s[Math.floor(s.length / 2)];
-}
-
-function summarize(times: number[]): { bestS: number; medianS: number } {
-  const s = [...times].sort((x, y) => x - y);
-  return { bestS: s[0], medianS: s[Math.floor(s.length / 2)] };
 }
 
 function benchCase(c: QuantCase, reps: number, rng: Rng): QuantRow[] {
@@ -109,7 +72,7 @@ function benchCase(c: QuantCase, reps: number, rng: Rng): QuantRow[] {
         for (const v of ['int8', 'nf4'] as const) {
           run[v]();
           const W = Float32Array.from(scope(() => dequantize(q[v]).toArray()));
-          maxError = Math.max(maxError, checkSamples(aHost, W, Float32Array.from(outs[v].toArray()), M, outer, inner, transW, new Rng(7)));
+          maxError = Math.max(maxError, sampledProductError(aHost, W, Float32Array.from(outs[v].toArray()), M, inner, outer, transW, 64, new Rng(7)));
         }
         if (!(maxError < 1e-5)) throw new Error(`quantized matmul ${M}x${K}x${N}: result differs from the f64 reference (relative error ${maxError})`);
         for (const v of VARIANTS) run[v]();

@@ -32,9 +32,6 @@
 // `node dist/bench/train_cpu.js d256` times one shape (any prefix of its name).
 //
 // `npm run bench` runs this file; benchTrainCpu() is exported for a wider runner.
-import { type ChildProcessByStdio, spawn } from 'node:child_process';
-import type { Readable, Writable } from 'node:stream';
-import { createInterface, type Interface } from 'node:readline';
 import { existsSync } from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -53,6 +50,7 @@ import { assign } from '../src/ops/inplace.js';
 import { AdamW } from '../src/train/adamw.js';
 import { Rng } from '../src/tensor/rng.js';
 import { scope, type Tensor } from '../src/tensor/tensor.js';
+import { JsonLineWorker, median } from './util.js';
 
 export interface TrainShape {
   readonly name: string;
@@ -169,9 +167,7 @@ function checkAgainstReference(s: TrainShape, tokens: number, semantics: Dropout
 
 class TorchWorker {
   private constructor(
-    private readonly child: ChildProcessByStdio<Writable, Readable, null>,
-    private readonly lines: AsyncIterator<string>,
-    private readonly rl: Interface,
+    private readonly worker: JsonLineWorker,
     readonly info: string,
   ) {}
 
@@ -189,32 +185,16 @@ class TorchWorker {
       env.LD_PRELOAD = [JEMALLOC, env.LD_PRELOAD].filter((x) => x).join(':');
       env.MALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true';
     }
-    const child = spawn(python, [script.pathname], { env, stdio: ['pipe', 'pipe', 'inherit'] });
-    const failed = new Promise<string>((resolve) => child.once('error', (e) => resolve(`${python} could not be started (${e.message})`)));
-    const rl = createInterface({ input: child.stdout });
-    const lines = rl[Symbol.asyncIterator]();
-    const first = await Promise.race([lines.next().then((r) => (r.done ? `${python} exited without output` : r.value)), failed]);
-    let parsed: { error?: string; torch?: string; python?: string; threads?: number; blas?: string };
-    try {
-      parsed = JSON.parse(first) as typeof parsed;
-    } catch {
-      child.kill();
-      return first;
-    }
-    if (parsed.error !== undefined) {
-      rl.close();
-      child.kill();
-      return parsed.error;
-    }
-    const blas = parsed.blas ?? 'unknown BLAS';
-    return new TorchWorker(child, lines, rl, `torch ${parsed.torch} (${parsed.python}), ${parsed.threads} threads, ${blas}, ${allocator}`);
+    type Hello = { error?: string; torch?: string; python?: string; threads?: number; blas?: string };
+    const started = await JsonLineWorker.start<Hello>('torch worker', python, [script.pathname], env, 'inherit');
+    if (typeof started === 'string') return started;
+    const { worker, hello } = started;
+    const blas = hello.blas ?? 'unknown BLAS';
+    return new TorchWorker(worker, `torch ${hello.torch} (${hello.python}), ${hello.threads} threads, ${blas}, ${allocator}`);
   }
 
-  private async ask(line: string): Promise<{ seconds?: number; loss?: number }> {
-    this.child.stdin.write(`${line}\n`);
-    const r = await this.lines.next();
-    if (r.done) throw new Error('torch worker exited');
-    return JSON.parse(r.value) as { seconds?: number; loss?: number };
+  private ask(line: string): Promise<{ seconds?: number; loss?: number }> {
+    return this.worker.ask<{ seconds?: number; loss?: number }>(line);
   }
 
   /** Builds the model and runs a warm-up step; returns its loss. */
@@ -234,8 +214,7 @@ class TorchWorker {
   }
 
   close(): void {
-    this.rl.close();
-    this.child.stdin.end();
+    this.worker.close();
   }
 }
 
@@ -297,7 +276,6 @@ export interface TrainRow {
   readonly torchLoss: number | null;
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 function printProfile(cpu: CpuBackend, stepSeconds: number, log: (s: string) => void): void {
   const rows = cpu.profile();
