@@ -235,6 +235,12 @@ export interface Kernels {
    * rounded to f32 before use, as torch applies Python scalars to f32 tensors.
    */
   adamw(operands: readonly AdamWOperands[], attrs: AdamWAttrs): void;
+  /**
+   * out[i] = Σ xs[i]² for several contiguous f32 tensors at once (out f32 [xs.length], =):
+   * each square rounded to f32 and summed in f64 as reduce sums one row, so each entry
+   * is what unary square then reduce sum give.
+   */
+  sumSquares(xs: readonly Tensor[], out: Tensor): void;
   /** out = silu(gate) ⊙ up (Llama's gated MLP activation); gate, up, out T of one shape. */
   siluMul(gate: Tensor, up: Tensor, out: Tensor): void;
   /**

@@ -125,6 +125,7 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
         [operands.length, ...operands.map((o) => o.param.size)],
         [a.lr, a.beta1, a.beta2, a.eps, a.weightDecay, a.biasCorrection1, a.biasCorrection2, a.gradScale],
       ),
+    sumSquares: (xs, out) => run('sumSquares', [...xs, out], [xs.length, ...xs.map((x) => x.size)]),
     siluMul: (gate, up, out) => run('siluMul', [gate, up, out], [out.size, code(gate)]),
     siluMulBackward: (gate, up, dout, dgate, dup) => run('siluMulBackward', [gate, up, dout, dgate, dup], [dgate.size, code(gate)]),
     doraScale: (base, lora, g, out, s) => run('doraScale', [base, lora, g, out], [out.size / g.size, g.size, code(base)], [s]),

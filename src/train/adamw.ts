@@ -161,13 +161,25 @@ export class AdamW {
 
 /**
  * The global L2 norm of the gradients of `params` (parameters without one count as
- * zero): each gradient squared into one shared scratch buffer and summed (in f64, by
- * the reduce kernel) into its slot of one small tensor, which is read once.
+ * zero): each gradient's sum of squares (in f64) into its slot of one small tensor,
+ * which is read once. A backend with the multi-tensor sumSquares kernel does all of
+ * them in one call; elsewhere each gradient is squared into one shared scratch buffer
+ * and summed by the reduce kernel, which gives the same values.
  */
 export function gradNorm(params: readonly Tensor[]): number {
   const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
   if (grads.length === 0) return 0;
   const backend = grads[0].backend;
+  const sumSquares = backend.kernels.sumSquares;
+  if (sumSquares !== undefined && grads.every((g) => g.dtype === 'f32' && g.isContiguous())) {
+    return scope(() => {
+      const sums = empty([grads.length], 'f32', backend);
+      sumSquares(grads, sums);
+      let total = 0;
+      for (const v of sums.toArray()) total += v;
+      return Math.sqrt(total);
+    });
+  }
   return scope(() => {
     const scratch = empty([Math.max(...grads.map((g) => g.size))], 'f32', backend);
     const sums = empty([grads.length], 'f32', backend);

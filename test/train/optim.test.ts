@@ -54,6 +54,12 @@ function withoutFusedAdamW(): Backend {
   };
 }
 
+/** The cpu backend without its multi-tensor sumSquares kernel: gradNorm then squares and reduces each gradient. */
+function withoutSumSquares(): Backend {
+  const cpu = getBackend('cpu');
+  return { ...withoutFusedAdamW(), name: 'cpu-without-sumSquares', kernels: { ...cpu.kernels, sumSquares: undefined } };
+}
+
 /** Runs AdamW for a few steps (weight decay, a changing lr, a gradient scale) on a device; returns the final values. */
 function run(device: string | Backend, steps: number, scale: number): number[][] {
   const shapes = [[3, 5], [7], [1], [4099]];
@@ -160,4 +166,22 @@ test("schedules: transformers' cosine, linear and constant_with_warmup", () => {
   assert.equal(lrLambda('cosine', 0, 0, 4), 1);
   const s = new LrSchedule('cosine', 1e-4, 10, 110);
   assertClose([s.at(10), s.at(60)], [1e-4, 5e-5], { atol: 1e-15, rtol: 1e-12 });
+});
+
+test('gradNorm: the multi-tensor sumSquares kernel gives bit for bit the norm of square + reduce per gradient, and matches f64', () => {
+  // Sizes around the reduce kernel's vector widths and its split of long rows into parts (n >= 2^17).
+  const sizes = [1, 7, 16, 33, 1000, 4096 + 5, (1 << 17) + 3, 300_001];
+  const data = sizes.map((n, i) => Float32Array.from(randomData(n, 40 + i), (v) => v * (i + 1)));
+  const norms = [getBackend('cpu'), withoutSumSquares()].map((device) => {
+    const ps = data.map((d) => param(new Float32Array(d.length), [d.length], device));
+    ps.forEach((p, i) => setGrad(p, data[i]));
+    const norm = gradNorm(ps);
+    for (const p of ps) p.dispose();
+    return norm;
+  });
+  assert.ok(getBackend('cpu').kernels.sumSquares !== undefined, 'the cpu backend has sumSquares');
+  assert.equal(norms[0], norms[1]);
+  let f64 = 0;
+  for (const d of data) for (const v of d) f64 += v * v;
+  assertClose([norms[0]], [Math.sqrt(f64)], { atol: 0, rtol: 1e-6 });
 });

@@ -265,8 +265,46 @@ void reduce_kernel(const KernelArgs& a) {
   }
 }
 
+// sumSquares: out[t] = Σ x_t[i]² for several contiguous f32 tensors in one call (the
+// global gradient norm's per-tensor sums). Each square is rounded to f32 and the sum of
+// one tensor is taken exactly as reduce's sum over one row of n takes it (the same
+// split into parts, the same partial sums combined in the same order), so the result
+// is bit for bit that of unary square followed by reduce sum.
+//
+// ints: [count, n_0, ..., n_{count-1}]; ptrs: [x_0, ..., x_{count-1}, out]
+void sum_squares_kernel(const KernelArgs& a) {
+  const int64_t count = a.ints[0];
+  float* out = static_cast<float*>(a.ptrs[count]);
+  const Ops f = ops_for(isa());
+  parallel_for(count, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> sq;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = a.ints[1 + t];
+      const float* x = static_cast<const float*>(a.ptrs[t]);
+      if (n <= 0) {
+        out[t] = 0.0f;
+        continue;
+      }
+      sq.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) sq[i] = x[i] * x[i];
+      // reduce_kernel's split for one task of width 1.
+      const int64_t by_work = n / kPartWork;
+      int64_t parts = by_work < 1 ? 1 : by_work > kMaxParts ? kMaxParts : by_work;
+      const int64_t part_len = (n + parts - 1) / parts;
+      parts = (n + part_len - 1) / part_len;
+      double r = f.row_sum(sq.data(), part_len < n ? part_len : n);
+      for (int64_t p = 1; p < parts; ++p) {
+        const int64_t i0 = p * part_len, i1 = i0 + part_len < n ? i0 + part_len : n;
+        r += f.row_sum(sq.data() + i0, i1 - i0);
+      }
+      out[t] = static_cast<float>(r);
+    }
+  });
+}
+
 }  // namespace
 
 FINLORA_KERNEL("reduce", reduce_kernel)
+FINLORA_KERNEL("sumSquares", sum_squares_kernel)
 
 }  // namespace finlora

@@ -7,6 +7,8 @@
 //
 // inner == 1: one block per row, a block reduction. inner > 1: one thread per output
 // column, walking n; neighbouring threads read neighbouring columns, so loads coalesce.
+#include <vector>
+
 #include "kernel.h"
 
 namespace finlora {
@@ -70,9 +72,58 @@ void reduce(const KernelArgs& a) {
   else launch<float>(max, a.ptrs[0], a.ptrs[1], outer, n, inner);
 }
 
+// sumSquares: out[t] = Σ x_t[i]² for several contiguous f32 tensors in one launch (the
+// global gradient norm's per-tensor sums), one block per tensor, each square rounded to
+// f32 and summed in f64 as reduce_rows sums a row: the values of unary square followed
+// by reduce sum. The tensors' pointers and sizes travel as one small table, as adamw's.
+//
+// ints: [count, n_0, ..., n_{count-1}]; ptrs: [x_0, ..., x_{count-1}, out f32 [count]]
+struct SquaresEntry {
+  const float* x;
+  int64_t n;
+};
+
+__global__ void sum_squares_kernel(const SquaresEntry* table, float* out) {
+  const SquaresEntry t = table[blockIdx.x];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < t.n; i += blockDim.x) {
+    const float v = t.x[i];
+    s += __fmul_rn(v, v);
+  }
+  s = block_reduce(s, SumOp());
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<float>(s);
+}
+
+void sum_squares(const KernelArgs& k) {
+  const int64_t count = k.ints[0];
+  if (count <= 0) return;
+  if (count > 0x7fffffff) {
+    k.error = "sumSquares: too many tensors for one launch";
+    return;
+  }
+  std::vector<SquaresEntry> host(static_cast<size_t>(count));
+  for (int64_t t = 0; t < count; ++t) host[t] = {static_cast<const float*>(k.ptrs[t]), k.ints[1 + t]};
+  static SquaresEntry* table = nullptr;
+  static size_t cap = 0;
+  if (host.size() > cap) {
+    if (table != nullptr) cudaFree(table);  // waits for the device: the old table may be in use
+    table = nullptr;
+    cap = 0;
+    if (cudaMalloc(&table, host.size() * sizeof(SquaresEntry)) != cudaSuccess) {
+      cudaGetLastError();
+      k.error = "out of GPU memory for the sumSquares table";
+      return;
+    }
+    cap = host.size();
+  }
+  cudaMemcpyAsync(table, host.data(), host.size() * sizeof(SquaresEntry), cudaMemcpyHostToDevice, stream());
+  sum_squares_kernel<<<static_cast<unsigned>(count), 256, 0, stream()>>>(table, static_cast<float*>(k.ptrs[count]));
+}
+
 }  // namespace
 
 FINLORA_KERNEL("reduce", reduce)
+FINLORA_KERNEL("sumSquares", sum_squares)
 
 }  // namespace cuda
 }  // namespace finlora
