@@ -253,7 +253,10 @@ export interface StepProfile {
   readonly steps: number;
   /** Wall milliseconds per profiled step (the events add a little host time to each launch). */
   readonly wallMs: number;
-  /** GPU milliseconds per step inside kernels and copies. */
+  /**
+   * GPU milliseconds per step between the events around each launch and copy. Where the GPU
+   * runs ahead of the host, an interval also holds the wait for its own launch.
+   */
   readonly gpuMs: number;
   /** Host milliseconds per step inside the addon's calls (launching, and any wait for the GPU there). */
   readonly hostMs: number;
@@ -267,7 +270,7 @@ const PROFILED_STEPS = 2;
 
 function stepProfile(rows: readonly CudaKernelTime[], steps: number, wallSeconds: number): StepProfile {
   const per = (x: number): number => x / steps;
-  const isCopy = (name: string): boolean => name.startsWith('copy:');
+  const isCopy = (name: string): boolean => name.startsWith('memcpy:');
   return {
     steps,
     wallMs: per(wallSeconds * 1e3),
@@ -289,9 +292,9 @@ export function profileText(p: StepProfile, top = 15): string {
   const gemmMs = gemms.reduce((t, k) => t + k.ms, 0);
   const gemmTflop = gemms.reduce((t, k) => t + (k.tflops ?? 0) * k.ms * 1e-3, 0);
   const lines = [
-    `profile, per step over ${p.steps} steps: wall ${p.wallMs.toFixed(1)} ms; GPU busy in kernels and copies ${p.gpuMs.toFixed(1)} ms ` +
-      `(${((100 * p.gpuMs) / p.wallMs).toFixed(0)}% of wall; idle, waiting on the host, ${(p.wallMs - p.gpuMs).toFixed(1)} ms); ` +
-      `${p.launches.toFixed(0)} kernel launches and ${p.copies.toFixed(0)} copies; host time inside the addon's calls ${p.hostMs.toFixed(1)} ms`,
+    `profile, per step over ${p.steps} steps: wall ${p.wallMs.toFixed(1)} ms; GPU time in kernels and host copies ${p.gpuMs.toFixed(1)} ms ` +
+      `(${((100 * p.gpuMs) / p.wallMs).toFixed(0)}% of wall; outside them, the GPU waiting on the host, ${(p.wallMs - p.gpuMs).toFixed(1)} ms); ` +
+      `${p.launches.toFixed(0)} kernel launches and ${p.copies.toFixed(0)} host<->device copies; host time inside the addon's calls ${p.hostMs.toFixed(1)} ms`,
     `GEMMs ${gemmMs.toFixed(1)} ms (${pct(gemmMs)}), ${gemmTflop.toFixed(1)} TFLOP at ${gemmMs > 0 ? (gemmTflop / gemmMs * 1e3).toFixed(0) : '-'} TFLOP/s; everything else ${(p.gpuMs - gemmMs).toFixed(1)} ms`,
     '| kernel | calls/step | GPU ms/step | % of GPU | host ms/step | TFLOP/s |',
     '|---|---|---|---|---|---|',
@@ -409,6 +412,8 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
     for (let k = 0; k < steps; k++) last = step();
     sync();
     const seconds = Number(process.hrtime.bigint() - t1) / 1e9 / steps;
+    // Read before the profiled steps add to it.
+    const queuePerStep = queueSeconds / steps;
     let profile: StepProfile | undefined;
     if (o.profile === true && cuda !== null) {
       cuda.resetProfile();
@@ -430,7 +435,7 @@ function runFinlora(row: Row, o: WorkerOptions, log: (s: string) => void): SideR
       side: 'finlora',
       tokensPerSecond: (row.batch * row.seq) / seconds,
       stepSeconds: seconds,
-      queueSeconds: queueSeconds / steps,
+      queueSeconds: queuePerStep,
       steps,
       warmup: Math.max(2, warmup),
       peakBytes: cuda?.peakBytes(),

@@ -8,12 +8,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CpuBackend, type KernelTime } from '../../src/backend/cpu/cpu.js';
 import { cudaAddonBuilt, loadCudaAddon } from '../../src/backend/cuda/addon.js';
-import { CudaBackend, type CudaKernelTime } from '../../src/backend/cuda/cuda.js';
+import { CudaBackend, type CudaKernelTime, profileLabel } from '../../src/backend/cuda/cuda.js';
+import { nativeKernels } from '../../src/backend/native_kernels.js';
 import { getBackend } from '../../src/backend/registry.js';
 import { add, mul } from '../../src/ops/binary.js';
-import { tensor } from '../../src/ops/creation.js';
+import { tensor, zeros } from '../../src/ops/creation.js';
 import { matmul } from '../../src/ops/matmul.js';
 import { fill } from '../../src/ops/inplace.js';
+import { transpose } from '../../src/ops/view.js';
 import { scope } from '../../src/tensor/tensor.js';
 import { assertClose, randomData } from '../helpers.js';
 
@@ -108,7 +110,7 @@ function checkProfile(device: 'cpu' | 'cuda'): void {
     assert.equal(g?.flops, 2 * 2 * M * N * K, 'a GEMM counts 2·M·N·K per call');
     assert.ok(cudaRows.every((r) => r.hostSeconds > 0), 'each label has host time');
     // The two results read back, each its own device-to-host copy.
-    assert.equal(entry(rows, 'copy:d2h').calls, 2);
+    assert.equal(entry(rows, 'memcpy:d2h').calls, 2);
   }
   // profile() does not clear; resetProfile() does.
   assert.equal(be.profile().length, rows.length);
@@ -151,6 +153,23 @@ function checkEnvironment(device: 'cpu' | 'cuda'): void {
     be.resetProfile();
   }
 }
+
+// The cuda labels from the argument layouts native_kernels.ts builds, on cpu tensors (no GPU needed).
+test('cuda profile labels: a GEMM by its transposes and dtypes, a copy by its dtypes, shape and layout', () => {
+  const labels: string[] = [];
+  const k = nativeKernels((name, _t, ints, _f, variant) => labels.push(profileLabel(name, ints, typeof variant === 'function' ? variant() : variant)), {
+    stridedAttention: false,
+  });
+  scope(() => {
+    const a = tensor(randomData(6, 1), [2, 3]), b = tensor(randomData(12, 2), [4, 3]), c = tensor(randomData(8, 3), [2, 4]);
+    k.matmul(a, b, zeros([2, 4]), { transA: false, transB: true, alpha: 1, accumulate: true });
+    k.matmul(a, c, zeros([3, 4]), { transA: true, transB: false, alpha: 1, accumulate: false });
+    k.copy(transpose(a), zeros([3, 2]));
+    k.copy(a, zeros([2, 3], { dtype: 'bf16' }));
+    k.binary('mul', a, a, zeros([2, 3]));
+  });
+  assert.deepEqual(labels, ['matmul:2x4x3 NT f32·f32 +=', 'matmul:3x4x2 TN f32·f32', 'copy:f32→f32 [3,2] strided', 'copy:f32→bf16 [2,3]', 'binary:mul']);
+});
 
 test('cpu profile: labels, call counts and times of known ops; results unchanged', () => checkProfile('cpu'));
 test('cpu profile: off records nothing', () => checkOff('cpu'));

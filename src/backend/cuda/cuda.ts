@@ -32,14 +32,31 @@ export interface CudaKernelTime extends KernelTime {
 }
 
 const DTYPE_BY_CODE = new Map<number, DType>(Object.entries(DTYPE_CODE).map(([d, c]) => [c, d as DType]));
+const dtypeName = (c: number): string => DTYPE_BY_CODE.get(c) ?? `dtype ${c}`;
 
-// The matmul layout of native_kernels.ts: [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate, dtype(b), dtype(a)].
-// Profiles tell GEMMs apart by their transposes and dtypes too: the same shape can be a
-// forward product (weights transposed) or a weight gradient.
-function matmulDetail(ints: readonly number[]): string {
-  const op = (rs: number, cs: number): string => (cs === 1 ? 'N' : rs === 1 ? 'T' : 'S');
-  const dt = (c: number): string => DTYPE_BY_CODE.get(c) ?? `dtype ${c}`;
-  return `${op(ints[5], ints[6])}${op(ints[8], ints[9])} ${dt(ints[12])}·${dt(ints[11])}${ints[10] === 1 ? ' +=' : ''}`;
+/**
+ * The label a profile keeps a launch under: the cpu's (kernel, or kernel:variant), and for
+ * the kernels whose calls differ most in cost, what tells them apart. A GEMM adds its
+ * transposes and dtypes (the same shape is a forward product or a weight gradient); a
+ * copy (contiguous(), cast(), concat()) its dtypes, shape and whether it reads with
+ * strides. Reads the argument layouts of native_kernels.ts.
+ */
+export function profileLabel(name: string, ints: readonly number[], variant?: string): string {
+  const base = variant === undefined ? name : `${name}:${variant}`;
+  if (name === 'matmul') {
+    // [batch, M, N, K, abs, ars, acs, bbs, brs, bcs, accumulate, dtype(b), dtype(a)]
+    const op = (rs: number, cs: number): string => (cs === 1 ? 'N' : rs === 1 ? 'T' : 'S');
+    return `${base} ${op(ints[5], ints[6])}${op(ints[8], ints[9])} ${dtypeName(ints[12])}·${dtypeName(ints[11])}${ints[10] === 1 ? ' +=' : ''}`;
+  }
+  if (name === 'copy') {
+    // [rank, dtype in, dtype out, shape[rank], in strides[rank], out strides[rank]]
+    const rank = ints[0];
+    const shape = ints.slice(3, 3 + rank), strides = ints.slice(3 + rank, 3 + 2 * rank);
+    let dense = true;
+    for (let i = rank - 1, step = 1; i >= 0; step *= shape[i], i--) if (shape[i] !== 1 && strides[i] !== step) dense = false;
+    return `${base}:${dtypeName(ints[1])}→${dtypeName(ints[2])} [${shape.join(',')}]${dense ? '' : ' strided'}`;
+  }
+  return base;
 }
 
 const matmulFlops = (ints: readonly number[]): number => 2 * ints[0] * ints[1] * ints[2] * ints[3];
@@ -150,7 +167,7 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * GPU time per kernel label (and per copy direction: copy:h2d, copy:d2h) since the last
+   * GPU time per kernel label (and per host copy direction: memcpy:h2d, memcpy:d2h) since the last
    * reset, the most expensive first. Waits for the queued work once.
    */
   profile(): CudaKernelTime[] {
@@ -179,8 +196,8 @@ export class CudaBackend implements Backend {
   }
 
   private profileName(key: number): string {
-    if (key === PROFILE_COPY_IN) return 'copy:h2d';
-    if (key === PROFILE_COPY_OUT) return 'copy:d2h';
+    if (key === PROFILE_COPY_IN) return 'memcpy:h2d';
+    if (key === PROFILE_COPY_OUT) return 'memcpy:d2h';
     // Another CudaBackend on the same addon may have launched without a label.
     if (key <= PROFILE_UNLABELLED) return this.kernelNames[PROFILE_UNLABELLED - key] ?? `kernel #${PROFILE_UNLABELLED - key}`;
     return this.labels[key] ?? `label #${key}`;
@@ -211,9 +228,7 @@ export class CudaBackend implements Backend {
       this.addon.run(id, tensors.map(handleOf), tensors.map((t) => t.byteOffset), ints, floats);
       return;
     }
-    const variantLabel = typeof variant === 'function' ? variant() : variant;
-    const base = variantLabel === undefined ? name : `${name}:${variantLabel}`;
-    const label = name === 'matmul' ? `${base} ${matmulDetail(ints)}` : base;
+    const label = profileLabel(name, ints, typeof variant === 'function' ? variant() : variant);
     let key = this.labelKeys.get(label);
     if (key === undefined) {
       key = this.labels.push(label) - 1;
