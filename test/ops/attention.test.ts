@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { backward, noGrad } from '../../src/autograd/tape.js';
 import { kernel } from '../../src/backend/backend.js';
+import type { AttentionDims } from '../../src/backend/reference/nn.js';
 import { attention, type AttentionOptions } from '../../src/ops/attention.js';
 import { tensor } from '../../src/ops/creation.js';
 import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
@@ -11,13 +12,7 @@ import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSp
 import { forEachIsa } from './isa_levels.js';
 import { withThreads } from './nn_helpers.js';
 
-interface Case {
-  B: number;
-  Hq: number;
-  Hkv: number;
-  T: number;
-  S: number;
-  D: number;
+interface Case extends AttentionDims {
   causal: boolean;
   /** keyMask rows (0 = hidden), or none */
   mask?: number[][];

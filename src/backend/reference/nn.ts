@@ -21,7 +21,8 @@ function checkTargets(op: string, targets: Float64Array, V: number, ignoreIndex:
   });
 }
 
-interface AttentionDims {
+/** Attention's sizes: batch, query and key/value heads, query and key positions, head dim. */
+export interface AttentionDims {
   B: number;
   Hq: number;
   Hkv: number;
