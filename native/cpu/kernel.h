@@ -45,4 +45,32 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+// Plain loops left to the vectoriser are compiled for AVX-512, AVX2 and baseline
+// x86-64, and the loader picks the best the CPU has (GCC's target_clones).
+#if defined(__x86_64__) && !defined(__clang__)
+#define FINLORA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FINLORA_CLONES
+#endif
+
+// Strided elementwise kernels (binary, copy) walk an nd-dimensional shape as rows of
+// its last dimension: how many rows there are, and where row r starts under two sets
+// of strides.
+inline int64_t leading_rows(const int64_t* shape, int64_t nd) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d < nd - 1; ++d) rows *= shape[d];
+  return rows;
+}
+inline void row_offsets(const int64_t* shape, int64_t nd, int64_t r, const int64_t* s0, const int64_t* s1, int64_t& o0,
+                        int64_t& o1) {
+  o0 = 0;
+  o1 = 0;
+  for (int64_t d = nd - 2; d >= 0; --d) {
+    const int64_t idx = r % shape[d];
+    r /= shape[d];
+    o0 += idx * s0[d];
+    o1 += idx * s1[d];
+  }
+}
+
 }  // namespace finlora

@@ -20,12 +20,6 @@
 namespace finlora {
 namespace {
 
-#if defined(__x86_64__) && !defined(__clang__)
-#define FINLORA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FINLORA_CLONES
-#endif
-
 struct Scalars {
   float decay, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, neg_step, scale;
 };

@@ -14,12 +14,6 @@ namespace {
 
 enum BinaryOp : int64_t { Add = 0, Sub = 1, Mul = 2, Div = 3, Maximum = 4, Eq = 5 };
 
-#if defined(__x86_64__) && !defined(__clang__)
-#define FINLORA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FINLORA_CLONES
-#endif
-
 template <int OP>
 inline float apply(float x, float y) {
   if (OP == Add) return x + y;
@@ -59,18 +53,12 @@ void run(const KernelArgs& k) {
     o[0] = apply<OP>(a[0], b[0]);
     return;
   }
-  int64_t rows = 1;
-  for (int64_t d = 0; d < nd - 1; ++d) rows *= shape[d];
+  const int64_t rows = leading_rows(shape, nd);
   const int64_t cols = shape[nd - 1];
   parallel_for(rows, (1 << 15) / (cols + 1) + 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      int64_t ia = 0, ib = 0, rem = r;
-      for (int64_t d = nd - 2; d >= 0; --d) {
-        int64_t idx = rem % shape[d];
-        rem /= shape[d];
-        ia += idx * sa[d];
-        ib += idx * sb[d];
-      }
+      int64_t ia, ib;
+      row_offsets(shape, nd, r, sa, sb, ia, ib);
       row<OP>(a + ia, sa[nd - 1], b + ib, sb[nd - 1], o + r * cols, cols);
     }
   });

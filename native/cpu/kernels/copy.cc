@@ -74,20 +74,14 @@ void copy_kernel(const KernelArgs& a) {
     else store(out, dout, 0, load(in, din, 0));
     return;
   }
-  int64_t rows = 1;
-  for (int64_t d = 0; d < nd - 1; ++d) rows *= shape[d];
+  const int64_t rows = leading_rows(shape, nd);
   const int64_t cols = shape[nd - 1], si = sin[nd - 1], so = sout[nd - 1];
   const bool same = din == dout;
   const int64_t esz = dtype_size(din);
   parallel_for(rows, (1 << 14) / (cols + 1) + 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      int64_t oi = 0, ii = 0, rem = r;
-      for (int64_t d = nd - 2; d >= 0; --d) {
-        int64_t idx = rem % shape[d];
-        rem /= shape[d];
-        ii += idx * sin[d];
-        oi += idx * sout[d];
-      }
+      int64_t ii, oi;
+      row_offsets(shape, nd, r, sin, sout, ii, oi);
       if (same && si == 1 && so == 1) {
         std::memcpy(static_cast<char*>(out) + oi * esz, static_cast<const char*>(in) + ii * esz, cols * esz);
       } else if (same && din == I32) {  // int32 through f32 would lose bits

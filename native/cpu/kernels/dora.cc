@@ -23,12 +23,6 @@
 namespace finlora {
 namespace {
 
-#if defined(__x86_64__) && !defined(__clang__)
-#define FINLORA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FINLORA_CLONES
-#endif
-
 FINLORA_CLONES void forward_row(const float* __restrict base, const float* __restrict lora, const float* __restrict g, float* __restrict out,
                                 int64_t n, float s) {
   for (int64_t c = 0; c < n; ++c) out[c] = (base[c] + lora[c] * s) * g[c];

@@ -18,12 +18,6 @@
 #include "dropout_hash.h"
 #include "kernel.h"
 
-#if defined(__x86_64__) && !defined(__clang__)
-#define FINLORA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FINLORA_CLONES
-#endif
-
 namespace finlora {
 namespace {
 
