@@ -112,6 +112,17 @@ FINLORA_INLINE int64_t key_end(const Params& p, int64_t i1) {
   return e < 0 ? 0 : (e < p.S ? e : p.S);
 }
 
+// The query rows one forward or dq task covers: block qb of query head h in batch b
+// (task = (b * Hq + h) * nqb + qb), rows [i0, i1), reading key/value head g.
+struct QueryBlock {
+  int64_t b, h, g, i0, i1, rows;
+};
+FINLORA_INLINE QueryBlock query_block(const Params& p, int64_t task) {
+  const int64_t qb = task % p.nqb, h = (task / p.nqb) % p.Hq, b = task / (p.nqb * p.Hq);
+  const int64_t i0 = qb * p.bq, i1 = std::min(p.T, i0 + p.bq);
+  return {b, h, h / (p.Hq / p.Hkv), i0, i1, i1 - i0};
+}
+
 // Transposes rows [j0, j0 + nk) of a [S, D] matrix with row stride rs into
 // t[d * BK + jj], zero-padding the tile to BK columns, so that a row's scores against
 // the tile are vector FMAs with no horizontal sums.
@@ -255,9 +266,7 @@ FINLORA_INLINE float scaled_scores(float* s, const float* bias, float scale, int
 template <class X>
 FINLORA_INLINE void forward_task(const Params& p, int64_t task, int64_t) {
   const int64_t D = p.D;
-  const int64_t qb = task % p.nqb, h = (task / p.nqb) % p.Hq, b = task / (p.nqb * p.Hq);
-  const int64_t g = h / (p.Hq / p.Hkv);
-  const int64_t i0 = qb * p.bq, i1 = std::min(p.T, i0 + p.bq), rows = i1 - i0;
+  const auto [b, h, g, i0, i1, rows] = query_block(p, task);
   const float* Q = p.q.head(b, h);
   const float* K = p.k.head(b, g);
   const float* V = p.v.head(b, g);
@@ -370,9 +379,7 @@ FINLORA_INLINE int64_t block_grads(const Params& p, const Tile& ktile, const Til
 template <class X>
 FINLORA_INLINE void dq_task(const Params& p, int64_t task, int64_t) {
   const int64_t D = p.D;
-  const int64_t qb = task % p.nqb, h = (task / p.nqb) % p.Hq, b = task / (p.nqb * p.Hq);
-  const int64_t g = h / (p.Hq / p.Hkv);
-  const int64_t i0 = qb * p.bq, i1 = std::min(p.T, i0 + p.bq), rows = i1 - i0;
+  const auto [b, h, g, i0, i1, rows] = query_block(p, task);
   const float* Q = p.q.head(b, h);
   const float* dO = p.dout.head(b, h);
   const float* O = p.out_in.head(b, h);
