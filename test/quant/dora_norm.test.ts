@@ -90,8 +90,9 @@ test('quantizedDoraNorm checks its operands', () => {
   const hw = hostWeight('int8', 4, 16, 1);
   const w = onDevice(hw, 'cpu');
   try {
-    assert.throws(() => quantizedDoraNorm(w, tensor(new Float32Array(2 * 15), [2, 15]), tensor(new Float32Array(8), [4, 2]), S), /quantizedDoraNorm: a \[r, 16\] and b \[4, r\] expected for the quantized weight \[4, 16\], got \[2, 15\] and \[4, 2\]/);
-    assert.throws(() => quantizedDoraNorm(w, tensor(new Float32Array(32), [2, 16], { device: 'reference' }), tensor(new Float32Array(8), [4, 2]), S), /quantizedDoraNorm: a lives on reference, the quantized weight on cpu/);
+    // Every tensor on the cpu explicitly: the default device is FINLORA_DEVICE's.
+    assert.throws(() => quantizedDoraNorm(w, tensor(new Float32Array(2 * 15), [2, 15], { device: 'cpu' }), tensor(new Float32Array(8), [4, 2], { device: 'cpu' }), S), /quantizedDoraNorm: a \[r, 16\] and b \[4, r\] expected for the quantized weight \[4, 16\], got \[2, 15\] and \[4, 2\]/);
+    assert.throws(() => quantizedDoraNorm(w, tensor(new Float32Array(32), [2, 16], { device: 'reference' }), tensor(new Float32Array(8), [4, 2], { device: 'cpu' }), S), /quantizedDoraNorm: a lives on reference, the quantized weight on cpu/);
   } finally {
     w.dispose();
   }
