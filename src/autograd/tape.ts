@@ -56,7 +56,7 @@ export function record(
   out: Tensor,
   name: string,
   inputs: readonly Tensor[],
-  backward: (grad: Tensor) => (Tensor | null)[],
+  backward: (grad: Tensor, into?: readonly (Tensor | null)[]) => (Tensor | null)[],
   saved?: readonly Tensor[],
 ): Tensor {
   if (disabled > 0 || !inputs.some((t) => t.requiresGrad)) return out;
@@ -150,6 +150,23 @@ export function backward(root: Tensor, grad?: Tensor): void {
     else holders.set(t, n);
   };
   const inUse = (t: Tensor) => holders.has(t);
+  // Per input of a record, its pending gradient when backward may add into it: held by
+  // that entry alone (no other entry, view, record or scope), not the caller's root
+  // gradient nor the gradient backward reads, contiguous in the input's gradient dtype.
+  // An input listed twice gets none (its two gradients would land in one tensor).
+  const pendingInto = (inputs: readonly Tensor[], reading: Tensor): (Tensor | null)[] | undefined => {
+    let into: (Tensor | null)[] | undefined;
+    for (let k = 0; k < inputs.length; k++) {
+      const input = inputs[k];
+      if (!input.requiresGrad) continue;
+      const prev = grads.get(input.id);
+      if (prev === undefined || prev === reading || prev === grad || holders.get(prev) !== 1) continue;
+      if (prev.kept || prev.savedBy !== 0 || prev.gradFn !== null || prev.storage.shared || !prev.isContiguous() || prev.dtype !== gradDtype(input)) continue;
+      if (inputs.indexOf(input) !== k || inputs.lastIndexOf(input) !== k) continue;
+      (into ??= new Array<Tensor | null>(inputs.length).fill(null))[k] = prev;
+    }
+    return into;
+  };
   noGrad(() => {
     for (let i = order.length - 1; i >= 0; i--) {
       const node = order[i];
@@ -175,7 +192,10 @@ export function backward(root: Tensor, grad?: Tensor): void {
           addGrads(node.grad, g, node.grad);
         }
       } else {
-        const inputGrads = fn.backward(g);
+        // A backward that takes `into` (a second parameter) may add an input's gradient
+        // into that input's pending one instead of returning a new tensor to be added.
+        const into = fn.backward.length >= 2 ? pendingInto(fn.inputs, g) : undefined;
+        const inputGrads = fn.backward(g, into);
         // Gradients given in another dtype than their input's: freed once converted.
         let converted: Tensor[] | null = null;
         for (let k = 0; k < fn.inputs.length; k++) {
@@ -185,9 +205,11 @@ export function backward(root: Tensor, grad?: Tensor): void {
           if (!sameShape(given.shape, input.shape)) {
             throw new Error(`backward: ${fn.name} gave a gradient ${formatShape(given.shape)} for an input ${formatShape(input.shape)}`);
           }
+          const prev = grads.get(input.id);
+          // Added into the pending gradient already.
+          if (given === prev && into?.[k] === prev) continue;
           const gi = asGradOf(input, given);
           if (gi !== given) (converted ??= []).push(given);
-          const prev = grads.get(input.id);
           if (prev === undefined) {
             grads.set(input.id, gi);
             hold(gi);

@@ -203,9 +203,23 @@ function asOperandA(a: Tensor, dtype: 'f32' | 'bf16', temps: Tensor[]): Tensor {
   return c;
 }
 
-function product(op: string, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+/**
+ * op(a) op(b) into a new tensor, or added into `into` (+=, returned) when given and it
+ * has the product's shape and dtype and a contiguous layout.
+ */
+function product(op: string, a: Tensor, b: Tensor, transA: boolean, transB: boolean, into: Tensor | null = null): Tensor {
   const dims = checkOperands(op, a, b, transA, transB);
   const dtype = productDtype(a, b);
+  if (into !== null && into.dtype === dtype && into.rank === dims.batch.length + 2 && into.shape[into.rank - 2] === dims.M &&
+    into.shape[into.rank - 1] === dims.N && dims.batch.every((d, i) => into.shape[i] === d) && into.isContiguous()) {
+    const temps: Tensor[] = [];
+    try {
+      if (dims.K > 0) gemmInto(asOperandA(a, dtype, temps), b, into, transA, transB, dims, true);
+    } finally {
+      for (const t of temps) t.dispose();
+    }
+    return into;
+  }
   const out = empty([...dims.batch, dims.M, dims.N], dtype, a.backend);
   const temps: Tensor[] = [];
   try {
@@ -224,15 +238,18 @@ function opShape(x: Tensor, trans: boolean): number[] {
   return s;
 }
 
-/** d a for C = op(a) op(b) with output gradient g (no record). */
-function gradA(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+/**
+ * d a for C = op(a) op(b) with output gradient g (no record); added into `into` (a's
+ * pending gradient, returned) when the product has its shape.
+ */
+function gradA(g: Tensor, a: Tensor, b: Tensor, transA: boolean, transB: boolean, into: Tensor | null = null): Tensor {
   // b in the kernel's a slot is fine when it is f32, or bf16 with a bf16 product.
   if (transA && (b.dtype === 'f32' || (b.dtype === 'bf16' && g.dtype === 'bf16' && computesBf16(b.backend)))) {
     // d a = (G op(B)ᵀ)ᵀ = op(B) Gᵀ, computed in a's own layout.
-    return reduceTo(product('matmul backward', b, g, transB, true), a.shape);
+    return reduceTo(product('matmul backward', b, g, transB, true, into), a.shape);
   }
   // A bf16 b with an f32 g goes in the kernel's b slot: d op(A), then a transposed view.
-  const dop = reduceTo(product('matmul backward', g, b, false, !transB), opShape(a, transA));
+  const dop = reduceTo(product('matmul backward', g, b, false, !transB, transA ? null : into), opShape(a, transA));
   if (!transA) return dop;
   const d = transpose(dop);
   dop.dispose();
@@ -284,7 +301,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     out,
     'matmul',
     [a, b],
-    (g) => [a.requiresGrad ? gradA(g, a, b, transA, transB) : null, b.requiresGrad ? gradB(g, a, b, transA, transB) : null],
+    (g, into) => [a.requiresGrad ? gradA(g, a, b, transA, transB, into?.[0] ?? null) : null, b.requiresGrad ? gradB(g, a, b, transA, transB) : null],
     // d a reads b, d b reads a.
     [...(b.requiresGrad ? [a] : []), ...(a.requiresGrad ? [b] : [])],
   );
@@ -329,10 +346,10 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   const inputs = b !== null ? [x, weight, b] : [x, weight];
   // dx reads the weight, dW reads x (a rank-1 x is kept: backward views it for its shape).
   const saved = [...(weight.requiresGrad || x.rank === 1 ? [x] : []), ...(x.requiresGrad ? [weight] : [])];
-  return record(y, 'linear', inputs, (g) => {
+  return record(y, 'linear', inputs, (g, into) => {
     const g2 = x.rank === 1 ? reshapeView(g, [1, outF]) : g;
     const xs = x.rank === 1 ? reshapeView(x, [1, inF]) : x;
-    let dx = x.requiresGrad ? gradA(g2, xs, weight, false, true) : null;
+    let dx = x.requiresGrad ? gradA(g2, xs, weight, false, true, x.rank === 1 ? null : (into?.[0] ?? null)) : null;
     const dw = weight.requiresGrad ? gradB(g2, xs, weight, false, true) : null;
     if (x.rank === 1) {
       if (dx !== null) {

@@ -39,8 +39,13 @@ export interface GradFn {
   readonly inputs: readonly Tensor[];
   /** The tensors whose data backward reads; the only ones a scope keeps for it. */
   readonly saved: readonly Tensor[];
-  /** Gradients for each input (null where the input needs none), given the output's gradient. */
-  backward(grad: Tensor): (Tensor | null)[];
+  /**
+   * Gradients for each input (null where the input needs none), given the output's
+   * gradient. `into[k]`, when given and not null, is input k's pending gradient, which
+   * backward may add its own into (+=) and return as input k's gradient instead of a new
+   * tensor (a product written with accumulation saves the add; see autograd/tape.ts).
+   */
+  backward(grad: Tensor, into?: readonly (Tensor | null)[]): (Tensor | null)[];
 }
 
 let nextId = 1;

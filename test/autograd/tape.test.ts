@@ -5,10 +5,11 @@ import { requireOps, type Backend } from '../../src/backend/backend.js';
 import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { add, mul, sub } from '../../src/ops/binary.js';
 import { tensor } from '../../src/ops/creation.js';
+import { linear, matmul } from '../../src/ops/matmul.js';
 import { sum } from '../../src/ops/reduce.js';
 import { clone, reshape, slice, transpose } from '../../src/ops/view.js';
 import { keep, scope, type Tensor } from '../../src/tensor/tensor.js';
-import { assertClose } from '../helpers.js';
+import { assertClose, randomData } from '../helpers.js';
 
 test('gradients accumulate into parameters across backward calls', () => {
   const w = keep(tensor([1, 2, 3], [3], { requiresGrad: true }));
@@ -203,5 +204,45 @@ test('a leaf never takes the caller\'s root gradient or a view of a gradient as 
     backward(t, g);
     assertClose(x.grad!.toArray(), [2, 5, 5, 8]);
     assertClose(g.toArray(), [1, 2, 3, 4]);
+  });
+});
+
+test('an input used by several products gets the sum of their gradients (products add into its pending gradient)', () => {
+  scope(() => {
+    const xs = randomData(5 * 7, 1), w1 = randomData(3 * 7, 2), w2 = randomData(4 * 7, 3);
+    const a = randomData(5 * 3, 4), b = randomData(5 * 4, 5), c = randomData(5 * 7, 6);
+    const x = tensor(xs, [5, 7], { requiresGrad: true });
+    const W1 = tensor(w1, [3, 7]), W2 = tensor(w2, [4, 7]);
+    // x feeds two linears and an elementwise product, as a layer input feeds q, k, v.
+    const y = add(add(sum(mul(linear(x, W1), tensor(a, [5, 3]))), sum(mul(matmul(x, W2, { transB: true }), tensor(b, [5, 4])))), sum(mul(x, tensor(c, [5, 7]))));
+    backward(y);
+    const want = new Float64Array(5 * 7);
+    for (let i = 0; i < 5; i++) {
+      for (let j = 0; j < 7; j++) {
+        let s = c[i * 7 + j];
+        for (let o = 0; o < 3; o++) s += a[i * 3 + o] * w1[o * 7 + j];
+        for (let o = 0; o < 4; o++) s += b[i * 4 + o] * w2[o * 7 + j];
+        want[i * 7 + j] = s;
+      }
+    }
+    assertClose(x.grad!.toArray(), want, { atol: 1e-5, rtol: 1e-5 });
+  });
+});
+
+test('a product never adds into the gradient it reads (x + linear(x, W): both get the same upstream tensor)', () => {
+  scope(() => {
+    const xs = randomData(4 * 6, 7), w = randomData(6 * 6, 8), c = randomData(4 * 6, 9);
+    const x = tensor(xs, [4, 6], { requiresGrad: true });
+    const W = tensor(w, [6, 6]);
+    backward(sum(mul(add(x, linear(x, W)), tensor(c, [4, 6]))));
+    const want = new Float64Array(4 * 6);
+    for (let i = 0; i < 4; i++) {
+      for (let j = 0; j < 6; j++) {
+        let s = c[i * 6 + j];
+        for (let o = 0; o < 6; o++) s += c[i * 6 + o] * w[o * 6 + j];
+        want[i * 6 + j] = s;
+      }
+    }
+    assertClose(x.grad!.toArray(), want, { atol: 1e-5, rtol: 1e-5 });
   });
 });
