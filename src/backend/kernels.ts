@@ -10,7 +10,7 @@
 // Backend.computeDtypes (ops pick T, src/ops/util.ts computeDtype, and widen inputs to
 // f32 otherwise). Arithmetic inside is f32 (or f64 where a contract says sums are), and
 // each T output is rounded to T once (round to nearest even). Whatever T is, these stay
-// f32: rmsnorm's weight, dweight and rstd; rope's cos and sin; attention's lse and
+// f32: rmsnorm's dweight and rstd (its weight is f32 or bf16); rope's cos and sin; attention's lse and
 // keyMask; crossEntropy's loss, lse and dloss; doraScale's g and dg; doraNorm's out;
 // adamw's operands; dropoutMask's out; scatterAdd's out. A backend without bf16 compute
 // (cpu) only ever gets T = f32.
@@ -158,11 +158,12 @@ export interface Kernels {
   /** out[ids[i], :] += src[i, :] (+=): src T [N, D], ids int32 [N], out f32 [V, D]; repeated ids accumulate. */
   scatterAdd(src: Tensor, ids: Tensor, out: Tensor): void;
   /**
-   * RMSNorm over the last axis: x T [N, D], weight f32 [D]; out T [N, D], rstd f32 [N] =
-   * 1/sqrt(mean(x^2) + eps). x and out may be any contiguous [..., D] (N rows in all).
+   * RMSNorm over the last axis: x T [N, D], weight f32 or bf16 [D] (used widened to f32);
+   * out T [N, D], rstd f32 [N] = 1/sqrt(mean(x^2) + eps). x and out may be any contiguous
+   * [..., D] (N rows in all).
    */
   rmsnorm(x: Tensor, weight: Tensor, out: Tensor, rstd: Tensor, eps: number): void;
-  /** Backward of rmsnorm: x, dy, dx T [N, D] or any contiguous [..., D] (dx =); weight, rstd and dweight f32 (dweight =). */
+  /** Backward of rmsnorm: x, dy, dx T [N, D] or any contiguous [..., D] (dx =); weight f32 or bf16; rstd and dweight f32 (dweight =). */
   rmsnormBackward(x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor, dx: Tensor, dweight: Tensor): void;
   /**
    * Rotary embedding, Hugging Face's rotate_half layout (pairs i and i + D/2):

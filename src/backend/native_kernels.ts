@@ -85,11 +85,11 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
     scatterAdd: (src, ids, out) => run('scatterAdd', [src, ids, out], [out.shape[0], out.shape[1], ids.size, code(src)]),
     rmsnorm: (x, weight, out, rstd, eps) => {
       const D = x.shape[x.rank - 1];
-      run('rmsnorm', [x, weight, out, rstd], [x.size / D, D, code(x)], [eps]);
+      run('rmsnorm', [x, weight, out, rstd], [x.size / D, D, DTYPE_CODE[weight.dtype], code(x)], [eps]);
     },
     rmsnormBackward: (x, weight, rstd, dy, dx, dweight) => {
       const D = x.shape[x.rank - 1];
-      run('rmsnormBackward', [x, weight, rstd, dy, dx, dweight], [x.size / D, D, code(x)]);
+      run('rmsnormBackward', [x, weight, rstd, dy, dx, dweight], [x.size / D, D, DTYPE_CODE[weight.dtype], code(x)]);
     },
     rope: (x, cos, sin, out, inverse) => {
       const [B, T, H, D] = x.shape;

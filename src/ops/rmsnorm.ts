@@ -4,7 +4,8 @@
 // before multiplying by the weight; for f32 inputs that is the same, and here a bf16
 // input is normalised without the intermediate rounding. The output (and dx) is in the
 // input's compute dtype T (bf16 for bf16 x where the backend computes in bf16, else
-// f32); the weight, dweight and rstd are always f32 (a bf16 weight is widened).
+// f32); dweight and rstd are always f32, and the weight is used in f32 (the kernels
+// widen a bf16 weight as they read it; an f16 one is widened here).
 // Backward is one fused kernel giving dx and dweight from the saved rstd.
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
@@ -30,8 +31,8 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
   const dtype = computeDtype(backend, x);
   const out = empty(x.shape, dtype, backend);
   const rstd = empty([N], 'f32', backend);
-  // The weight widened to f32 once, for the forward kernel and (saved) for backward's.
-  const wf = asF32Contiguous(weight);
+  // The weight as the kernels take it (f32 or bf16), for the forward kernel and (saved) for backward's.
+  const wf = asKernelWeight(weight);
   if (x.size > 0) {
     // The kernels take contiguous rows of any rank (N is all but the last axis): no flat views.
     withContiguousAs(dtype, [x], (xc) => kernel(backend, 'rmsnorm')(xc, wf, out, rstd, eps));
@@ -55,9 +56,9 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
   return y;
 }
 
-/** w itself when it is f32 and contiguous, else an f32 contiguous copy (the caller's to dispose). */
-function asF32Contiguous(w: Tensor): Tensor {
-  if (w.dtype === 'f32' && w.isContiguous()) return w;
+/** w itself when it is f32 or bf16 and contiguous, else an f32 contiguous copy (the caller's to dispose). */
+function asKernelWeight(w: Tensor): Tensor {
+  if ((w.dtype === 'f32' || w.dtype === 'bf16') && w.isContiguous()) return w;
   const c = empty(w.shape, 'f32', w.backend);
   kernel(w.backend, 'copy')(w, c);
   return c;

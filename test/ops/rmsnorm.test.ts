@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { backward } from '../../src/autograd/tape.js';
 import { tensor } from '../../src/ops/creation.js';
 import { rmsNorm } from '../../src/ops/rmsnorm.js';
+import { cast } from '../../src/ops/view.js';
 import { scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
 import { forEachIsa } from './isa_levels.js';
@@ -61,5 +62,28 @@ test('rmsNorm: mismatched weight and bad eps are refused', () => {
     assert.throws(() => rmsNorm(x, tensor([1, 1], [2])), /rmsNorm: weight \[2\] does not match the last axis of x \[2, 3\]/);
     assert.throws(() => rmsNorm(x, tensor([1, 1, 1], [3]), -1), /rmsNorm: eps must be non-negative/);
     assert.throws(() => rmsNorm(tensor([1], [1], { dtype: 'int32' }), tensor([1], [1])), /rmsNorm: x must be f32 or bf16 or f16, got int32/);
+  });
+});
+
+test('rmsNorm: a bf16 weight read by the kernels gives the bits of the same weight widened to f32 first (forward, dx, dweight), at every SIMD level', () => {
+  forEachIsa(() => {
+    for (const device of testBackends()) {
+      scope(() => {
+        const [N, D] = [6, 45];
+        const xs = randomData(N * D, 21), ws = randomData(D, 22, 0.5, 1.5), gs = randomData(N * D, 23);
+        const run = (wDtype: 'f32' | 'bf16') => {
+          const x = tensor(xs, [N, D], { device, requiresGrad: true });
+          // The same bf16-representable values either way: round through bf16, then hold them as f32 or bf16.
+          const wb = tensor(ws, [D], { device, dtype: 'bf16' });
+          const w = wDtype === 'bf16' ? wb : cast(wb, 'f32');
+          w.requiresGrad = true;
+          const y = rmsNorm(x, w, 1e-6);
+          backward(y, tensor(gs, [N, D], { device }));
+          return [y, x.grad!, w.grad!].map((t) => Array.from(t.toArray()));
+        };
+        const [wide, narrow] = [run('f32'), run('bf16')];
+        assert.deepEqual(narrow, wide);
+      });
+    }
   });
 });

@@ -3,8 +3,9 @@
 // squares accumulates in f64, rstd is rounded to f32, and y = (x * rstd) * w in f32, the
 // order Hugging Face uses.
 //
-// rmsnorm ints: [N, D]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
-// rmsnormBackward ints: [N, D]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
+// rmsnorm ints: [N, D, dtype W, dtype T]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
+// rmsnormBackward ints: [N, D, dtype W, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
+// The weight W is f32 or bf16 (a frozen bf16 model's, widened here once per call).
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
 //   dweight = sum over rows of dy * x * rstd
 #include <cmath>
@@ -79,13 +80,23 @@ FINLORA_INLINE void dw_blocks(const Params& p, int64_t b0, int64_t b1) {
 }
 FINLORA_ISA_VARIANTS(dw, dw_blocks, Params)
 
+// The weight as f32: itself, or a bf16 weight widened into `wide` (exact).
+const float* weight_f32(const KernelArgs& a, int64_t D, std::vector<float>& wide) {
+  if (a.ints.size() < 4 || a.ints[2] != BF16) return static_cast<const float*>(a.ptrs[1]);
+  const uint16_t* w = static_cast<const uint16_t*>(a.ptrs[1]);
+  wide.resize(static_cast<size_t>(D));
+  for (int64_t i = 0; i < D; ++i) wide[i] = bf16_to_f32(w[i]);
+  return wide.data();
+}
+
 void rmsnorm_kernel(const KernelArgs& a) {
   Params p{};
   p.N = a.ints[0];
   p.D = a.ints[1];
   p.eps = a.floats[0];
   p.x = static_cast<const float*>(a.ptrs[0]);
-  p.w = static_cast<const float*>(a.ptrs[1]);
+  std::vector<float> wide;
+  p.w = weight_f32(a, p.D, wide);
   p.out = static_cast<float*>(a.ptrs[2]);
   p.rstd = static_cast<float*>(a.ptrs[3]);
   const auto fn = forward_pick();
@@ -97,7 +108,8 @@ void rmsnorm_backward_kernel(const KernelArgs& a) {
   p.N = a.ints[0];
   p.D = a.ints[1];
   p.x = static_cast<const float*>(a.ptrs[0]);
-  p.w = static_cast<const float*>(a.ptrs[1]);
+  std::vector<float> wide;
+  p.w = weight_f32(a, p.D, wide);
   p.rstd_in = static_cast<const float*>(a.ptrs[2]);
   p.dy = static_cast<const float*>(a.ptrs[3]);
   p.dx = static_cast<float*>(a.ptrs[4]);

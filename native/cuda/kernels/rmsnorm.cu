@@ -1,11 +1,11 @@
 // rmsnorm and its backward, as native/cpu/kernels/rmsnorm.cc (Hugging Face's
 // LlamaRMSNorm): y = (x * rstd) * w with rstd = 1/sqrt(mean(x^2) + eps); the mean of
 // squares accumulates in f64 and rstd is rounded to f32 before use. x, out, dy and dx
-// are T (f32 or bf16, computed in f32, a bf16 result rounded once); weight, rstd and
-// dweight are always f32.
+// are T (f32 or bf16, computed in f32, a bf16 result rounded once); the weight W is f32
+// or bf16 (read widened, exact); rstd and dweight are always f32.
 //
-// rmsnorm ints: [N, D, dtype T]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
-// rmsnormBackward ints: [N, D, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
+// rmsnorm ints: [N, D, dtype W, dtype T]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
+// rmsnormBackward ints: [N, D, dtype W, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
 //   dweight = sum over rows of dy * x * rstd, in f64 per column
 #include "kernel.h"
@@ -14,8 +14,8 @@ namespace finlora {
 namespace cuda {
 namespace {
 
-template <class T>
-__global__ void rmsnorm_rows(const T* x, const float* w, T* out, float* rstd, int64_t D, double eps) {
+template <class T, class W>
+__global__ void rmsnorm_rows(const T* x, const W* w, T* out, float* rstd, int64_t D, double eps) {
   const T* xr = x + blockIdx.x * D;
   T* y = out + blockIdx.x * D;
   double s = 0;
@@ -26,21 +26,21 @@ __global__ void rmsnorm_rows(const T* x, const float* w, T* out, float* rstd, in
   s = block_reduce(s, SumOp());
   const float rs = static_cast<float>(1.0 / sqrt(s / static_cast<double>(D) + eps));
   if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(y, i, (ld(xr, i) * rs) * w[i]);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(y, i, (ld(xr, i) * rs) * ld(w, i));
 }
 
-template <class T>
-__global__ void rmsnorm_dx(const T* x, const float* w, const float* rstd, const T* dy, T* dx, int64_t D) {
+template <class T, class W>
+__global__ void rmsnorm_dx(const T* x, const W* w, const float* rstd, const T* dy, T* dx, int64_t D) {
   const T* xr = x + blockIdx.x * D;
   const T* g = dy + blockIdx.x * D;
   T* o = dx + blockIdx.x * D;
   double s = 0;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += static_cast<double>(ld(g, i)) * w[i] * ld(xr, i);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += static_cast<double>(ld(g, i)) * ld(w, i) * ld(xr, i);
   s = block_reduce(s, SumOp());
   const double rs = rstd[blockIdx.x];
   const float a = static_cast<float>(rs);
   const float b = static_cast<float>(rs * rs * rs * s / static_cast<double>(D));
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(o, i, a * w[i] * ld(g, i) - b * ld(xr, i));
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(o, i, a * ld(w, i) * ld(g, i) - b * ld(xr, i));
 }
 
 // dweight: each column's sum over rows in f64, in a fixed order: blocks of 32 columns
@@ -67,25 +67,33 @@ __global__ void __launch_bounds__(32 * kLanes) rmsnorm_dweight(const T* x, const
 
 int block_for(int64_t D) { return D >= 2048 ? 512 : D >= 256 ? 256 : 64; }
 
-void rmsnorm(const KernelArgs& a) {
-  const int64_t N = a.ints[0], D = a.ints[1], dt = trailing_dtype(a, 2);
-  if (!compute_dtype_ok(a, dt)) return;
-  if (N == 0) return;
-  const float* w = static_cast<const float*>(a.ptrs[1]);
-  float* rstd = static_cast<float*>(a.ptrs[3]);
-  const unsigned grid = static_cast<unsigned>(N);
-  if (dt == BF16)
-    rmsnorm_rows<<<grid, block_for(D), 0, stream()>>>(static_cast<const bf16*>(a.ptrs[0]), w, static_cast<bf16*>(a.ptrs[2]),
-                                                     rstd, D, a.floats[0]);
-  else
-    rmsnorm_rows<<<grid, block_for(D), 0, stream()>>>(static_cast<const float*>(a.ptrs[0]), w, static_cast<float*>(a.ptrs[2]),
-                                                     rstd, D, a.floats[0]);
+// The weight's dtype: ints[2] when the call carries one (four ints), else f32.
+int64_t weight_dtype(const KernelArgs& a) { return a.ints.size() >= 4 ? a.ints[2] : F32; }
+
+template <class T, class W>
+void forward(const KernelArgs& a, int64_t N, int64_t D) {
+  rmsnorm_rows<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(static_cast<const T*>(a.ptrs[0]), static_cast<const W*>(a.ptrs[1]),
+                                                                       static_cast<T*>(a.ptrs[2]), static_cast<float*>(a.ptrs[3]), D,
+                                                                       a.floats[0]);
 }
 
-template <class T>
+void rmsnorm(const KernelArgs& a) {
+  const int64_t N = a.ints[0], D = a.ints[1], dt = trailing_dtype(a, 2), wt = weight_dtype(a);
+  if (!compute_dtype_ok(a, dt)) return;
+  if (N == 0) return;
+  if (dt == BF16) {
+    if (wt == BF16) forward<bf16, bf16>(a, N, D);
+    else forward<bf16, float>(a, N, D);
+  } else {
+    if (wt == BF16) forward<float, bf16>(a, N, D);
+    else forward<float, float>(a, N, D);
+  }
+}
+
+template <class T, class W>
 void backward(const KernelArgs& a, int64_t N, int64_t D) {
   const T* x = static_cast<const T*>(a.ptrs[0]);
-  const float* w = static_cast<const float*>(a.ptrs[1]);
+  const W* w = static_cast<const W*>(a.ptrs[1]);
   const float* rstd = static_cast<const float*>(a.ptrs[2]);
   const T* dy = static_cast<const T*>(a.ptrs[3]);
   rmsnorm_dx<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, static_cast<T*>(a.ptrs[4]), D);
@@ -97,8 +105,14 @@ void rmsnorm_backward(const KernelArgs& a) {
   const int64_t N = a.ints[0], D = a.ints[1], dt = trailing_dtype(a, 2);
   if (!compute_dtype_ok(a, dt)) return;
   if (N == 0 || D == 0) return;
-  if (dt == BF16) backward<bf16>(a, N, D);
-  else backward<float>(a, N, D);
+  const int64_t wt = weight_dtype(a);
+  if (dt == BF16) {
+    if (wt == BF16) backward<bf16, bf16>(a, N, D);
+    else backward<bf16, float>(a, N, D);
+  } else {
+    if (wt == BF16) backward<float, bf16>(a, N, D);
+    else backward<float, float>(a, N, D);
+  }
 }
 
 }  // namespace
