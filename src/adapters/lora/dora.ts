@@ -14,8 +14,9 @@
 // direct form, W_i + s·B_i·A formed and squared row by row in registers: no cancellation
 // to guard against and nothing read back to the host, which on a GPU would stall the
 // stream once per DoRA layer and step. Over a quantized base the frozen weight's own
-// doraNorm (src/quant/ops.ts quantizedDoraNorm) reads W from its codes where it can. Elsewhere it is computed without materialising
-// W + s·B·A (out × in values per layer and step): per row,
+// doraNorm (src/quant/ops.ts quantizedDoraNorm) reads W from its codes where it can.
+// Elsewhere it is computed without materialising W + s·B·A (out × in values per layer
+// and step): per row,
 //   ‖W + s·B·A‖² = ‖W‖² + 2s·rowsum((W·Aᵀ) ⊙ B) + s²·rowsum((B·A·Aᵀ) ⊙ B),
 // with ‖W‖² computed once for the frozen W (f64 sums in the reduce kernel; the row sums
 // below accumulate in f64 too). The products W·Aᵀ and B·A·Aᵀ run in f32, so each term
