@@ -211,6 +211,11 @@ export interface Kernels {
    */
   dropout(x: Tensor, out: Tensor, p: number, seed: number, offset: number): void;
   /**
+   * out += x ⊙ that mask: the product rounded to T as dropout writes it, then added as
+   * binary add adds (bit for bit dropout into a temporary, then add). x, out T contiguous.
+   */
+  dropoutAdd(x: Tensor, out: Tensor, p: number, seed: number, offset: number): void;
+  /**
    * out (+)= a · op(W) with W quantized and decoded on the fly (no f32 copy of W):
    * a [M, K], out [M, N] contiguous, both f32 or both bf16 (T); transW: K = cols, N =
    * rows; else K = rows, N = cols.

@@ -118,6 +118,7 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
       run('crossEntropyBackward', [logits, targets, lse, dloss, dlogits], [logits.shape[0], logits.shape[1], ignoreIndex, code(logits)]),
     dropoutMask: (out, p, seed, offset) => run('dropoutMask', [out], [out.size, seed, offset], [p]),
     dropout: (x, out, p, seed, offset) => run('dropout', [x, out], [out.size, seed, offset, code(x)], [p]),
+    dropoutAdd: (x, out, p, seed, offset) => run('dropoutAdd', [x, out], [out.size, seed, offset, code(x)], [p]),
     adamw: (operands, a) =>
       run(
         'adamw',

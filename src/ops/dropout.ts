@@ -10,6 +10,7 @@
 // from a checkpoint with the same masks given (seed, offset).
 import { kernel } from '../backend/backend.js';
 import { isGradEnabled, noGrad, record } from '../autograd/tape.js';
+import { sameShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
 import { linear, linearGrads } from './matmul.js';
 import { computeDtype, gradDtype, withContiguousAs, withF32Contiguous } from './util.js';
@@ -130,7 +131,7 @@ export function dropout(x: Tensor, p: number, from: DropoutOptions | DropoutGene
   // NOTE: backward redraws the mask from (seed, offset) instead of saving it: the
   // generator is counter-based, so it is the same mask bit for bit, and no
   // activation-sized tensor is held between forward and backward.
-  return record(out, 'dropout', [x], (g) => [applyMask(g, p, at)], []);
+  return record(out, 'dropout', [x], (g, into) => [applyMask(g, p, at, into?.[0] ?? null)], []);
 }
 
 /**
@@ -154,7 +155,7 @@ export function dropoutLinear(x: Tensor, weight: Tensor, p: number, from: Dropou
     y,
     'dropoutLinear',
     [x, weight],
-    (g) => {
+    (g, into) => {
       const wantX = x.requiresGrad, wantW = weight.requiresGrad;
       // dW reads dropout(x), redrawn; dx needs only its shape.
       const redrawn = wantW ? applyMask(x, p, at) : null;
@@ -168,7 +169,7 @@ export function dropoutLinear(x: Tensor, weight: Tensor, p: number, from: Dropou
         kernel(x.backend, 'copy')(dxd, gd);
         dxd.dispose();
       }
-      const dx = applyMask(gd, p, at);
+      const dx = applyMask(gd, p, at, into?.[0] ?? null);
       gd.dispose();
       return [dx, dw];
     },
@@ -178,10 +179,18 @@ export function dropoutLinear(x: Tensor, weight: Tensor, p: number, from: Dropou
 
 /**
  * x ⊙ mask in x's compute dtype (bf16 stays bf16 where the backend computes in bf16):
- * one fused pass where the backend has it, else the f32 mask and a product.
+ * one fused pass where the backend has it, else the f32 mask and a product. With
+ * `into` (a gradient pending in the tape, contiguous, in that dtype and shape) and a
+ * backend with dropoutAdd, the product is added into it instead (returned): the same
+ * values as the product followed by the tape's add.
  */
-function applyMask(x: Tensor, p: number, at: DropoutOptions): Tensor {
+function applyMask(x: Tensor, p: number, at: DropoutOptions, into: Tensor | null = null): Tensor {
   const dtype = computeDtype(x.backend, x);
+  const add = x.backend.kernels.dropoutAdd;
+  if (into !== null && add !== undefined && into.dtype === dtype && sameShape(into.shape, x.shape) && into.isContiguous()) {
+    if (into.size > 0) withContiguousAs(dtype, [x], (xc) => add(xc, into, p, at.seed, at.offset));
+    return into;
+  }
   const out = empty(x.shape, dtype, x.backend);
   const fused = x.backend.kernels.dropout;
   if (fused !== undefined) {

@@ -1,13 +1,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { backward } from '../../src/autograd/tape.js';
+import { add, mul } from '../../src/ops/binary.js';
 import { tensor } from '../../src/ops/creation.js';
+import { sum } from '../../src/ops/reduce.js';
 import { dropout, DropoutGenerator, dropoutMask, dropoutUniform } from '../../src/ops/dropout.js';
 import { kernel } from '../../src/backend/backend.js';
 import { getBackend } from '../../src/backend/registry.js';
 import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
 import { assertClose, checkAgainstReference, gradcheck, randomData, testBackends, values } from '../helpers.js';
-import { eachLevel } from './isa_levels.js';
+import { eachLevel, forEachIsa } from './isa_levels.js';
 
 const devices = () => ['reference', ...testBackends()];
 
@@ -175,6 +177,41 @@ test('dropout kernel on cuda: x times the mask, bit for bit, across the 2^32 cou
         return bits(out.toArray());
       };
       assert.deepEqual(onDevice('cuda'), onDevice('cpu'), `seed ${seed} offset ${offset} p ${p}`);
+    });
+  }
+});
+
+test('dropoutAdd adds bit for bit what dropout writes, as binary add would (chunk edges, a counter crossing 2^32), at every SIMD level', () => {
+  const cpu = getBackend('cpu');
+  const add = cpu.kernels.dropoutAdd;
+  assert.ok(add !== undefined, 'the cpu backend has dropoutAdd');
+  forEachIsa(() => {
+    for (const [n, offset] of [[1, 0], [1023, 5], [3000, 2 ** 32 - 1500], [70_000, 123]] as const) {
+      scope(() => {
+        const x = tensor(randomData(n, 31), [n], { device: cpu });
+        const prev = randomData(n, 32);
+        const fused = tensor(prev, [n], { device: cpu });
+        add(x, fused, 0.3, 77, offset);
+        const dropped = empty([n], 'f32', cpu);
+        kernel(cpu, 'dropout')(x, dropped, 0.3, 77, offset);
+        const sum = tensor(prev, [n], { device: cpu });
+        kernel(cpu, 'binary')('add', sum, dropped, sum);
+        assert.deepEqual(Array.from(fused.toArray()), Array.from(sum.toArray()), `n ${n}, offset ${offset}`);
+      });
+    }
+  });
+});
+
+test('an input that feeds several dropped branches gets the sum of their gradients (added into its pending gradient)', () => {
+  for (const device of testBackends()) {
+    scope(() => {
+      const xs = randomData(6 * 5, 41), c1 = randomData(6 * 5, 42), c2 = randomData(6 * 5, 43), c3 = randomData(6 * 5, 44);
+      const x = tensor(xs, [6, 5], { device, requiresGrad: true });
+      const gen = new DropoutGenerator(9);
+      const d1 = dropout(x, 0.25, gen), d2 = dropout(x, 0.5, gen);
+      backward(add(add(sum(mul(d1, tensor(c1, [6, 5], { device }))), sum(mul(d2, tensor(c2, [6, 5], { device })))), sum(mul(x, tensor(c3, [6, 5], { device })))));
+      const m1 = values(dropoutMask([30], 0.25, { seed: 9, offset: 0 }, x)), m2 = values(dropoutMask([30], 0.5, { seed: 9, offset: 30 }, x));
+      assertClose(x.grad!.toArray(), Array.from({ length: 30 }, (_, i) => c1[i] * m1[i] + c2[i] * m2[i] + c3[i]), { atol: 1e-6, rtol: 1e-6 });
     });
   }
 });

@@ -9,6 +9,8 @@
 //
 // dropoutMask ints: [n, seed (uint32), offset (0 <= offset + n <= 2^53)]; floats: [p]; ptrs: [out f32 [n]]
 // dropout ints: the same; floats: [p]; ptrs: [x f32 [n], out f32 [n] (=)]
+// dropoutAdd ints, floats: the same; ptrs: [x f32 [n], out f32 [n] (+=)], out += x * mask
+// (the product rounded, then added: what dropout followed by binary add gives)
 //
 // The hash is plain 32-bit integer arithmetic; the loops are compiled for AVX-512, AVX2
 // and the baseline (target_clones), where the vectorizer turns them into 16- or 8-lane
@@ -46,6 +48,24 @@ FINLORA_CLONES void apply_run(const float* __restrict x, float* __restrict out, 
   for (int64_t j = 0; j < n; ++j) out[j] = x[j] * (bits24(k, lo0 + static_cast<uint32_t>(j)) >= threshold ? keep : 0.0f);
 }
 
+FINLORA_CLONES void add_into(const float* __restrict x, float* __restrict out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = out[j] + x[j];
+}
+
+// out[j] += x[j] * mask[j]: the products go through a buffer in memory and are added by
+// a second loop, so the compiler cannot contract a product and its sum into one fused
+// multiply-add (GCC contracts by default in C++): the same two roundings as dropout
+// followed by binary add.
+void add_run(const float* x, float* out, int64_t n, uint32_t lo0, Keys k, uint32_t threshold, float keep) {
+  constexpr int64_t kChunk = 1024;
+  float prod[kChunk];
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t len = n - c < kChunk ? n - c : kChunk;
+    apply_run(x + c, prod, len, lo0 + static_cast<uint32_t>(c), k, threshold, keep);
+    add_into(prod, out + c, len);
+  }
+}
+
 // Calls run(i, len, lo, keys) over [b, e) in pieces that do not cross a multiple of
 // 2^32 in the counter, where the keys change.
 template <class Run>
@@ -80,9 +100,20 @@ void dropout_kernel(const KernelArgs& a) {
   });
 }
 
+void dropout_add_kernel(const KernelArgs& a) {
+  const int64_t n = a.ints[0];
+  const MaskParams m = mask_params(a);
+  const float* x = static_cast<const float*>(a.ptrs[0]);
+  float* out = static_cast<float*>(a.ptrs[1]);
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
+    by_key_runs(m, b, e, [&](int64_t i, int64_t len, uint32_t lo, Keys k) { add_run(x + i, out + i, len, lo, k, m.threshold, m.keep); });
+  });
+}
+
 }  // namespace
 
 FINLORA_KERNEL("dropoutMask", dropout_mask_kernel)
 FINLORA_KERNEL("dropout", dropout_kernel)
+FINLORA_KERNEL("dropoutAdd", dropout_add_kernel)
 
 }  // namespace finlora

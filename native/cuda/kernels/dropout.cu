@@ -9,6 +9,7 @@
 //
 // dropoutMask ints: [n, seed (uint32), offset (0 <= offset + n <= 2^53)]; floats: [p]; ptrs: [out f32 [n]]
 // dropout ints: [n, seed, offset, dtype T]; floats: [p]; ptrs: [x T [n], out T [n] (=)]
+// dropoutAdd ints, floats: the same; ptrs: [x T [n], out T [n] (+=)]
 #include "dropout_hash.h"
 #include "kernel.h"
 
@@ -49,6 +50,19 @@ __global__ void dropout_kernel(const T* x, T* out, int64_t n, uint32_t seed, uin
     } else {
       for (int64_t e = i; e < i + 8 && e < n; ++e) st(out, e, ld(x, e) * mask_at(c + (e - i), seed, threshold, keep));
     }
+  }
+}
+
+// out[i] += round_T(x[i] * mask[i]): dropout's product rounded to T as dropout writes it,
+// then added as the binary add kernel adds two T tensors (f32 sum, rounded to T once).
+// The explicit roundings keep the compiler from fusing the product and the sum.
+template <class T>
+__global__ void dropout_add_kernel(const T* x, T* out, int64_t n, uint32_t seed, uint64_t offset, uint32_t threshold, float keep) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    T prod[1];
+    st(prod, 0, __fmul_rn(ld(x, e), mask_at(offset + static_cast<uint64_t>(e), seed, threshold, keep)));
+    st(out, e, __fadd_rn(ld(out, e), ld(prod, 0)));
   }
 }
 
@@ -93,10 +107,25 @@ void dropout(const KernelArgs& a) {
   else launch<float>(a, q);
 }
 
+void dropout_add(const KernelArgs& a) {
+  const int64_t dt = trailing_dtype(a, 3);
+  if (!compute_dtype_ok(a, dt)) return;
+  const Params q = params(a);
+  if (q.n <= 0) return;
+  const unsigned grid = grid_for(q.n, 256);
+  if (dt == BF16)
+    dropout_add_kernel<<<grid, 256, 0, stream()>>>(static_cast<const bf16*>(a.ptrs[0]), static_cast<bf16*>(a.ptrs[1]), q.n, q.seed,
+                                                    q.offset, q.threshold, q.keep);
+  else
+    dropout_add_kernel<<<grid, 256, 0, stream()>>>(static_cast<const float*>(a.ptrs[0]), static_cast<float*>(a.ptrs[1]), q.n, q.seed,
+                                                    q.offset, q.threshold, q.keep);
+}
+
 }  // namespace
 
 FINLORA_KERNEL("dropoutMask", dropout_mask)
 FINLORA_KERNEL("dropout", dropout)
+FINLORA_KERNEL("dropoutAdd", dropout_add)
 
 }  // namespace cuda
 }  // namespace finlora
