@@ -19,9 +19,10 @@
 //
 //   node dist/bench/host_overhead.js                 both rows, bf16 weights
 //   options: --f32 (f32 weights), --steps N (timed steps, default 5), --warmup N (default 2),
+//            --js-steps N (steps timed with kernels skipped, default twice --steps),
 //            --only ckpt|plain, --kernels (list every kernel of each row), --json FILE
 //
-// Where the JS time goes: node --cpu-prof dist/bench/host_overhead.js --only ckpt.
+// Where the JS time goes: node --cpu-prof dist/bench/host_overhead.js --only ckpt --steps 1 --js-steps 40.
 import { writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -204,12 +205,14 @@ function main(): void {
       f32: { type: 'boolean', default: false },
       steps: { type: 'string', default: '5' },
       warmup: { type: 'string', default: '2' },
+      'js-steps': { type: 'string' },
       only: { type: 'string' },
       kernels: { type: 'boolean', default: false },
       json: { type: 'string' },
     },
   });
   const steps = Number(values.steps), warmup = Math.max(1, Number(values.warmup));
+  const jsSteps = values['js-steps'] === undefined ? 2 * steps : Number(values['js-steps']);
   if (!Number.isInteger(steps) || steps < 1) throw new Error(`--steps must be a positive integer, got ${values.steps}`);
   if (values.only !== undefined && values.only !== 'ckpt' && values.only !== 'plain') throw new Error(`--only must be ckpt or plain, got ${values.only}`);
   const dtype: WeightDType = values.f32 ? 'f32' : 'bf16';
@@ -218,7 +221,7 @@ function main(): void {
   const rows: HostRow[] = [];
   for (const ckpt of [true, false]) {
     if (values.only === (ckpt ? 'plain' : 'ckpt')) continue;
-    const r = hostRow(ckpt, dtype, steps, warmup);
+    const r = hostRow(ckpt, dtype, steps, warmup, jsSteps);
     rows.push(r);
     console.log(
       `${r.name}: ${r.launches} launches/step; step ${r.stepMs.toFixed(1)} ms (kernels ${r.kernelMs.toFixed(1)}, host ${r.hostMs.toFixed(1)}); ` +

@@ -268,8 +268,10 @@ test('bf16 compute: every activation kernel takes the dtype code of T as its las
       expectLast('binary', () => k.binary('mul', x, x, out));
       expectLast('reduce', () => k.reduce('sum', x, t([4, 1]), { outer: 4, n: 8, inner: 1 }), [0, 4, 8, 1]);
       expectLast('softmax', () => k.softmax(x, out, true), [4, 8, 1]);
-      expectLast('rmsnorm', () => k.rmsnorm(x, t([8], 'f32'), out, t([4], 'f32'), 1e-5), [4, 8]);
-      expectLast('rmsnormBackward', () => k.rmsnormBackward(x, t([8], 'f32'), t([4], 'f32'), x, out, t([8], 'f32')), [4, 8]);
+      // The weight's own dtype code (f32 here, bf16 below) comes before T's.
+      expectLast('rmsnorm', () => k.rmsnorm(x, t([8], 'f32'), out, t([4], 'f32'), 1e-5), [4, 8, DTYPE_CODE.f32]);
+      expectLast('rmsnormBackward', () => k.rmsnormBackward(x, t([8], 'f32'), t([4], 'f32'), x, out, t([8], 'f32')), [4, 8, DTYPE_CODE.f32]);
+      expectLast('rmsnorm', () => k.rmsnorm(x, t([8], 'bf16'), out, t([4], 'f32'), 1e-5), [4, 8, DTYPE_CODE.bf16]);
       const q = t([1, 2, 3, 4]);
       expectLast('rope', () => k.rope(q, t([1, 2, 2], 'f32'), t([1, 2, 2], 'f32'), t([1, 2, 3, 4]), false), [1, 2, 3, 4, 0, 0]);
       const qa = t([1, 2, 3, 4]), kv = t([1, 1, 5, 4]), lse = t([1, 2, 3], 'f32');
@@ -284,6 +286,7 @@ test('bf16 compute: every activation kernel takes the dtype code of T as its las
       // matmul: dtypeB stays at its place, then T (a's and out's).
       expectLast('matmul', () => k.matmul(t([4, 6]), t([6, 8], 'bf16'), out, { transA: false, transB: false, alpha: 1, accumulate: false }), [1, 4, 8, 6, 0, 6, 1, 0, 8, 1, 0, DTYPE_CODE.bf16]);
       expectLast('dropout', () => k.dropout(x, out, 0.1, 3, 0), [32, 3, 0]);
+      expectLast('dropoutAdd', () => k.dropoutAdd(x, out, 0.1, 3, 0), [32, 3, 0]);
       expectLast('siluMul', () => k.siluMul(x, x, out), [32]);
       expectLast('siluMulBackward', () => k.siluMulBackward(x, x, x, out, t([4, 8])), [32]);
       expectLast('doraScale', () => k.doraScale(x, x, t([8], 'f32'), out, 2), [4, 8]);
