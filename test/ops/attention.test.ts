@@ -5,10 +5,11 @@ import { kernel } from '../../src/backend/backend.js';
 import type { AttentionDims } from '../../src/backend/reference/nn.js';
 import { attention, type AttentionOptions } from '../../src/ops/attention.js';
 import { tensor } from '../../src/ops/creation.js';
-import { empty, scope, type Tensor } from '../../src/tensor/tensor.js';
+import { empty, scope, type Tensor, view } from '../../src/tensor/tensor.js';
 import { slice, transpose } from '../../src/ops/view.js';
 import { contiguousStrides } from '../../src/tensor/shape.js';
-import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSpec, randomData, testBackends, values } from '../helpers.js';
+import { roundTo } from '../../src/tensor/dtype.js';
+import { assertClose, checkAgainstReference, getBackend, gradcheck, type InputSpec, randomData, testBackends, values, withReferenceAs } from '../helpers.js';
 import { forEachIsa } from './isa_levels.js';
 import { withThreads } from './nn_helpers.js';
 
@@ -193,7 +194,7 @@ test('attention: heads as transposed views of [B, T, H, D] and a KV-cache slice,
           if (device !== 'reference') {
             // the stride of an axis of size 1 does not matter
             const layout = (t: Tensor, strides: readonly number[]) => strides.map((st, i) => (t.shape[i] === 1 ? 0 : st));
-            // Backends without stridedAttention (cuda) take and give contiguous heads.
+            // A backend without stridedAttention would take and give contiguous heads.
             const strided = getBackend(device).stridedAttention === true;
             const like = (t: Tensor) => layout(t, strided ? t.strides : contiguousStrides(t.shape));
             assert.deepEqual(layout(out, out.strides), like(q), strided ? 'out is laid out like q' : 'out is contiguous');
@@ -211,4 +212,63 @@ test('attention: heads as transposed views of [B, T, H, D] and a KV-cache slice,
       }
     }
   });
+});
+
+test('attention: bf16 heads as views of [B, T, H, D] projections and a KV cache, on every backend (cuda: the flash kernels through strides)', () => {
+  // bf16 q, k, v take cuda's tensor-core kernels when D is a multiple of 8 up to 128 and
+  // every row starts on 16 bytes: D 64 and 128 over several 64-row tiles (the last one
+  // partial), D 24 and 96 padded to 32 and 96, GQA, key masks, causal and not, a decode
+  // step over a cache slice. The last case's rows are 36 elements apart and start 4
+  // elements into the buffer: no 16-byte row copies, the plain kernels through the same
+  // strides. The reference computes in the device's dtypes (bf16 on cuda).
+  interface BfCase extends Case {
+    /** k and v: the first S of S + extra positions of a [B, Hkv, S + extra, D] cache (else transposed projections) */
+    cacheExtra?: number;
+    /** q: rows `pad` elements wider than Hq·D, starting `pad` elements into the buffer */
+    pad?: number;
+  }
+  const bfCases: BfCase[] = [
+    { B: 2, Hq: 4, Hkv: 2, T: 150, S: 150, D: 64, causal: true, mask: [Array(150).fill(1), [0, 0, 0, 0, 0, ...Array(145).fill(1)]] },
+    { B: 1, Hq: 2, Hkv: 1, T: 70, S: 70, D: 128, causal: true },
+    { B: 2, Hq: 2, Hkv: 2, T: 33, S: 33, D: 24, causal: false, mask: [[...Array(30).fill(1), 0, 1, 0], Array(33).fill(1)] },
+    { B: 1, Hq: 3, Hkv: 1, T: 65, S: 65, D: 96, causal: true },
+    { B: 2, Hq: 4, Hkv: 2, T: 5, S: 77, D: 64, causal: true, cacheExtra: 11 },
+    { B: 2, Hq: 4, Hkv: 1, T: 1, S: 13, D: 64, causal: true, cacheExtra: 3, mask: [Array(13).fill(1), [0, 0, ...Array(11).fill(1)]] },
+    { B: 2, Hq: 2, Hkv: 1, T: 19, S: 19, D: 16, causal: true, pad: 4 },
+  ];
+  const bf = (x: number) => roundTo('bf16', x);
+  for (const [n, c] of bfCases.entries()) {
+    const S0 = c.S + (c.cacheExtra ?? 0);
+    const rowQ = c.Hq * c.D + (c.pad ?? 0);
+    const qd = Float64Array.from(randomData((c.pad ?? 0) + c.B * c.T * rowQ, 20 + n), bf);
+    const kd = Float64Array.from(randomData(c.B * S0 * c.Hkv * c.D, 30 + n), bf);
+    const vd = Float64Array.from(randomData(c.B * S0 * c.Hkv * c.D, 40 + n), bf);
+    const gd = Float64Array.from(randomData(c.B * c.T * c.Hq * c.D, 50 + n), bf);
+    const run = (device: string) =>
+      scope(() => {
+        const opts = { device, dtype: 'bf16' } as const;
+        const qBuf = tensor(qd, [qd.length], opts);
+        const q = view(qBuf, [c.B, c.Hq, c.T, c.D], [c.T * rowQ, c.D, rowQ, 1], c.pad ?? 0);
+        const kv = (d: Float64Array) =>
+          c.cacheExtra === undefined
+            ? transpose(tensor(d, [c.B, c.S, c.Hkv, c.D], opts), 1, 2)
+            : slice(tensor(d, [c.B, c.Hkv, S0, c.D], opts), 2, 0, c.S);
+        const k = kv(kd), v = kv(vd);
+        const mask = c.mask ? tensor(c.mask.flat(), [c.B, c.S], { device }) : null;
+        for (const t of [q, k, v]) t.requiresGrad = true;
+        const out = attention(q, k, v, { causal: c.causal, keyMask: mask });
+        backward(out, transpose(tensor(gd, [c.B, c.T, c.Hq, c.D], opts), 1, 2));
+        return [out, q.grad!, k.grad!, v.grad!].map(values);
+      });
+    for (const device of testBackends()) {
+      const want = withReferenceAs(device, () => run('reference'));
+      const got = run(device);
+      got.forEach((g, i) => {
+        // bf16 rounding of P and dS before their products, and of every stored value:
+        // errors near 1% of the largest entry, far below what a misplaced row gives.
+        const top = want[i].reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        assertClose(g, want[i], { atol: 1e-2 * top, rtol: 2e-2 }, `${device} ${['out', 'dq', 'dk', 'dv'][i]} (case ${n}: D ${c.D}, T ${c.T}, S ${c.S})`);
+      });
+    }
+  }
 });

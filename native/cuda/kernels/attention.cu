@@ -1,12 +1,23 @@
 // attention and its backward: scaled dot-product attention with grouped-query heads,
 // the contract of src/backend/kernels.ts.
 //
-// attention ints: [B, Hq, Hkv, T, S, D, causal, has_mask, dtype]; floats: [scale]
+// attention ints: [B, Hq, Hkv, T, S, D, causal, has_mask, then the (batch, head, row)
+//   element strides of q, k, v and out, dtype]; floats: [scale]
 //   ptrs: [q [B,Hq,T,D], k, v [B,Hkv,S,D], keyMask [B,S] (q when absent), out [B,Hq,T,D] (=), lse [B,Hq,T] (=)]
-// attentionBackward ints, floats: the same
+// attentionBackward ints: the same eight, then the strides of q, k, v, out, dout, dq, dk
+//   and dv, dtype; floats: the same
 //   ptrs: [q, k, v, keyMask, out, lse, dout, dq (=), dk (=), dv (=)]
 // dtype (the last int) is the code of q, k, v, out, dout and the gradients (f32 or bf16);
-// lse and keyMask are always f32.
+// lse and keyMask are always f32 and contiguous. Without the strides (the eight ints and
+// dtype only) every operand is contiguous.
+//
+// Every [., ., ., D] operand is a view whose last axis is contiguous (the layout of
+// native/cpu/kernels/attention.cc): a model's heads are transposed views of its
+// [B, T, H, D] projections, and out and the gradients are written in that layout, so no
+// head is copied on the way in or out. The flash kernels' 16-byte row copies need every
+// row of their operands to start on 16 bytes: base addresses on 16 bytes and strides in
+// multiples of 8 elements (checked on the host, flash_ok); other views take the plain
+// kernels, which read and write through the same strides element by element.
 //
 // Query t attends key s when s <= t + (S - T) (causal) and keyMask[b, s] != 0. A row
 // with every key masked gives zeros and lse = -inf, and passes no gradient.
@@ -38,10 +49,17 @@ namespace finlora {
 namespace cuda {
 namespace {
 
+// Where row t of head h in batch b of an operand starts, in elements.
+struct Rows {
+  int64_t sb, sh, st;
+  __host__ __device__ __forceinline__ int64_t at(int64_t b, int64_t h, int64_t t) const { return b * sb + h * sh + t * st; }
+};
+
 struct Dims {
   int64_t B, Hq, Hkv, T, S, D;
   bool causal, has_mask;
   float scale;
+  Rows q, k, v, o, dout, dq, dk, dv;
 };
 
 __device__ __forceinline__ bool visible(const Dims& d, const float* mask, int64_t b, int64_t t, int64_t s) {
@@ -72,17 +90,17 @@ __global__ void attn_forward(const E* q, const E* k, const E* v, const float* ma
   extern __shared__ float p[];
   const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (d.Hq / d.Hkv);
   const int64_t row = (b * d.Hq + h) * d.T + t;
-  const E* qr = q + row * d.D;
-  const E* kb = k + (b * d.Hkv + hk) * d.S * d.D;
-  const E* vb = v + (b * d.Hkv + hk) * d.S * d.D;
+  const E* qr = q + d.q.at(b, h, t);
+  const E* kb = k + d.k.at(b, hk, 0);
+  const E* vb = v + d.v.at(b, hk, 0);
   float m = -INFINITY;
   for (int64_t s = threadIdx.x; s < d.S; s += blockDim.x) {
-    const float x = visible(d, mask, b, t, s) ? dot(qr, kb + s * d.D, d.D) * d.scale : -INFINITY;
+    const float x = visible(d, mask, b, t, s) ? dot(qr, kb + s * d.k.st, d.D) * d.scale : -INFINITY;
     p[s] = x;
     m = NanMaxOp()(m, x);
   }
   m = block_reduce(m, NanMaxOp());
-  E* o = out + row * d.D;
+  E* o = out + d.o.at(b, h, t);
   if (m == -INFINITY) {
     for (int64_t i = threadIdx.x; i < d.D; i += blockDim.x) st(o, i, 0.0f);
     if (threadIdx.x == 0) lse[row] = -INFINITY;
@@ -98,20 +116,24 @@ __global__ void attn_forward(const E* q, const E* k, const E* v, const float* ma
   const float inv = static_cast<float>(1.0 / sum);
   for (int64_t i = threadIdx.x; i < d.D; i += blockDim.x) {
     float acc = 0;
-    for (int64_t s = 0; s < d.S; ++s) acc = fmaf(p[s], ld(vb, s * d.D + i), acc);
+    for (int64_t s = 0; s < d.S; ++s) acc = fmaf(p[s], ld(vb, s * d.v.st + i), acc);
     st(o, i, acc * inv);
   }
   if (threadIdx.x == 0) lse[row] = static_cast<float>(static_cast<double>(m) + log(sum));
 }
 
-// Dt = rowsum(dO ∘ O) in f32, one warp per query row (coalesced along D).
+// Dt = rowsum(dO ∘ O) in f32, one warp per query row (coalesced along D); delta is
+// contiguous [B, Hq, T].
 template <typename E>
-__global__ void attn_delta(const E* out, const E* dout, float* delta, int64_t rows, int64_t D) {
+__global__ void attn_delta(const E* out, const E* dout, float* delta, int64_t rows, Dims d) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
   for (int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5; r < rows; r += warps) {
+    const int64_t t = r % d.T, h = (r / d.T) % d.Hq, b = r / d.T / d.Hq;
+    const E* orow = out + d.o.at(b, h, t);
+    const E* grow = dout + d.dout.at(b, h, t);
     float acc = 0;
-    for (int64_t i = lane; i < D; i += 32) acc = fmaf(ld(out, r * D + i), ld(dout, r * D + i), acc);
+    for (int64_t i = lane; i < d.D; i += 32) acc = fmaf(ld(orow, i), ld(grow, i), acc);
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if (lane == 0) delta[r] = acc;
   }
@@ -124,24 +146,24 @@ __global__ void attn_dq(const E* q, const E* k, const E* v, const float* mask, c
   extern __shared__ float ds[];
   const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (d.Hq / d.Hkv);
   const int64_t row = (b * d.Hq + h) * d.T + t;
-  const E* qr = q + row * d.D;
-  const E* gr = dout + row * d.D;
-  const E* kb = k + (b * d.Hkv + hk) * d.S * d.D;
-  const E* vb = v + (b * d.Hkv + hk) * d.S * d.D;
+  const E* qr = q + d.q.at(b, h, t);
+  const E* gr = dout + d.dout.at(b, h, t);
+  const E* kb = k + d.k.at(b, hk, 0);
+  const E* vb = v + d.v.at(b, hk, 0);
   const float l = lse[row], dt = delta[row];
   for (int64_t s = threadIdx.x; s < d.S; s += blockDim.x) {
     float x = 0.0f;
     if (l != -INFINITY && visible(d, mask, b, t, s)) {
-      const float pr = expf(dot(qr, kb + s * d.D, d.D) * d.scale - l);
-      x = pr * (dot(gr, vb + s * d.D, d.D) - dt);
+      const float pr = expf(dot(qr, kb + s * d.k.st, d.D) * d.scale - l);
+      x = pr * (dot(gr, vb + s * d.v.st, d.D) - dt);
     }
     ds[s] = x;
   }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < d.D; i += blockDim.x) {
     float acc = 0;
-    for (int64_t s = 0; s < d.S; ++s) acc = fmaf(ds[s], ld(kb, s * d.D + i), acc);
-    st(dq, row * d.D + i, acc * d.scale);
+    for (int64_t s = 0; s < d.S; ++s) acc = fmaf(ds[s], ld(kb, s * d.k.st + i), acc);
+    st(dq, d.dq.at(b, h, t) + i, acc * d.scale);
   }
 }
 
@@ -154,19 +176,20 @@ __global__ void attn_dkdv(const E* q, const E* k, const E* v, const float* mask,
   float* pc = sh;
   float* dsc = sh + d.T;
   const int64_t s = blockIdx.x, hk = blockIdx.y, b = blockIdx.z, group = d.Hq / d.Hkv;
-  const int64_t krow = (b * d.Hkv + hk) * d.S + s;
-  const E* kr = k + krow * d.D;
-  const E* vr = v + krow * d.D;
+  const E* kr = k + d.k.at(b, hk, s);
+  const E* vr = v + d.v.at(b, hk, s);
   float acc_k[4] = {0, 0, 0, 0}, acc_v[4] = {0, 0, 0, 0};  // this thread's columns: i = threadIdx.x + j·blockDim.x
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
     const int64_t base = (b * d.Hq + h) * d.T;
+    const E* qh = q + d.q.at(b, h, 0);
+    const E* gh = dout + d.dout.at(b, h, 0);
     __syncthreads();  // the previous head's columns have been consumed
     for (int64_t t = threadIdx.x; t < d.T; t += blockDim.x) {
       const float l = lse[base + t];
       float pr = 0.0f, x = 0.0f;
       if (l != -INFINITY && visible(d, mask, b, t, s)) {
-        pr = expf(dot(q + (base + t) * d.D, kr, d.D) * d.scale - l);
-        x = pr * (dot(dout + (base + t) * d.D, vr, d.D) - delta[base + t]);
+        pr = expf(dot(qh + t * d.q.st, kr, d.D) * d.scale - l);
+        x = pr * (dot(gh + t * d.dout.st, vr, d.D) - delta[base + t]);
       }
       pc[t] = pr;
       dsc[t] = x;
@@ -177,8 +200,8 @@ __global__ void attn_dkdv(const E* q, const E* k, const E* v, const float* mask,
       if (i >= d.D) break;
       float ak = 0, av = 0;
       for (int64_t t = 0; t < d.T; ++t) {
-        ak = fmaf(dsc[t], ld(q, (base + t) * d.D + i), ak);
-        av = fmaf(pc[t], ld(dout, (base + t) * d.D + i), av);
+        ak = fmaf(dsc[t], ld(qh, t * d.q.st + i), ak);
+        av = fmaf(pc[t], ld(gh, t * d.dout.st + i), av);
       }
       acc_k[j] += ak;
       acc_v[j] += av;
@@ -187,8 +210,20 @@ __global__ void attn_dkdv(const E* q, const E* k, const E* v, const float* mask,
   for (int j = 0; j < 4; ++j) {
     const int64_t i = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
     if (i >= d.D) break;
-    st(dk, krow * d.D + i, acc_k[j] * d.scale);
-    st(dv, krow * d.D + i, acc_v[j]);
+    st(dk, d.dk.at(b, hk, s) + i, acc_k[j] * d.scale);
+    st(dv, d.dv.at(b, hk, s) + i, acc_v[j]);
+  }
+}
+
+// dK = dV = 0 through their strides, for a call with no query rows.
+template <typename E>
+__global__ void zero_key_rows(E* dk, E* dv, Dims d) {
+  const int64_t n = d.B * d.Hkv * d.S * d.D;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % d.D, s = (e / d.D) % d.S, hk = (e / d.D / d.S) % d.Hkv, b = e / d.D / d.S / d.Hkv;
+    st(dk, d.dk.at(b, hk, s) + i, 0.0f);
+    st(dv, d.dv.at(b, hk, s) + i, 0.0f);
   }
 }
 
@@ -239,17 +274,18 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 __device__ __forceinline__ float nan_max(float a, float b) { return (b > a || b != b) ? b : a; }
 
-// Copies ROWS rows of D bf16 (global, row stride D) into shared memory with row stride
-// DP + 8: the 16-byte skew puts the eight rows an ldmatrix reads in distinct banks.
-// Rows past `valid` and columns past D are zero, so they add nothing to any product.
+// Copies ROWS rows of D bf16 (global, `stride` elements apart, a multiple of 8) into
+// shared memory with row stride DP + 8: the 16-byte skew puts the eight rows an ldmatrix
+// reads in distinct banks. Rows past `valid` and columns past D are zero, so they add
+// nothing to any product.
 template <int ROWS, int DP>
-__device__ __forceinline__ void load_rows(uint16_t* dst, const uint16_t* src, int64_t valid, int64_t D) {
+__device__ __forceinline__ void load_rows(uint16_t* dst, const uint16_t* src, int64_t valid, int64_t D, int64_t stride) {
   constexpr int kChunks = DP / 8, LD = DP + 8;
   for (int i = threadIdx.x; i < ROWS * kChunks; i += blockDim.x) {
     const int r = i / kChunks, c = (i % kChunks) * 8;
     uint16_t* dp = dst + r * LD + c;
     if (r < valid && c < D)
-      cp_async16(dp, src + r * D + c);
+      cp_async16(dp, src + r * stride + c);
     else
       *reinterpret_cast<uint4*>(dp) = make_uint4(0, 0, 0, 0);
   }
@@ -295,11 +331,12 @@ __device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const float (&p)[
   }
 }
 
-// Writes a warp's 16 x DP accumulator rows (scaled) as bf16 rows of D; rows at or past
-// `rows` are skipped. D is a multiple of 8, so a column pair never straddles D.
+// Writes a warp's 16 x DP accumulator rows (scaled) as bf16 rows of D, `stride`
+// elements apart; rows at or past `rows` are skipped. D is a multiple of 8, so a column
+// pair never straddles D.
 template <int DP>
 __device__ __forceinline__ void store_rows(uint16_t* dst, const float (&acc)[DP / 8][4], int64_t row0, int64_t rows,
-                                           int64_t D, float scale0, float scale1, int lane) {
+                                           int64_t D, int64_t stride, float scale0, float scale1, int lane) {
   const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -310,7 +347,7 @@ __device__ __forceinline__ void store_rows(uint16_t* dst, const float (&acc)[DP 
     for (int n = 0; n < DP / 8; ++n) {
       const int c = n * 8 + 2 * tq;
       if (c < D)
-        *reinterpret_cast<uint32_t*>(dst + row * D + c) = pack_bf16(acc[n][2 * r] * sc, acc[n][2 * r + 1] * sc);
+        *reinterpret_cast<uint32_t*>(dst + row * stride + c) = pack_bf16(acc[n][2 * r] * sc, acc[n][2 * r + 1] * sc);
     }
   }
 }
@@ -330,14 +367,15 @@ __device__ __forceinline__ bool visible_in(const Dims& d, const float* mask, int
 }
 
 // Waits until key tile j of n_kv is in shared memory, having started the copy of tile
-// j + 1 into the other stage first so that it overlaps the work on tile j.
+// j + 1 into the other stage first so that it overlaps the work on tile j. kb and vb
+// point at key 0 of the block's kv head.
 template <int DP, int LD>
 __device__ __forceinline__ void wait_kv_tile(uint16_t* sk, uint16_t* sv, const uint16_t* kb, const uint16_t* vb, int j, int n_kv,
                                              const Dims& d) {
   if (j + 1 < n_kv) {
     const int64_t s1 = static_cast<int64_t>(j + 1) * kTile;
-    load_rows<kTile, DP>(sk + ((j + 1) & 1) * kTile * LD, kb + s1 * d.D, d.S - s1, d.D);
-    load_rows<kTile, DP>(sv + ((j + 1) & 1) * kTile * LD, vb + s1 * d.D, d.S - s1, d.D);
+    load_rows<kTile, DP>(sk + ((j + 1) & 1) * kTile * LD, kb + s1 * d.k.st, d.S - s1, d.D, d.k.st);
+    load_rows<kTile, DP>(sv + ((j + 1) & 1) * kTile * LD, vb + s1 * d.v.st, d.S - s1, d.D, d.v.st);
     cp_async_commit();
     cp_async_wait<1>();
   } else {
@@ -366,15 +404,15 @@ __global__ void __launch_bounds__(32 * WARPS)
   const int64_t q0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BM;
   const int64_t q_end = min(q0 + BM, d.T);
   const int n_kv = key_tiles(d, q_end);
-  const int64_t row_base = (b * d.Hq + h) * d.T;
-  const uint16_t* kb = k + (b * d.Hkv + hk) * d.S * d.D;
-  const uint16_t* vb = v + (b * d.Hkv + hk) * d.S * d.D;
+  const int64_t row_base = (b * d.Hq + h) * d.T;  // of lse
+  const uint16_t* kb = k + d.k.at(b, hk, 0);
+  const uint16_t* vb = v + d.v.at(b, hk, 0);
   const float scale2 = d.scale * kLog2e;
 
-  load_rows<BM, DP>(sq, q + (row_base + q0) * d.D, q_end - q0, d.D);
+  load_rows<BM, DP>(sq, q + d.q.at(b, h, q0), q_end - q0, d.D, d.q.st);
   if (n_kv > 0) {
-    load_rows<kTile, DP>(sk, kb, d.S, d.D);
-    load_rows<kTile, DP>(sv, vb, d.S, d.D);
+    load_rows<kTile, DP>(sk, kb, d.S, d.D, d.k.st);
+    load_rows<kTile, DP>(sv, vb, d.S, d.D, d.v.st);
   }
   cp_async_commit();
 
@@ -438,7 +476,7 @@ __global__ void __launch_bounds__(32 * WARPS)
     const int64_t t = row0 + 8 * r;
     if (tq == 0 && t < d.T) lse[row_base + t] = l[r] == 0.0f ? -INFINITY : (m[r] + log2f(l[r])) * kLn2;
   }
-  store_rows<DP>(out + row_base * d.D, o, q0 + warp * 16, d.T, d.D, inv[0], inv[1], lane);
+  store_rows<DP>(out + d.o.at(b, h, 0), o, q0 + warp * 16, d.T, d.D, d.o.st, inv[0], inv[1], lane);
 }
 
 // dQ pass. grid (ceil(T/BM), Hq, B), BM = 16·WARPS query rows, 32·WARPS threads. Shared
@@ -460,16 +498,16 @@ __global__ void __launch_bounds__(32 * WARPS)
   const int64_t q0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BM;
   const int64_t q_end = min(q0 + BM, d.T);
   const int n_kv = key_tiles(d, q_end);
-  const int64_t row_base = (b * d.Hq + h) * d.T;
-  const uint16_t* kb = k + (b * d.Hkv + hk) * d.S * d.D;
-  const uint16_t* vb = v + (b * d.Hkv + hk) * d.S * d.D;
+  const int64_t row_base = (b * d.Hq + h) * d.T;  // of lse and Dt
+  const uint16_t* kb = k + d.k.at(b, hk, 0);
+  const uint16_t* vb = v + d.v.at(b, hk, 0);
   const float scale2 = d.scale * kLog2e;
 
-  load_rows<BM, DP>(sq, q + (row_base + q0) * d.D, q_end - q0, d.D);
-  load_rows<BM, DP>(sdo, dout + (row_base + q0) * d.D, q_end - q0, d.D);
+  load_rows<BM, DP>(sq, q + d.q.at(b, h, q0), q_end - q0, d.D, d.q.st);
+  load_rows<BM, DP>(sdo, dout + d.dout.at(b, h, q0), q_end - q0, d.D, d.dout.st);
   if (n_kv > 0) {
-    load_rows<kTile, DP>(sk, kb, d.S, d.D);
-    load_rows<kTile, DP>(sv, vb, d.S, d.D);
+    load_rows<kTile, DP>(sk, kb, d.S, d.D, d.k.st);
+    load_rows<kTile, DP>(sv, vb, d.S, d.D, d.v.st);
   }
   cp_async_commit();
 
@@ -507,7 +545,7 @@ __global__ void __launch_bounds__(32 * WARPS)
     __syncthreads();
   }
   cp_async_wait<0>();
-  store_rows<DP>(dq + row_base * d.D, acc, q0 + warp * 16, d.T, d.D, d.scale, d.scale, lane);
+  store_rows<DP>(dq + d.dq.at(b, h, 0), acc, q0 + warp * 16, d.T, d.D, d.dq.st, d.scale, d.scale, lane);
 }
 
 // dK, dV pass. grid (ceil(S/BC), Hkv, B), BC = 16·WARPS keys, 32·WARPS threads. The
@@ -532,7 +570,6 @@ __global__ void __launch_bounds__(32 * WARPS)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int64_t hk = blockIdx.y, b = blockIdx.z, group = d.Hq / d.Hkv, off = d.S - d.T;
   const int64_t k0 = static_cast<int64_t>(blockIdx.x) * BC;  // the first key tiles see the most queries
-  const int64_t kv_base = (b * d.Hkv + hk) * d.S;
   const float scale2 = d.scale * kLog2e;
 
   int64_t i0 = 0;  // the first query tile that sees key k0
@@ -546,9 +583,9 @@ __global__ void __launch_bounds__(32 * WARPS)
 
   auto stage = [&](int64_t it, int buf) {
     const int64_t h = hk * group + it / per_head, t0 = (i0 + it % per_head) * BR;
-    const int64_t rb = (b * d.Hq + h) * d.T + t0;
-    load_rows<BR, DP>(sq + buf * BR * LD, q + rb * d.D, d.T - t0, d.D);
-    load_rows<BR, DP>(sdo + buf * BR * LD, dout + rb * d.D, d.T - t0, d.D);
+    const int64_t rb = (b * d.Hq + h) * d.T + t0;  // of lse and Dt
+    load_rows<BR, DP>(sq + buf * BR * LD, q + d.q.at(b, h, t0), d.T - t0, d.D, d.q.st);
+    load_rows<BR, DP>(sdo + buf * BR * LD, dout + d.dout.at(b, h, t0), d.T - t0, d.D, d.dout.st);
     for (int r = threadIdx.x; r < BR; r += blockDim.x) {
       const bool in = t0 + r < d.T;
       const float l = in ? lse[rb + r] : -INFINITY;
@@ -557,8 +594,8 @@ __global__ void __launch_bounds__(32 * WARPS)
     }
   };
 
-  load_rows<BC, DP>(sk, k + kv_base * d.D + k0 * d.D, d.S - k0, d.D);
-  load_rows<BC, DP>(sv, v + kv_base * d.D + k0 * d.D, d.S - k0, d.D);
+  load_rows<BC, DP>(sk, k + d.k.at(b, hk, k0), d.S - k0, d.D, d.k.st);
+  load_rows<BC, DP>(sv, v + d.v.at(b, hk, k0), d.S - k0, d.D, d.v.st);
   if (n_it > 0) stage(0, 0);
   cp_async_commit();
 
@@ -619,8 +656,8 @@ __global__ void __launch_bounds__(32 * WARPS)
     __syncthreads();
   }
   cp_async_wait<0>();  // with no query tile to visit, K and V's copies are still in flight
-  store_rows<DP>(dk + kv_base * d.D, dka, k0 + warp * 16, d.S, d.D, d.scale, d.scale, lane);
-  store_rows<DP>(dv + kv_base * d.D, dva, k0 + warp * 16, d.S, d.D, 1.0f, 1.0f, lane);
+  store_rows<DP>(dk + d.dk.at(b, hk, 0), dka, k0 + warp * 16, d.S, d.D, d.dk.st, d.scale, d.scale, lane);
+  store_rows<DP>(dv + d.dv.at(b, hk, 0), dva, k0 + warp * 16, d.S, d.D, d.dv.st, 1.0f, 1.0f, lane);
 }
 
 // ---------------------------------------------------------------------------------
@@ -632,10 +669,21 @@ __global__ void __launch_bounds__(32 * WARPS)
 // allocation.
 constexpr size_t kRowPad = 4;
 
-bool read_dims(const KernelArgs& a, Dims& d, int64_t& dtype) {
+// The layout's eight dims, then, when present, the row strides of `operands` operands
+// (q, k, v, out; then dout, dq, dk, dv in backward), then dtype.
+bool read_dims(const KernelArgs& a, Dims& d, int64_t& dtype, size_t operands) {
   d = {a.ints[0], a.ints[1], a.ints[2], a.ints[3], a.ints[4], a.ints[5], a.ints[6] != 0, a.ints[7] != 0,
        static_cast<float>(a.floats[0])};
-  dtype = a.ints.size() > 8 ? a.ints.back() : F32;
+  const size_t n = a.ints.size(), strided = 8 + 3 * operands;
+  const bool has_strides = n == strided || n == strided + 1;
+  dtype = n == strided + 1 || n == 9 ? a.ints.back() : F32;
+  const Rows queries{d.Hq * d.T * d.D, d.T * d.D, d.D}, keys{d.Hkv * d.S * d.D, d.S * d.D, d.D};
+  Rows* rows[8] = {&d.q, &d.k, &d.v, &d.o, &d.dout, &d.dq, &d.dk, &d.dv};
+  for (size_t i = 0; i < 8; ++i) {
+    const bool key_side = i == 1 || i == 2 || i == 6 || i == 7;
+    *rows[i] = key_side ? keys : queries;
+    if (has_strides && i < operands) *rows[i] = {a.ints[8 + 3 * i], a.ints[9 + 3 * i], a.ints[10 + 3 * i]};
+  }
   if (dtype != F32 && dtype != BF16) {
     a.error = "attention computes in f32 or bf16, not dtype code " + std::to_string(dtype);
     return false;
@@ -667,12 +715,36 @@ bool shared_ok(const KernelArgs& a, K kernel, size_t bytes) {
   return true;
 }
 
-// The flash kernels read rows with 16-byte copies: bf16, D a multiple of 8 up to 128,
-// and every operand 16-byte aligned (a view's offset can break that).
+// The operand at ptrs[i] (q 0, k 1, v 2, out 4, dout 6, dq 7, dk 8, dv 9): its row
+// strides and whether it is a key-side [B, Hkv, S, D] one.
+const Rows& rows_of(const Dims& d, int i, bool* key_side) {
+  *key_side = i == 1 || i == 2 || i == 8 || i == 9;
+  switch (i) {
+    case 0: return d.q;
+    case 1: return d.k;
+    case 2: return d.v;
+    case 4: return d.o;
+    case 6: return d.dout;
+    case 7: return d.dq;
+    case 8: return d.dk;
+    default: return d.dv;
+  }
+}
+
+// The flash kernels move rows with 16-byte copies: bf16, D a multiple of 8 up to 128,
+// and every row of every operand starting on 16 bytes: the base address aligned (a
+// view's offset can break that) and each stride a multiple of 8 elements (that of an
+// axis of size 1 is never used). Transposed views of [B, T, H, D] projections with D a
+// multiple of 8 qualify; other views take the plain kernels, without a copy.
 bool flash_ok(const KernelArgs& a, const Dims& d, int64_t dtype, std::initializer_list<int> operands) {
   if (dtype != BF16 || d.D <= 0 || d.D > 128 || d.D % 8 != 0) return false;
-  for (int i : operands)
+  for (int i : operands) {
     if (reinterpret_cast<uintptr_t>(a.ptrs[i]) % 16 != 0) return false;
+    bool key_side;
+    const Rows& r = rows_of(d, i, &key_side);
+    const int64_t heads = key_side ? d.Hkv : d.Hq, len = key_side ? d.S : d.T;
+    if ((d.B > 1 && r.sb % 8 != 0) || (heads > 1 && r.sh % 8 != 0) || (len > 1 && r.st % 8 != 0)) return false;
+  }
   return true;
 }
 
@@ -703,7 +775,7 @@ void plain_attention(const KernelArgs& a, const Dims& d) {
 void attention(const KernelArgs& a) {
   Dims d;
   int64_t dtype;
-  if (!read_dims(a, d, dtype) || d.B * d.Hq * d.T == 0) return;
+  if (!read_dims(a, d, dtype, 4) || d.B * d.Hq * d.T == 0) return;
   if (flash_ok(a, d, dtype, {0, 1, 2, 4})) {
     switch (padded_dim(d.D)) {
       case 32: return flash_attention<32>(a, d);
@@ -781,12 +853,15 @@ void plain_backward(const KernelArgs& a, const Dims& d, const float* delta) {
 void attention_backward(const KernelArgs& a) {
   Dims d;
   int64_t dtype;
-  if (!read_dims(a, d, dtype)) return;
-  const size_t elem = dtype == BF16 ? sizeof(uint16_t) : sizeof(float);
+  if (!read_dims(a, d, dtype, 8)) return;
   const int64_t rows = d.B * d.Hq * d.T;
-  if (d.B * d.Hkv * d.S > 0 && rows == 0) {  // no queries: dk = dv = 0
-    cudaMemsetAsync(a.ptrs[8], 0, static_cast<size_t>(d.B * d.Hkv * d.S * d.D) * elem, stream());
-    cudaMemsetAsync(a.ptrs[9], 0, static_cast<size_t>(d.B * d.Hkv * d.S * d.D) * elem, stream());
+  if (d.B * d.Hkv * d.S * d.D > 0 && rows == 0) {  // no queries: dk = dv = 0
+    const unsigned grid = grid_for(d.B * d.Hkv * d.S * d.D, 256);
+    if (dtype == BF16) {
+      zero_key_rows<<<grid, 256, 0, stream()>>>(static_cast<uint16_t*>(a.ptrs[8]), static_cast<uint16_t*>(a.ptrs[9]), d);
+    } else {
+      zero_key_rows<<<grid, 256, 0, stream()>>>(static_cast<float*>(a.ptrs[8]), static_cast<float*>(a.ptrs[9]), d);
+    }
     return;
   }
   if (rows == 0) return;
@@ -795,10 +870,10 @@ void attention_backward(const KernelArgs& a) {
   const unsigned delta_grid = grid_for(rows * 32, 256);
   if (dtype == BF16) {
     attn_delta<uint16_t><<<delta_grid, 256, 0, stream()>>>(static_cast<const uint16_t*>(a.ptrs[4]),
-                                                           static_cast<const uint16_t*>(a.ptrs[6]), delta, rows, d.D);
+                                                           static_cast<const uint16_t*>(a.ptrs[6]), delta, rows, d);
   } else {
     attn_delta<float><<<delta_grid, 256, 0, stream()>>>(static_cast<const float*>(a.ptrs[4]),
-                                                        static_cast<const float*>(a.ptrs[6]), delta, rows, d.D);
+                                                        static_cast<const float*>(a.ptrs[6]), delta, rows, d);
   }
   if (flash_ok(a, d, dtype, {0, 1, 2, 6, 7, 8, 9})) {
     switch (padded_dim(d.D)) {

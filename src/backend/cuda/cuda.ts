@@ -78,6 +78,8 @@ function handleOf(t: Tensor): BufferHandle {
 export class CudaBackend implements Backend {
   readonly name = 'cuda';
   readonly kernels: Partial<Kernels>;
+  // Heads go to the attention kernels as views of the [B, T, H, D] projections (no copies).
+  readonly stridedAttention = true;
   // bf16 activations run on the tensor cores (f32 accumulation), as a bf16 PyTorch model does.
   readonly computeDtypes = ['f32', 'bf16'] as const;
   private readonly ids = new Map<string, number>();
@@ -241,8 +243,7 @@ export class CudaBackend implements Backend {
   }
 
   private buildKernels(): Partial<Kernels> {
-    // Heads go to the CUDA kernels contiguous: no stridedAttention.
     const run: NativeRun = (name, tensors, ints, floats = [], label) => this.run(name, tensors, ints, floats, label);
-    return builtKernels(nativeKernels(run, { stridedAttention: false }), (name) => this.ids.has(name));
+    return builtKernels(nativeKernels(run, { stridedAttention: this.stridedAttention }), (name) => this.ids.has(name));
   }
 }
