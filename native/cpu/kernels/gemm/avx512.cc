@@ -1,9 +1,12 @@
 // AVX-512 GEMM micro-kernel: a 14 x 32 tile of C held in 28 zmm accumulators, one
 // broadcast of A and two 16-float vectors of B per k step (28 FMAs). Smaller corners
 // (fewer rows, or at most 16 columns) get their own unrolled instances so skinny
-// shapes do not pay for padding rows. Compiled for AVX-512 with a target attribute
-// so the addon still builds for baseline x86-64; matmul.cc only calls it when
-// finlora::isa() says the CPU has it. Layouts and the C update rule: gemm.h.
+// shapes do not pay for padding rows; packers with 16 x 16 in-register transposes for
+// row-major A and transposed B (f32 or bf16). Those are gemm/x86.h's, shared with
+// AVX2, over the traits below; the narrow products are this file's own. Compiled for
+// AVX-512 with a target attribute so the addon still builds for baseline x86-64;
+// matmul.cc only calls it when finlora::isa() says the CPU has it. Layouts and the C
+// update rule: gemm.h.
 #include "gemm.h"
 
 #if defined(__x86_64__)
@@ -15,7 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "simd_x86.h"
+#include "x86.h"
 
 namespace finlora {
 namespace gemm {
@@ -27,149 +30,49 @@ using simd::transpose16;
 constexpr int MR = 14;
 constexpr int NR = 32;
 
-template <int R, int NV>
-FINLORA_AVX512_TARGET void tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
-                                int64_t ldc, int cols, float alpha, bool add) {
-  __m512 acc[R][NV];
-#pragma GCC unroll 14
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
-  for (int i = 0; i < R; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-    if (NV > 1) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
-  }
-#pragma GCC unroll 4
-  for (int64_t k = 0; k < kc; ++k) {
-    __m512 bv[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + k * NR + 16 * v);
-#pragma GCC unroll 14
-    for (int i = 0; i < R; ++i) {
-      const __m512 av = _mm512_set1_ps(a[k * MR + i]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
-    }
-  }
-  const __m512 al = _mm512_set1_ps(alpha);
-  const int tail = cols - 16 * (NV - 1);  // columns in the last vector, 1..16
-  const __mmask16 last = static_cast<__mmask16>(tail >= 16 ? 0xffff : (1u << tail) - 1u);
-#pragma GCC unroll 14
-  for (int i = 0; i < R; ++i) {
-    float* row = c + i * ldc;
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = v == NV - 1 ? last : static_cast<__mmask16>(0xffff);
-      __m512 r = _mm512_mul_ps(acc[i][v], al);
-      if (add) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, row + 16 * v));
-      _mm512_mask_storeu_ps(row + 16 * v, m, r);
-    }
-  }
-}
-
-template <int NV>
-FINLORA_AVX512_TARGET void dispatch_rows(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows,
-                                         int cols, float alpha, bool add) {
-  switch (rows) {
-    case 14: return tile<14, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 13: return tile<13, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 12: return tile<12, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 11: return tile<11, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 10: return tile<10, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 9: return tile<9, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 8: return tile<8, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 7: return tile<7, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 6: return tile<6, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 5: return tile<5, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 4: return tile<4, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 3: return tile<3, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    case 2: return tile<2, NV>(kc, a, b, c, ldc, cols, alpha, add);
-    default: return tile<1, NV>(kc, a, b, c, ldc, cols, alpha, add);
-  }
-}
-
-FINLORA_AVX512_TARGET void run(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows, int cols,
-                               float alpha, bool add) {
-  if (cols > 16) dispatch_rows<2>(kc, a, b, c, ldc, rows, cols, alpha, add);
-  else dispatch_rows<1>(kc, a, b, c, ldc, rows, cols, alpha, add);
-}
-
-// ------------------------------------------------------------------ packing
-// Row-major A and transposed B (the Linear weight [out, in]) have to be transposed
-// into their micro-panels; a scalar gather over 14 or 32 strided streams costs as much
-// as a fifth of the product, so those layouts go through 16 x 16 in-register
-// transposes. bf16 is widened to f32 on load (a 16-bit shift: bf16 is f32's top half).
-
+// Masked loads widen bf16 to f32 (a 16-bit shift: bf16 is f32's top half), so the
+// packers and the narrow products read bf16 weights in place.
 FINLORA_AVX512_TARGET inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-
 FINLORA_AVX512_TARGET inline __m512 load16(const uint16_t* p, __mmask16 m) { return simd::load_bf16x16(p, m); }
 
-FINLORA_AVX512_TARGET bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
-  if (cs != 1 && rs != 1) return false;
-  const __mmask16 panel = first_lanes16(MR);
-  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
-    const int rows = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
-    const float* src = a + i0 * rs;
-    if (cs == 1) {
-      for (int64_t k0 = 0; k0 < kc; k0 += 16) {
-        const int64_t kn = kc - k0 < 16 ? kc - k0 : 16;
-        const __mmask16 m = first_lanes16(kn);
-        __m512 r[16];
-        // Each row is its own stream (dlogits' rows are 128 KB apart), more than the
-        // hardware prefetchers follow: ask for each row's line four lines ahead.
-        for (int i = 0; i < rows; ++i) _mm_prefetch(reinterpret_cast<const char*>(src + i * rs + k0 + 64), _MM_HINT_T0);
-        for (int i = 0; i < 16; ++i) r[i] = i < rows ? load16(src + i * rs + k0, m) : _mm512_setzero_ps();
-        transpose16(r);
-        for (int64_t t = 0; t < kn; ++t) _mm512_mask_storeu_ps(dst + (k0 + t) * MR, panel, r[t]);
-      }
-    } else {
-      const __mmask16 m = first_lanes16(rows);
-      for (int64_t k = 0; k < kc; ++k) _mm512_mask_storeu_ps(dst + k * MR, panel, load16(src + k * cs, m));
-    }
+struct Avx512Gemm : simd::Avx512 {
+  using Lanes = __mmask16;
+  // Measured faster here (x86.h says why), not tried on AVX2.
+  static constexpr bool kPrefetchC = true;
+  static constexpr bool kPrefetchA = true;
+  FINLORA_AVX512_TARGET static inline Lanes first_lanes(int64_t n) { return first_lanes16(n); }
+  FINLORA_AVX512_TARGET static inline Lanes tail_mask(int t) { return first_lanes16(t); }
+  FINLORA_AVX512_TARGET static inline F zero() { return _mm512_setzero_ps(); }
+  FINLORA_AVX512_TARGET static inline F broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  FINLORA_AVX512_TARGET static inline F load_aligned(const float* p) { return _mm512_load_ps(p); }
+  FINLORA_AVX512_TARGET static inline void store_aligned(float* p, const F& v) { _mm512_store_ps(p, v); }
+  template <typename T>
+  FINLORA_AVX512_TARGET static inline F load(const T* p, Lanes m) { return load16(p, m); }
+  FINLORA_AVX512_TARGET static inline void store(float* p, Lanes m, const F& v) { _mm512_mask_storeu_ps(p, m, v); }
+  FINLORA_AVX512_TARGET static inline void store_cols(float* p, F r, bool add, bool last, int, Lanes tail_mask) {
+    const __mmask16 m = last ? tail_mask : static_cast<__mmask16>(0xffff);
+    if (add) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
+    _mm512_mask_storeu_ps(p, m, r);
   }
-  return true;
-}
+  FINLORA_AVX512_TARGET static inline void transpose(F r[16]) { transpose16(r); }
+};
 
-template <typename T>
-FINLORA_AVX512_TARGET bool pack_b(const T* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
-  if (cs == 1) {
-    const __mmask16 m0 = first_lanes16(cols), m1 = first_lanes16(cols > 16 ? cols - 16 : 0);
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* s = b + k * rs;
-      // The next micro-panel's rows: each is a new page, too far apart for the
-      // hardware prefetchers; the micro-kernels run in between hide the latency.
-      _mm_prefetch(reinterpret_cast<const char*>(s + NR), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(s + NR + 16), _MM_HINT_T1);
-      _mm512_store_ps(dst + k * NR, load16(s, m0));
-      _mm512_store_ps(dst + k * NR + 16, load16(s + 16, m1));
-    }
-    return true;
+struct Tiles {
+  template <int R, int NV>
+  FINLORA_AVX512_FN static void run(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+                                    int64_t ldc, int cols, float alpha, bool add) {
+    x86::tile<Avx512Gemm, MR, R, NV>(kc, a, b, c, ldc, cols, alpha, add);
   }
-  if (rs != 1) return false;
-  for (int half = 0; half < 2; ++half) {
-    const int j0 = 16 * half;
-    const int n = cols - j0;
-    if (n <= 0) {
-      for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(dst + k * NR + j0, _mm512_setzero_ps());
-      continue;
-    }
-    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
-      const int64_t kn = kc - k0 < 16 ? kc - k0 : 16;
-      const __mmask16 m = first_lanes16(kn);
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = i < n ? load16(b + (j0 + i) * cs + k0, m) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int64_t t = 0; t < kn; ++t) _mm512_store_ps(dst + (k0 + t) * NR + j0, r[t]);
-    }
-  }
-  return true;
-}
+};
 
-FINLORA_AVX512_TARGET bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
-  return pack_b(b, rs, cs, kc, cols, dst);
+FINLORA_AVX512_FN bool pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
+  return x86::pack_a<Avx512Gemm, MR>(a, rs, cs, mc, kc, dst);
 }
-FINLORA_AVX512_TARGET bool pack_b_bf16(const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
-  return pack_b(b, rs, cs, kc, cols, dst);
+FINLORA_AVX512_FN bool pack_b_f32(const float* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+  return x86::pack_b<Avx512Gemm>(b, rs, cs, kc, cols, dst);
+}
+FINLORA_AVX512_FN bool pack_b_bf16(const uint16_t* b, int64_t rs, int64_t cs, int64_t kc, int cols, float* dst) {
+  return x86::pack_b<Avx512Gemm>(b, rs, cs, kc, cols, dst);
 }
 
 // ------------------------------------------------------------------ narrow products
@@ -245,7 +148,8 @@ FINLORA_AVX512_TARGET void narrow(const void* x, bool x_bf16, int64_t ldx, const
 // kc = 512 halves the passes over C that 256 needs and measured faster on Zen 5; the
 // B micro-panel (64 KiB) then streams from L2, which has bandwidth to spare for 128
 // bytes per 14 cycles.
-const MicroKernel kKernel{"avx512 14x32", MR, NR, 280, 512, 4096, run, pack_a, pack_b_f32, pack_b_bf16, narrow};
+const MicroKernel kKernel{"avx512 14x32", MR, NR, 280, 512, 4096, x86::micro_kernel<Tiles, MR, 16>, pack_a, pack_b_f32,
+                          pack_b_bf16, narrow};
 
 }  // namespace
 
