@@ -17,7 +17,7 @@ import { CpuBackend } from '../src/backend/cpu/cpu.js';
 import { tensor } from '../src/ops/creation.js';
 import { matmul } from '../src/ops/matmul.js';
 import { Rng } from '../src/tensor/rng.js';
-import { JsonLineWorker, randomMatrix, sampledProductError, summarize, timeOnce, type Timing } from './util.js';
+import { JsonLineWorker, printTable, randomMatrix, sampledProductError, summarize, timeOnce, type Timing } from './util.js';
 
 export type { Timing } from './util.js';
 
@@ -224,12 +224,7 @@ export async function benchGemm(cases: readonly GemmCase[] = DEFAULT_CASES, reps
     r.numpy ? gflops(r, r.numpy.medianS).toFixed(1) : '-',
     r.maxError.toExponential(1),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-  const fmt = (cells: string[]) => cells.map((s, i) => (i < 2 ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join('  ');
-  log('');
-  log(fmt(header));
-  log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const row of table) log(fmt(row));
+  printTable(header, table, 2, log);
   log(`\nbest of ${reps} runs after warm-up, the two libraries taking turns run by run; ratio = finlora / numpy (best runs)`);
   return rows;
 }

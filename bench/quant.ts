@@ -18,7 +18,7 @@ import { kernel } from '../src/backend/backend.js';
 import { type QuantizedWeight, quantizeInt8, quantizeNf4 } from '../src/quant/weight.js';
 import { Rng } from '../src/tensor/rng.js';
 import { empty, scope, type Tensor } from '../src/tensor/tensor.js';
-import { median, randomMatrix, sampledProductError, summarize, timeOnce, type Timing } from './util.js';
+import { median, printTable, randomMatrix, sampledProductError, summarize, timeOnce, type Timing } from './util.js';
 
 export interface QuantCase {
   /** Rows of x (tokens). */
@@ -119,12 +119,7 @@ export function benchQuant(cases: readonly QuantCase[] = DEFAULT_CASES, reps = 1
     r.pairedRatio.nf4.toFixed(2),
     r.maxError.toExponential(1),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-  const fmt = (cells: string[]) => cells.map((s, i) => (i < 2 ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join('  ');
-  log('');
-  log(fmt(header));
-  log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const row of table) log(fmt(row));
+  printTable(header, table, 2, log);
   log(`\n${reps} interleaved runs after warm-up; GFLOP/s of the best run; int8/f32 and nf4/f32 = quantized throughput / f32 throughput: of the best runs, and the median of back-to-back pairs`);
   log('weights: W [N, K] = [out_features, in_features]; x·Wᵀ is a Linear forward, dy·W its input gradient; nf4 is double-quantized (bitsandbytes defaults)');
   return rows;

@@ -50,7 +50,7 @@ import { assign } from '../src/ops/inplace.js';
 import { AdamW } from '../src/train/adamw.js';
 import { Rng } from '../src/tensor/rng.js';
 import { scope, type Tensor } from '../src/tensor/tensor.js';
-import { JsonLineWorker, median } from './util.js';
+import { JsonLineWorker, median, printTable } from './util.js';
 
 export interface TrainShape {
   readonly name: string;
@@ -368,12 +368,7 @@ export async function benchTrainCpu(shapes: readonly TrainShape[] = TRAIN_SHAPES
     r.turnRatios !== null ? `${r.turnRatios[0].toFixed(2)}-${r.turnRatios[1].toFixed(2)}x` : '-',
     `${r.finloraLoss.toFixed(3)} / ${r.torchLoss !== null ? r.torchLoss.toFixed(3) : '-'}`,
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-  const fmt = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
-  log('');
-  log(fmt(header));
-  log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const row of table) log(fmt(row));
+  printTable(header, table, 1, log);
   log(`\nmedian of ${shapes.map((s) => s.reps).join(' / ')} steps after warm-up, taking turns step by step; a step is forward + loss + backward + AdamW;`);
   log(`load average at the end: ${load()}`);
   log('ratio = finlora / PyTorch tokens per second (of the medians; by turn: the lowest and highest of one turn\'s pair); DoRA r 8 on q/k/v, lora_dropout 0.05, f32');

@@ -1,6 +1,6 @@
 // What the CPU benchmarks share: random operands, the check of a product against f64
-// dot products at sampled entries, the best / median summary of repeated timings, and
-// the python child process that answers one JSON line per request line (numpy for
+// dot products at sampled entries, the best / median summary of repeated timings, the
+// printed table, and the python child process that answers one JSON line per request line (numpy for
 // bench/gemm.ts, the torch twin for bench/train_cpu.ts).
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { createInterface, type Interface } from 'node:readline';
@@ -64,6 +64,19 @@ export function timeOnce(fn: () => void): number {
   const t0 = process.hrtime.bigint();
   fn();
   return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/**
+ * Prints a table after a blank line: the header, a rule under it, the rows; the first
+ * `leftColumns` columns aligned left, the others right.
+ */
+export function printTable(header: readonly string[], rows: readonly (readonly string[])[], leftColumns: number, log: (s: string) => void): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const fmt = (cells: readonly string[]) => cells.map((s, i) => (i < leftColumns ? s.padEnd(widths[i]) : s.padStart(widths[i]))).join('  ');
+  log('');
+  log(fmt(header));
+  log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const row of rows) log(fmt(row));
 }
 
 /**
