@@ -58,6 +58,8 @@ export interface HostRow {
   readonly fwdBwdHostMs: number;
   /** Median wall ms of a step, and of its forward + backward, with kernels skipped. */
   readonly jsStepMs: number;
+  /** Median CPU ms (user + system, all threads) of a step with kernels skipped: less sensitive to a loaded machine than wall time. */
+  readonly jsStepCpuMs: number;
   readonly jsFwdBwdMs: number;
   readonly launches: number;
   /** Launches per step by kernel name (and variant). */
@@ -168,11 +170,14 @@ export function hostRow(checkpointing: boolean, dtype: WeightDType, steps: numbe
       }
       cpu.setProfiling(false);
       skipKernels = true;
-      const jsWall: number[] = [], jsFb: number[] = [];
+      const jsWall: number[] = [], jsFb: number[] = [], jsCpu: number[] = [];
       for (let k = 0; k < jsSteps; k++) {
         const t0 = process.hrtime.bigint();
+        const c0 = process.cpuUsage();
         step();
+        const c = process.cpuUsage(c0);
         jsWall.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        jsCpu.push((c.user + c.system) / 1e3);
         jsFb.push(fwdBwd);
       }
       skipKernels = false;
@@ -185,7 +190,7 @@ export function hostRow(checkpointing: boolean, dtype: WeightDType, steps: numbe
         checkpointing, dtype, loss,
         stepMs: median(wall), kernelMs: median(inKernels), hostMs: median(host),
         fwdBwdMs: median(fb), fwdBwdKernelMs: median(fbKernels), fwdBwdHostMs: median(fbHost),
-        jsStepMs: median(jsWall), jsFwdBwdMs: median(jsFb),
+        jsStepMs: median(jsWall), jsStepCpuMs: median(jsCpu), jsFwdBwdMs: median(jsFb),
         launches, byKernel, kernelMsBy: Object.fromEntries(times),
       };
     } finally {
@@ -226,7 +231,7 @@ function main(): void {
     console.log(
       `${r.name}: ${r.launches} launches/step; step ${r.stepMs.toFixed(1)} ms (kernels ${r.kernelMs.toFixed(1)}, host ${r.hostMs.toFixed(1)}); ` +
         `forward+backward ${r.fwdBwdMs.toFixed(1)} ms (kernels ${r.fwdBwdKernelMs.toFixed(1)}, host ${r.fwdBwdHostMs.toFixed(1)}, ${((1e3 * r.fwdBwdHostMs) / r.launches).toFixed(2)} us host/launch); ` +
-        `kernels skipped: step ${r.jsStepMs.toFixed(1)} ms, forward+backward ${r.jsFwdBwdMs.toFixed(1)} ms; loss ${r.loss.toFixed(4)}`,
+        `kernels skipped: step ${r.jsStepMs.toFixed(1)} ms (CPU ${r.jsStepCpuMs.toFixed(1)} ms, ${((1e3 * r.jsStepCpuMs) / r.launches).toFixed(2)} us/launch), forward+backward ${r.jsFwdBwdMs.toFixed(1)} ms; loss ${r.loss.toFixed(4)}`,
     );
     const list = Object.entries(r.byKernel);
     for (const [name, n] of values.kernels ? list : list.slice(0, 16)) console.log(`    ${name.padEnd(34)} ${String(n).padStart(6)} ${(r.kernelMsBy[name] ?? 0).toFixed(1).padStart(9)} ms`);

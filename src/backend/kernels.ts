@@ -166,6 +166,12 @@ export interface Kernels {
   /** Backward of rmsnorm: x, dy, dx T [N, D] or any contiguous [..., D] (dx =); weight f32 or bf16; rstd and dweight f32 (dweight =). */
   rmsnormBackward(x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor, dx: Tensor, dweight: Tensor): void;
   /**
+   * rmsnormBackward's dx alone, for a weight that needs no gradient: dx = that dx, or with
+   * accumulate dx += it (rounded to T, then added as binary add adds: bit for bit dx into
+   * a temporary and an add).
+   */
+  rmsnormBackwardDx(x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor, dx: Tensor, accumulate: boolean): void;
+  /**
    * Rotary embedding, Hugging Face's rotate_half layout (pairs i and i + D/2):
    * x T [B, T, H, D]; cos, sin f32 [B or 1, T, D/2]; out T [B, T, H, D].
    * out1 = x1*cos - x2*sin, out2 = x2*cos + x1*sin; inverse flips the sign of sin

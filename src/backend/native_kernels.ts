@@ -91,6 +91,10 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
       const D = x.shape[x.rank - 1];
       run('rmsnormBackward', [x, weight, rstd, dy, dx, dweight], [x.size / D, D, DTYPE_CODE[weight.dtype], code(x)]);
     },
+    rmsnormBackwardDx: (x, weight, rstd, dy, dx, accumulate) => {
+      const D = x.shape[x.rank - 1];
+      run('rmsnormBackwardDx', [x, weight, rstd, dy, dx], [x.size / D, D, DTYPE_CODE[weight.dtype], accumulate ? 1 : 0, code(x)]);
+    },
     rope: (x, cos, sin, out, inverse) => {
       const [B, T, H, D] = x.shape;
       run('rope', [x, cos, sin, out], [B, T, H, D, cos.shape[0] === 1 ? 0 : T * (D / 2), inverse ? 1 : 0, code(x)]);

@@ -6,10 +6,11 @@
 // input's compute dtype T (bf16 for bf16 x where the backend computes in bf16, else
 // f32); dweight and rstd are always f32, and the weight is used in f32 (the kernels
 // widen a bf16 weight as they read it; an f16 one is widened here).
-// Backward is one fused kernel giving dx and dweight from the saved rstd.
+// Backward is one fused kernel giving dx and dweight from the saved rstd; for a frozen
+// weight, one giving dx alone (added into x's pending gradient when the tape offers it).
 import { kernel } from '../backend/backend.js';
 import { record } from '../autograd/tape.js';
-import { formatShape } from '../tensor/shape.js';
+import { formatShape, sameShape } from '../tensor/shape.js';
 import { empty, type Tensor } from '../tensor/tensor.js';
 import { assertDtype, computeDtype, sameBackend, withContiguousAs } from './util.js';
 
@@ -37,7 +38,16 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = RMS_NORM_EPS): Tensor {
     // The kernels take contiguous rows of any rank (N is all but the last axis): no flat views.
     withContiguousAs(dtype, [x], (xc) => kernel(backend, 'rmsnorm')(xc, wf, out, rstd, eps));
   }
-  const y = record(out, 'rmsNorm', [x, weight], (g) => {
+  const y = record(out, 'rmsNorm', [x, weight], (g, into) => {
+    const dxOnly = backend.kernels.rmsnormBackwardDx;
+    if (!weight.requiresGrad && dxOnly !== undefined) {
+      // A frozen weight (every norm of an adapted model): dx alone, added into x's pending gradient when the tape offers it.
+      const acc = into?.[0] ?? null;
+      const target = acc !== null && acc.dtype === dtype && sameShape(acc.shape, x.shape) && acc.isContiguous() ? acc : null;
+      const dx = target ?? empty(x.shape, dtype, backend);
+      if (x.size > 0) withContiguousAs(dtype, [x, g], (xc, gc) => dxOnly(xc, wf, rstd, gc, dx, target !== null));
+      return [dx, null];
+    }
     const dx = empty(x.shape, dtype, backend);
     const dw = empty([D], 'f32', backend);
     // The kernel writes dweight (a sum over the rows); with no rows it is zero.

@@ -272,6 +272,7 @@ test('bf16 compute: every activation kernel takes the dtype code of T as its las
       expectLast('rmsnorm', () => k.rmsnorm(x, t([8], 'f32'), out, t([4], 'f32'), 1e-5), [4, 8, DTYPE_CODE.f32]);
       expectLast('rmsnormBackward', () => k.rmsnormBackward(x, t([8], 'f32'), t([4], 'f32'), x, out, t([8], 'f32')), [4, 8, DTYPE_CODE.f32]);
       expectLast('rmsnorm', () => k.rmsnorm(x, t([8], 'bf16'), out, t([4], 'f32'), 1e-5), [4, 8, DTYPE_CODE.bf16]);
+      expectLast('rmsnormBackwardDx', () => k.rmsnormBackwardDx(x, t([8], 'f32'), t([4], 'f32'), x, out, true), [4, 8, DTYPE_CODE.f32, 1]);
       const q = t([1, 2, 3, 4]);
       expectLast('rope', () => k.rope(q, t([1, 2, 2], 'f32'), t([1, 2, 2], 'f32'), t([1, 2, 3, 4]), false), [1, 2, 3, 4, 0, 0]);
       const qa = t([1, 2, 3, 4]), kv = t([1, 1, 5, 4]), lse = t([1, 2, 3], 'f32');

@@ -5,6 +5,9 @@
 //
 // rmsnorm ints: [N, D, dtype W, dtype T]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
 // rmsnormBackward ints: [N, D, dtype W, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
+// rmsnormBackwardDx ints: [N, D, dtype W, accumulate, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (= or +=)]
+//   dx alone (a frozen weight needs no dweight); with accumulate each row's dx is
+//   computed as above and then added to what dx holds, as binary add would add it
 // The weight W is f32 or bf16 (a frozen bf16 model's, widened here once per call).
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
 //   dweight = sum over rows of dy * x * rstd
@@ -123,9 +126,47 @@ void rmsnorm_backward_kernel(const KernelArgs& a) {
   for (int64_t c = 0; c < p.D; ++c) dweight[c] = static_cast<float>(acc[c]);
 }
 
+FINLORA_CLONES void add_row(const float* __restrict x, float* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = out[i] + x[i];
+}
+
+void rmsnorm_backward_dx_kernel(const KernelArgs& a) {
+  Params p{};
+  p.N = a.ints[0];
+  p.D = a.ints[1];
+  const bool accumulate = a.ints[3] != 0;
+  p.x = static_cast<const float*>(a.ptrs[0]);
+  std::vector<float> wide;
+  p.w = weight_f32(a, p.D, wide);
+  p.rstd_in = static_cast<const float*>(a.ptrs[2]);
+  p.dy = static_cast<const float*>(a.ptrs[3]);
+  p.dx = static_cast<float*>(a.ptrs[4]);
+  const auto fdx = dx_pick();
+  const int64_t D = p.D;
+  if (!accumulate) {
+    parallel_for(p.N, 1 + (1 << 14) / (D + 1), [&](int64_t r0, int64_t r1) { fdx(p, r0, r1); });
+    return;
+  }
+  // Each row's dx goes through a buffer and a separate add (no fused multiply-add can
+  // merge the two roundings), so the sum is bit for bit the add kernel's.
+  parallel_for(p.N, 1 + (1 << 14) / (D + 1), [&](int64_t r0, int64_t r1) {
+    std::vector<float> row(static_cast<size_t>(D));
+    for (int64_t r = r0; r < r1; ++r) {
+      Params q = p;
+      q.x = p.x + r * D;
+      q.dy = p.dy + r * D;
+      q.rstd_in = p.rstd_in + r;
+      q.dx = row.data();
+      fdx(q, 0, 1);
+      add_row(row.data(), p.dx + r * D, D);
+    }
+  });
+}
+
 }  // namespace
 
 FINLORA_KERNEL("rmsnorm", rmsnorm_kernel)
+FINLORA_KERNEL("rmsnormBackwardDx", rmsnorm_backward_dx_kernel)
 FINLORA_KERNEL("rmsnormBackward", rmsnorm_backward_kernel)
 
 }  // namespace finlora

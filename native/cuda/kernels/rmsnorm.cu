@@ -6,6 +6,9 @@
 //
 // rmsnorm ints: [N, D, dtype W, dtype T]; floats: [eps]; ptrs: [x [N, D], weight [D], out [N, D], rstd [N]] (=)
 // rmsnormBackward ints: [N, D, dtype W, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (=), dweight [D] (=)]
+// rmsnormBackwardDx ints: [N, D, dtype W, accumulate, dtype T]; ptrs: [x, weight, rstd, dy, dx [N, D] (= or +=)]
+//   dx alone, one launch (a frozen weight needs no dweight); with accumulate each dx is
+//   rounded to T and added to what dx holds, as binary add would add it
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
 //   dweight = sum over rows of dy * x * rstd, in f64 per column
 #include "kernel.h"
@@ -29,7 +32,7 @@ __global__ void rmsnorm_rows(const T* x, const W* w, T* out, float* rstd, int64_
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(y, i, (ld(xr, i) * rs) * ld(w, i));
 }
 
-template <class T, class W>
+template <class T, class W, bool ACC = false>
 __global__ void rmsnorm_dx(const T* x, const W* w, const float* rstd, const T* dy, T* dx, int64_t D) {
   const T* xr = x + blockIdx.x * D;
   const T* g = dy + blockIdx.x * D;
@@ -40,7 +43,15 @@ __global__ void rmsnorm_dx(const T* x, const W* w, const float* rstd, const T* d
   const double rs = rstd[blockIdx.x];
   const float a = static_cast<float>(rs);
   const float b = static_cast<float>(rs * rs * rs * s / static_cast<double>(D));
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) st(o, i, a * ld(w, i) * ld(g, i) - b * ld(xr, i));
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    if (ACC) {
+      T v[1];
+      st(v, 0, a * ld(w, i) * ld(g, i) - b * ld(xr, i));
+      st(o, i, __fadd_rn(ld(o, i), ld(v, 0)));
+    } else {
+      st(o, i, a * ld(w, i) * ld(g, i) - b * ld(xr, i));
+    }
+  }
 }
 
 // dweight: each column's sum over rows in f64, in a fixed order: blocks of 32 columns
@@ -115,9 +126,35 @@ void rmsnorm_backward(const KernelArgs& a) {
   }
 }
 
+template <class T, class W>
+void backward_dx(const KernelArgs& a, int64_t N, int64_t D, bool accumulate) {
+  const T* x = static_cast<const T*>(a.ptrs[0]);
+  const W* w = static_cast<const W*>(a.ptrs[1]);
+  const float* rstd = static_cast<const float*>(a.ptrs[2]);
+  const T* dy = static_cast<const T*>(a.ptrs[3]);
+  T* dx = static_cast<T*>(a.ptrs[4]);
+  if (accumulate) rmsnorm_dx<T, W, true><<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, dx, D);
+  else rmsnorm_dx<T, W, false><<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, dx, D);
+}
+
+void rmsnorm_backward_dx(const KernelArgs& a) {
+  const int64_t N = a.ints[0], D = a.ints[1], dt = trailing_dtype(a, 4), wt = a.ints[2];
+  if (!compute_dtype_ok(a, dt)) return;
+  if (N == 0 || D == 0) return;
+  const bool acc = a.ints[3] != 0;
+  if (dt == BF16) {
+    if (wt == BF16) backward_dx<bf16, bf16>(a, N, D, acc);
+    else backward_dx<bf16, float>(a, N, D, acc);
+  } else {
+    if (wt == BF16) backward_dx<float, bf16>(a, N, D, acc);
+    else backward_dx<float, float>(a, N, D, acc);
+  }
+}
+
 }  // namespace
 
 FINLORA_KERNEL("rmsnorm", rmsnorm)
+FINLORA_KERNEL("rmsnormBackwardDx", rmsnorm_backward_dx)
 FINLORA_KERNEL("rmsnormBackward", rmsnorm_backward)
 
 }  // namespace cuda
