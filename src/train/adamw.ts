@@ -35,9 +35,14 @@ export interface AdamState {
   readonly expAvgSq: Tensor;
 }
 
-function flat(t: Tensor): Tensor {
+/** Throws unless t is a contiguous f32 tensor (what the update kernels take). */
+function checkFlat(t: Tensor): void {
   if (!t.isContiguous()) throw new Error(`AdamW: parameter${t.name ? ` '${t.name}'` : ''} is not contiguous`);
   if (t.dtype !== 'f32') throw new Error(`AdamW: parameter${t.name ? ` '${t.name}'` : ''} is ${t.dtype}; trainable parameters must be f32`);
+}
+
+function flat(t: Tensor): Tensor {
+  checkFlat(t);
   return view(t, [t.size], [1], t.offset);
 }
 
@@ -92,10 +97,13 @@ export class AdamW {
       biasCorrection1: 1 - this.beta1 ** t, biasCorrection2: 1 - this.beta2 ** t, gradScale,
     };
     if (backend.kernels.adamw !== undefined) {
-      scope(() => {
-        const operands = live.map(({ p, i }) => ({ param: flat(p), grad: flat(p.grad!), expAvg: flat(this.state[i].expAvg), expAvgSq: flat(this.state[i].expAvgSq) }));
-        kernel(backend, 'adamw')(operands, attrs);
+      // The fused kernel reads each operand as its contiguous elements: no flat views needed.
+      const operands = live.map(({ p, i }) => {
+        const grad = p.grad!;
+        checkFlat(grad);
+        return { param: p, grad, expAvg: this.state[i].expAvg, expAvgSq: this.state[i].expAvgSq };
       });
+      kernel(backend, 'adamw')(operands, attrs);
       return;
     }
     this.composedStep(live, attrs);

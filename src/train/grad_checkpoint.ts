@@ -53,8 +53,11 @@ export function enableGradientCheckpointing(model: LlamaForCausalLM, rng: Dropou
   for (const layer of model.model.layers) {
     const original = layer.forward;
     layer.forward = (h, cos, sin, keyMask, cache) => {
-      // Parameters are listed at call time: adapters may have been added after this.
-      const params = [...layer.namedParameters()].map(([, t]) => t);
+      // Parameters are listed at call time (adapters may have been added after this), and
+      // only when the input needs no gradient: they decide then whether the layer is
+      // recorded at all. An input that needs one is recorded anyway, and the recomputed
+      // backward reaches the parameters whether they are listed or not.
+      const params = h.requiresGrad || !isGradEnabled() ? [] : [...layer.namedParameters()].map(([, t]) => t);
       return checkpointed((x) => original.call(layer, x, cos, sin, keyMask, cache), h, params, rng);
     };
     undo.push(() => {
