@@ -3,7 +3,8 @@
 // kernels/quant/) share: lane masks for the first n elements, bf16 widening and the
 // in-register transposes that lay rows of a matrix across a packed panel. Each is
 // marked with its target (simd_math.h's attributes) and always inlined into the
-// target-specific function that calls it.
+// target-specific function that calls it. Avx2Regs / Avx512Regs add the zero vector
+// and the transpose to simd_math.h's traits.
 #pragma once
 #include "simd_math.h"
 
@@ -78,6 +79,17 @@ FINLORA_AVX512_TARGET FINLORA_X86_INLINE void transpose16(__m512 r[16]) {
     r[12 + q] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
   }
 }
+
+// simd_math.h's traits with a zero vector and the square transpose, for kernels written
+// once over the vector width (gemm/x86.h, quant/x86.h).
+struct Avx2Regs : Avx2 {
+  FINLORA_AVX2_TARGET static inline F zero() { return _mm256_setzero_ps(); }
+  FINLORA_AVX2_TARGET static inline void transpose(F r[8]) { transpose8(r); }
+};
+struct Avx512Regs : Avx512 {
+  FINLORA_AVX512_TARGET static inline F zero() { return _mm512_setzero_ps(); }
+  FINLORA_AVX512_TARGET static inline void transpose(F r[16]) { transpose16(r); }
+};
 
 }  // namespace simd
 }  // namespace finlora

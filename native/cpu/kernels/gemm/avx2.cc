@@ -17,7 +17,7 @@ namespace {
 constexpr int MR = 6;
 constexpr int NR = 16;
 
-struct Avx2Gemm : simd::Avx2 {
+struct Avx2Gemm : simd::Avx2Regs {
   using Lanes = __m256i;  // all-ones lanes, as maskload / maskstore take them
   static constexpr bool kPrefetchC = false;
   static constexpr bool kPrefetchA = false;
@@ -25,7 +25,6 @@ struct Avx2Gemm : simd::Avx2 {
   FINLORA_AVX2_TARGET static inline Lanes tail_mask(int t) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(t), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  FINLORA_AVX2_TARGET static inline F zero() { return _mm256_setzero_ps(); }
   FINLORA_AVX2_TARGET static inline F broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   FINLORA_AVX2_TARGET static inline F load_aligned(const float* p) { return _mm256_load_ps(p); }
   FINLORA_AVX2_TARGET static inline void store_aligned(float* p, const F& v) { _mm256_store_ps(p, v); }
@@ -41,7 +40,6 @@ struct Avx2Gemm : simd::Avx2 {
       _mm256_maskstore_ps(p, m, r);
     }
   }
-  FINLORA_AVX2_TARGET static inline void transpose(F r[8]) { simd::transpose8(r); }
 };
 
 struct Tiles {

@@ -25,7 +25,6 @@ namespace gemm {
 namespace {
 
 using simd::first_lanes16;
-using simd::transpose16;
 
 constexpr int MR = 14;
 constexpr int NR = 32;
@@ -35,14 +34,13 @@ constexpr int NR = 32;
 FINLORA_AVX512_TARGET inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 FINLORA_AVX512_TARGET inline __m512 load16(const uint16_t* p, __mmask16 m) { return simd::load_bf16x16(p, m); }
 
-struct Avx512Gemm : simd::Avx512 {
+struct Avx512Gemm : simd::Avx512Regs {
   using Lanes = __mmask16;
   // Measured faster here (x86.h says why), not tried on AVX2.
   static constexpr bool kPrefetchC = true;
   static constexpr bool kPrefetchA = true;
   FINLORA_AVX512_TARGET static inline Lanes first_lanes(int64_t n) { return first_lanes16(n); }
   FINLORA_AVX512_TARGET static inline Lanes tail_mask(int t) { return first_lanes16(t); }
-  FINLORA_AVX512_TARGET static inline F zero() { return _mm512_setzero_ps(); }
   FINLORA_AVX512_TARGET static inline F broadcast(const float* p) { return _mm512_set1_ps(*p); }
   FINLORA_AVX512_TARGET static inline F load_aligned(const float* p) { return _mm512_load_ps(p); }
   FINLORA_AVX512_TARGET static inline void store_aligned(float* p, const F& v) { _mm512_store_ps(p, v); }
@@ -54,7 +52,6 @@ struct Avx512Gemm : simd::Avx512 {
     if (add) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, p));
     _mm512_mask_storeu_ps(p, m, r);
   }
-  FINLORA_AVX512_TARGET static inline void transpose(F r[16]) { transpose16(r); }
 };
 
 struct Tiles {

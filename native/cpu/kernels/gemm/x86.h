@@ -4,18 +4,18 @@
 // instantiate these from their target-specific entry points, marked with simd_math.h's
 // FINLORA_AVX2_FN / FINLORA_AVX512_FN, whose `flatten` inlines the templates there.
 //
-// V has simd_math.h's F, W, set1, mul and fma, and:
+// V has simd_x86.h's Avx2Regs / Avx512Regs members (F, W, set1, mul, fma, zero,
+// transpose), and:
 //   Lanes                     a lane mask
 //   first_lanes(n)            lanes [0, min(n, W))
 //   tail_mask(t)              lanes [0, t) for 1 <= t <= W (the last vector of a row of C)
-//   zero(), broadcast(p)      0, and *p in every lane
+//   broadcast(p)              *p in every lane
 //   load_aligned(p), store_aligned(p, v)
 //   load(p, m), store(p, m, v)  masked (lanes outside m load as 0 and are not stored);
 //                             load reads f32 and, where V packs bf16 B, uint16_t
 //   store_cols(p, r, add, last, tail, tail_mask)
 //                             writes one vector of a row of C: r (+ p when add), with
 //                             only `tail` columns when `last` is the row's last vector
-//   transpose(r[W])           r[i] (row i) becomes column i
 //   kPrefetchC, kPrefetchA    the prefetches that paid off on that instruction set (see
 //                             tile and pack_a)
 #pragma once

@@ -8,13 +8,11 @@
 #include <algorithm>
 #include <cstring>
 
-#include "simd_x86.h"
+#include "x86.h"
 
 namespace finlora {
 namespace quant {
 namespace {
-
-using simd::transpose8;
 
 // 4 packed bytes -> the 8 nibble indices in element order (high nibble first).
 FINLORA_AVX2_TARGET inline __m256i nibbles8(const uint8_t* p) {
@@ -64,26 +62,10 @@ FINLORA_AVX2_TARGET void dequant_row(const QWeight& w, int64_t r, int64_t c0, in
   for_each_block_run(w, r, c0, len, out, [&](int64_t f, int64_t n, float s, float* o) { nf4_run(w, f, n, s, o); });
 }
 
-FINLORA_AVX2_TARGET void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
-                                         float* scratch) {
+FINLORA_AVX2_FN void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                                     float* scratch) {
   if (nr % 8 != 0) return pack_transposed_scalar(w, r0, rows, c0, len, nr, dst, scratch);
-  const int64_t ld = (len + 7) / 8 * 8;
-  for (int j = 0; j < rows; ++j) {
-    float* s = scratch + j * ld;
-    dequant_row(w, r0 + j, c0, len, s);
-    for (int64_t k = len; k < ld; ++k) s[k] = 0.0f;
-  }
-  const __m256 zero = _mm256_setzero_ps();
-  for (int jg = 0; jg < nr; jg += 8) {
-    const int live = std::min(8, std::max(0, rows - jg));
-    for (int64_t k0 = 0; k0 < len; k0 += 8) {
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = i < live ? _mm256_loadu_ps(scratch + (jg + i) * ld + k0) : zero;
-      if (live > 0) transpose8(r);
-      const int64_t kn = std::min<int64_t>(8, len - k0);
-      for (int64_t i = 0; i < kn; ++i) _mm256_storeu_ps(dst + (k0 + i) * nr + jg, r[i]);
-    }
-  }
+  x86::pack_transposed_from_rows<simd::Avx2Regs>(w, r0, rows, c0, len, nr, dst, scratch, dequant_row);
 }
 
 FINLORA_AVX2_TARGET inline float hsum(__m256 v) {

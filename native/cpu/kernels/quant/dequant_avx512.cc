@@ -10,7 +10,7 @@
 // GCC 12's AVX-512 headers start conversions and reductions from _mm512_undefined_*(),
 // which -Wmaybe-uninitialized reports as a use of an uninitialised value.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include "simd_x86.h"
+#include "x86.h"
 
 namespace finlora {
 namespace quant {
@@ -92,8 +92,8 @@ FINLORA_AVX512_TARGET inline void load_rows16(const QWeight& w, int64_t r, int l
   }
 }
 
-FINLORA_AVX512_TARGET void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
-                                           float* scratch) {
+FINLORA_AVX512_FN void pack_transposed(const QWeight& w, int64_t r0, int rows, int64_t c0, int64_t len, int nr, float* dst,
+                                       float* scratch) {
   if (nr % 16 != 0) return pack_transposed_scalar(w, r0, rows, c0, len, nr, dst, scratch);
   const bool direct = w.format == kInt8 || (w.cols % 16 == 0 && c0 % 16 == 0 && w.blocksize % 16 == 0);
   if (direct) {
@@ -117,23 +117,7 @@ FINLORA_AVX512_TARGET void pack_transposed(const QWeight& w, int64_t r0, int row
     }
     return;
   }
-  const int64_t ld = (len + 15) / 16 * 16;
-  for (int j = 0; j < rows; ++j) {
-    float* s = scratch + j * ld;
-    dequant_row(w, r0 + j, c0, len, s);
-    for (int64_t k = len; k < ld; ++k) s[k] = 0.0f;
-  }
-  const __m512 zero = _mm512_setzero_ps();
-  for (int jg = 0; jg < nr; jg += 16) {
-    const int live = std::min(16, std::max(0, rows - jg));
-    for (int64_t k0 = 0; k0 < len; k0 += 16) {
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = i < live ? _mm512_loadu_ps(scratch + (jg + i) * ld + k0) : zero;
-      if (live > 0) transpose16(r);
-      const int64_t kn = std::min<int64_t>(16, len - k0);
-      for (int64_t i = 0; i < kn; ++i) _mm512_storeu_ps(dst + (k0 + i) * nr + jg, r[i]);
-    }
-  }
+  x86::pack_transposed_from_rows<simd::Avx512Regs>(w, r0, rows, c0, len, nr, dst, scratch, dequant_row);
 }
 
 FINLORA_AVX512_TARGET void pack_rows(const QWeight& w, int64_t r0, int64_t kc, int64_t c0, int cols, int nr, float* dst) {
