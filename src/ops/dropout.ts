@@ -134,6 +134,23 @@ export function dropout(x: Tensor, p: number, from: DropoutOptions | DropoutGene
   return record(out, 'dropout', [x], (g, into) => [applyMask(g, p, at, into?.[0] ?? null)], []);
 }
 
+let keepDropped = 0;
+
+/**
+ * Runs fn with dropoutLinear saving its dropped input for backward instead of redrawing
+ * the mask there: for a forward whose backward follows at once (gradient checkpointing's
+ * recomputation of one layer), where holding the dropped copies costs little and the
+ * redraw is a kernel call per product. Values and gradients are the same bit for bit.
+ */
+export function keepingDroppedInputs<T>(fn: () => T): T {
+  keepDropped++;
+  try {
+    return fn();
+  } finally {
+    keepDropped--;
+  }
+}
+
 /**
  * linear(dropout(x, p, from), weight) with x [..., in] (rank >= 2) and weight [out, in],
  * the same values and gradients bit for bit, but its record saves x instead of
@@ -150,16 +167,18 @@ export function dropoutLinear(x: Tensor, weight: Tensor, p: number, from: Dropou
   checkOffset('dropoutLinear', at.offset, x.size);
   const xd = applyMask(x, p, at);
   const y = noGrad(() => linear(xd, weight));
-  xd.dispose();
+  // The dropped input is kept for dW when asked to (keepingDroppedInputs), else redrawn.
+  const kept = keepDropped > 0 && weight.requiresGrad ? xd : null;
+  if (kept === null) xd.dispose();
   return record(
     y,
     'dropoutLinear',
     [x, weight],
     (g, into) => {
       const wantX = x.requiresGrad, wantW = weight.requiresGrad;
-      // dW reads dropout(x), redrawn; dx needs only its shape.
-      const redrawn = wantW ? applyMask(x, p, at) : null;
-      const [dxd, dw] = linearGrads(g, redrawn ?? x, weight, wantX, wantW);
+      // dW reads dropout(x) (kept or redrawn); dx needs only x's shape.
+      const redrawn = wantW && kept === null ? applyMask(x, p, at) : null;
+      const [dxd, dw] = linearGrads(g, kept ?? redrawn ?? x, weight, wantX, wantW);
       redrawn?.dispose();
       if (dxd === null) return [null, dw];
       // As the tape would hand it to dropout's backward: in dropout(x)'s gradient dtype.
@@ -173,7 +192,8 @@ export function dropoutLinear(x: Tensor, weight: Tensor, p: number, from: Dropou
       gd.dispose();
       return [dx, dw];
     },
-    [...(weight.requiresGrad ? [x] : []), ...(x.requiresGrad ? [weight] : [])],
+    // dW reads x (or its kept dropped copy), dx reads the weight.
+    [...(weight.requiresGrad ? [kept ?? x] : []), ...(x.requiresGrad ? [weight] : [])],
   );
 }
 

@@ -9,7 +9,7 @@
 // dropout stream (counter based) is moved back to where the layer drew its masks, so
 // the gradients are bit for bit those of an ordinary backward.
 import { backward, enableGrad, isGradEnabled, noGrad, record } from '../autograd/tape.js';
-import type { DropoutGenerator } from '../ops/dropout.js';
+import { type DropoutGenerator, keepingDroppedInputs } from '../ops/dropout.js';
 import type { LlamaForCausalLM } from '../models/llama/model.js';
 import { scope, type Tensor, view } from '../tensor/tensor.js';
 
@@ -34,7 +34,9 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
           // A fresh leaf over x's storage, so the recomputed graph ends here.
           const leaf = view(x, x.shape, x.strides, x.offset);
           leaf.requiresGrad = x.requiresGrad;
-          backward(fn(leaf), g);
+          // The recomputed layer's backward runs at once: its dropout products keep their
+          // dropped inputs instead of redrawing the masks (the same values, fewer kernels).
+          backward(keepingDroppedInputs(() => fn(leaf)), g);
           const grad = leaf.grad;
           leaf.grad = null;
           return grad;

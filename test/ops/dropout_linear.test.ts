@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { backward } from '../../src/autograd/tape.js';
 import { mul } from '../../src/ops/binary.js';
 import { tensor } from '../../src/ops/creation.js';
-import { dropout, dropoutLinear, DropoutGenerator } from '../../src/ops/dropout.js';
+import { dropout, dropoutLinear, DropoutGenerator, keepingDroppedInputs } from '../../src/ops/dropout.js';
 import { linear } from '../../src/ops/matmul.js';
 import { sum } from '../../src/ops/reduce.js';
 import { cast } from '../../src/ops/view.js';
@@ -21,7 +21,7 @@ interface Result {
   readonly offset: number;
 }
 
-function run(device: string, dtype: DType, fused: boolean, wantX: boolean, wantW: boolean): Result {
+function run(device: string, dtype: DType, fused: boolean, wantX: boolean, wantW: boolean, keepDropped = false): Result {
   return scope(() => {
     const x = tensor(randomData(2 * 5 * 6, 1), [2, 5, 6], { device, requiresGrad: wantX });
     const w = tensor(randomData(3 * 6, 2), [3, 6], { device, requiresGrad: wantW });
@@ -31,7 +31,8 @@ function run(device: string, dtype: DType, fused: boolean, wantX: boolean, wantW
     const y = scope(() => {
       const xc = cast(mul(x, 1.5), dtype);
       const wc = cast(mul(w, 1), dtype);
-      return fused ? dropoutLinear(xc, wc, 0.3, gen) : linear(dropout(xc, 0.3, gen), wc);
+      const product = () => (fused ? dropoutLinear(xc, wc, 0.3, gen) : linear(dropout(xc, 0.3, gen), wc));
+      return keepDropped ? keepingDroppedInputs(product) : product();
     });
     const values = [...cast(y, 'f32').toArray()];
     if (wantX || wantW) backward(sum(mul(cast(y, 'f32'), probe)));
@@ -48,6 +49,8 @@ for (const device of ['reference', ...testBackends()]) {
         const plain = run(device, dtype, false, wantX, wantW);
         const fused = run(device, dtype, true, wantX, wantW);
         assert.deepEqual(fused, plain, what);
+        // Keeping the dropped input for dW (as a checkpointed layer's recomputation does) instead of redrawing it.
+        assert.deepEqual(run(device, dtype, true, wantX, wantW, true), plain, `${what}, dropped input kept`);
         // Dropped inputs get exactly zero gradient: the mask is in play.
         if (wantX) assert.ok(plain.dx!.some((v) => v === 0) && plain.dx!.some((v) => v !== 0), `${what}: the mask drops some inputs`);
         if (wantW) assert.ok(plain.dw!.some((v) => v !== 0), `${what}: dW is not zero`);
