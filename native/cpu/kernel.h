@@ -45,6 +45,18 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
+// Element i of a buffer of `dtype` (kernel_registry.h's codes) as f32.
+inline float load_as_f32(const void* p, int64_t dtype, int64_t i) {
+  switch (dtype) {
+    case F32: return static_cast<const float*>(p)[i];
+    case BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case F16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case I8: return static_cast<float>(static_cast<const int8_t*>(p)[i]);
+    case U8: return static_cast<float>(static_cast<const uint8_t*>(p)[i]);
+    default: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
+  }
+}
+
 // Plain loops left to the vectoriser are compiled for AVX-512, AVX2 and baseline
 // x86-64, and the loader picks the best the CPU has (GCC's target_clones).
 #if defined(__x86_64__) && !defined(__clang__)

@@ -12,17 +12,6 @@
 namespace finlora {
 namespace {
 
-inline float load(const void* p, int64_t dt, int64_t i) {
-  switch (dt) {
-    case F32: return static_cast<const float*>(p)[i];
-    case BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case F16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case I8: return static_cast<float>(static_cast<const int8_t*>(p)[i]);
-    case U8: return static_cast<float>(static_cast<const uint8_t*>(p)[i]);
-    default: return static_cast<float>(static_cast<const int32_t*>(p)[i]);
-  }
-}
-
 // Integer targets truncate toward zero and saturate, as a cast to int does in
 // PyTorch for in-range values; NaN becomes 0.
 template <typename T>
@@ -71,7 +60,7 @@ void copy_kernel(const KernelArgs& a) {
   void* out = a.ptrs[1];
   if (nd == 0) {
     if (din == dout && din == I32) static_cast<int32_t*>(out)[0] = static_cast<const int32_t*>(in)[0];
-    else store(out, dout, 0, load(in, din, 0));
+    else store(out, dout, 0, load_as_f32(in, din, 0));
     return;
   }
   const int64_t rows = leading_rows(shape, nd);
@@ -93,7 +82,7 @@ void copy_kernel(const KernelArgs& a) {
         float* dst = static_cast<float*>(out) + oi;
         for (int64_t c = 0; c < cols; ++c) dst[c * so] = src[c * si];
       } else {
-        for (int64_t c = 0; c < cols; ++c) store(out, dout, oi + c * so, load(in, din, ii + c * si));
+        for (int64_t c = 0; c < cols; ++c) store(out, dout, oi + c * so, load_as_f32(in, din, ii + c * si));
       }
     }
   });

@@ -31,14 +31,6 @@
 namespace finlora {
 namespace {
 
-inline float load(const void* p, int64_t dtype, int64_t i) {
-  switch (dtype) {
-    case F32: return static_cast<const float*>(p)[i];
-    case BF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    default: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-  }
-}
-
 bool float_dtype(int64_t d) { return d == F32 || d == BF16 || d == F16; }
 
 void quantize_int8_kernel(const KernelArgs& args) {
@@ -62,7 +54,7 @@ void quantize_int8_kernel(const KernelArgs& args) {
       if (avx512 && quant::quantize_int8_row_avx512(w, dtype, r * cols, cols, cb + r * cols, scb + r, h.data())) continue;
       float absmax = 0.0f;
       for (int64_t c = 0; c < cols; ++c) {
-        h[c] = f16_to_f32(f32_to_f16(load(w, dtype, r * cols + c)));
+        h[c] = f16_to_f32(f32_to_f16(load_as_f32(w, dtype, r * cols + c)));
         absmax = std::max(absmax, std::fabs(h[c]));
       }
       scb[r] = absmax;
@@ -104,13 +96,13 @@ void quantize_blockwise_kernel(const KernelArgs& args) {
       const int64_t start = b * bs, len = std::min(bs, n - start);
       if (fast4 && len == bs && quant::quantize_block4_avx512(x, dtype, start, bs, bounds.data(), q, absmax + b)) continue;
       float am = 0.0f;
-      for (int64_t i = 0; i < len; ++i) am = std::max(am, std::fabs(load(x, dtype, start + i)));
+      for (int64_t i = 0; i < len; ++i) am = std::max(am, std::fabs(load_as_f32(x, dtype, start + i)));
       const bool partial = len < bs;
       const float clamped = std::max(am, 1e-38f);
       absmax[b] = partial ? clamped : am;
       const float inv = 1.0f / clamped;
       for (int64_t i = 0; i < len; ++i) {
-        const int idx = quant::bucket(bounds.data(), nb, quant::block_scaled(load(x, dtype, start + i), clamped, inv, partial));
+        const int idx = quant::bucket(bounds.data(), nb, quant::block_scaled(load_as_f32(x, dtype, start + i), clamped, inv, partial));
         const int64_t e = start + i;
         if (!pack4) {
           q[e] = static_cast<uint8_t>(idx);
