@@ -23,6 +23,7 @@ import { LlamaForCausalLM, type WeightDType } from '../src/models/llama/model.js
 import { contiguous, slice } from '../src/ops/view.js';
 import { bf16BitsToF32 } from '../src/tensor/dtype.js';
 import { empty, type Tensor } from '../src/tensor/tensor.js';
+import { llamaLayout } from './util.js';
 
 const CONFIG = {
   architectures: ['LlamaForCausalLM'], attention_bias: false, bos_token_id: 128000, eos_token_id: 128001, head_dim: 64,
@@ -32,21 +33,13 @@ const CONFIG = {
   rope_theta: 500000.0, tie_word_embeddings: true, torch_dtype: 'bfloat16', vocab_size: 128256,
 };
 
-/** Tensor names and shapes of the checkpoint, in Hugging Face's names. */
+/** Tensor names and shapes of the checkpoint, in Hugging Face's names (head_dim is hidden / heads). */
 function layout(): [string, number[]][] {
-  const H = CONFIG.hidden_size, I = CONFIG.intermediate_size, V = CONFIG.vocab_size;
-  const kv = CONFIG.num_key_value_heads * CONFIG.head_dim;
-  const out: [string, number[]][] = [['model.embed_tokens.weight', [V, H]], ['model.norm.weight', [H]]];
-  for (let l = 0; l < CONFIG.num_hidden_layers; l++) {
-    const p = `model.layers.${l}`;
-    out.push(
-      [`${p}.input_layernorm.weight`, [H]], [`${p}.post_attention_layernorm.weight`, [H]],
-      [`${p}.self_attn.q_proj.weight`, [H, H]], [`${p}.self_attn.k_proj.weight`, [kv, H]],
-      [`${p}.self_attn.v_proj.weight`, [kv, H]], [`${p}.self_attn.o_proj.weight`, [H, H]],
-      [`${p}.mlp.gate_proj.weight`, [I, H]], [`${p}.mlp.up_proj.weight`, [I, H]], [`${p}.mlp.down_proj.weight`, [H, I]],
-    );
-  }
-  return out;
+  const shape = {
+    hidden: CONFIG.hidden_size, intermediate: CONFIG.intermediate_size, layers: CONFIG.num_hidden_layers,
+    heads: CONFIG.num_attention_heads, kvHeads: CONFIG.num_key_value_heads, vocab: CONFIG.vocab_size,
+  };
+  return llamaLayout(shape, CONFIG.tie_word_embeddings);
 }
 
 /** bf16 bits of element j of tensor t: finite values of magnitude about 2^-7..2^-1. */

@@ -31,14 +31,9 @@ import { enableGradientCheckpointing } from '../src/train/grad_checkpoint.js';
 import { DTYPE_BYTES } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/rng.js';
 import { scope, type Tensor } from '../src/tensor/tensor.js';
+import type { LlamaShape } from './util.js';
 
-export interface MemoryShape {
-  readonly hidden: number;
-  readonly intermediate: number;
-  readonly layers: number;
-  readonly heads: number;
-  readonly kvHeads: number;
-  readonly vocab: number;
+export interface MemoryShape extends LlamaShape {
   readonly batch: number;
   readonly seq: number;
 }

@@ -1,4 +1,5 @@
-// What the CPU benchmarks share: random operands, the check of a product against f64
+// What the CPU benchmarks share (and the tests that reuse them): a Llama checkpoint's
+// tensor layout, random operands, the check of a product against f64
 // dot products at sampled entries, the best / median summary of repeated timings, the
 // printed table, and the python child process that answers one JSON line per request line (numpy for
 // bench/gemm.ts, the torch twin for bench/train_cpu.ts).
@@ -6,6 +7,33 @@ import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { createInterface, type Interface } from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
 import type { Rng } from '../src/tensor/rng.js';
+
+/** A Llama's sizes, as its config.json gives them. */
+export interface LlamaShape {
+  readonly hidden: number;
+  readonly intermediate: number;
+  readonly layers: number;
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly vocab: number;
+}
+
+/** Hugging Face tensor names and shapes of a Llama checkpoint; lm_head.weight unless the embeddings are tied. */
+export function llamaLayout(s: LlamaShape, tied = false): [string, number[]][] {
+  const H = s.hidden, I = s.intermediate, kv = (s.kvHeads * s.hidden) / s.heads;
+  const out: [string, number[]][] = [['model.embed_tokens.weight', [s.vocab, H]], ['model.norm.weight', [H]]];
+  if (!tied) out.push(['lm_head.weight', [s.vocab, H]]);
+  for (let l = 0; l < s.layers; l++) {
+    const p = `model.layers.${l}`;
+    out.push(
+      [`${p}.input_layernorm.weight`, [H]], [`${p}.post_attention_layernorm.weight`, [H]],
+      [`${p}.self_attn.q_proj.weight`, [H, H]], [`${p}.self_attn.k_proj.weight`, [kv, H]],
+      [`${p}.self_attn.v_proj.weight`, [kv, H]], [`${p}.self_attn.o_proj.weight`, [H, H]],
+      [`${p}.mlp.gate_proj.weight`, [I, H]], [`${p}.mlp.up_proj.weight`, [I, H]], [`${p}.mlp.down_proj.weight`, [H, I]],
+    );
+  }
+  return out;
+}
 
 /** n values uniform in [-scale / 2, scale / 2). */
 export function randomMatrix(n: number, rng: Rng, scale = 1): Float32Array {

@@ -4,6 +4,7 @@
 // not, with a hook to damage tensors; and a random float Llama of a chosen shape.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { llamaLayout, type LlamaShape } from '../../bench/util.js';
 import { type HostTensor, writeSafetensors } from '../../src/io/safetensors.js';
 import { WEIGHTS_INDEX_NAME } from '../../src/models/checkpoint.js';
 import type { LlamaForCausalLM } from '../../src/models/llama/model.js';
@@ -64,30 +65,7 @@ export function writeBnbModel(dir: string, model: LlamaForCausalLM, configDir: s
   fs.writeFileSync(path.join(dir, WEIGHTS_INDEX_NAME), JSON.stringify({ metadata: {}, weight_map: weightMap }));
 }
 
-export interface LlamaShape {
-  readonly hidden: number;
-  readonly intermediate: number;
-  readonly layers: number;
-  readonly heads: number;
-  readonly kvHeads: number;
-  readonly vocab: number;
-}
-
-/** Hugging Face tensor names and shapes of an untied Llama. */
-export function llamaLayout(s: LlamaShape): [string, number[]][] {
-  const H = s.hidden, I = s.intermediate, kv = (s.kvHeads * s.hidden) / s.heads;
-  const out: [string, number[]][] = [['model.embed_tokens.weight', [s.vocab, H]], ['model.norm.weight', [H]], ['lm_head.weight', [s.vocab, H]]];
-  for (let l = 0; l < s.layers; l++) {
-    const p = `model.layers.${l}`;
-    out.push(
-      [`${p}.input_layernorm.weight`, [H]], [`${p}.post_attention_layernorm.weight`, [H]],
-      [`${p}.self_attn.q_proj.weight`, [H, H]], [`${p}.self_attn.k_proj.weight`, [kv, H]],
-      [`${p}.self_attn.v_proj.weight`, [kv, H]], [`${p}.self_attn.o_proj.weight`, [H, H]],
-      [`${p}.mlp.gate_proj.weight`, [I, H]], [`${p}.mlp.up_proj.weight`, [I, H]], [`${p}.mlp.down_proj.weight`, [H, I]],
-    );
-  }
-  return out;
-}
+export { llamaLayout, type LlamaShape };
 
 export function llamaConfigJson(s: LlamaShape, dtype: 'float32' | 'bfloat16'): Record<string, unknown> {
   return {
