@@ -90,25 +90,22 @@ void dropout_mask_kernel(const KernelArgs& a) {
   });
 }
 
-void dropout_kernel(const KernelArgs& a) {
+using XRunFn = void (*)(const float*, float*, int64_t, uint32_t, Keys, uint32_t, float);
+
+// The kernels that read x (ptrs[0]) and write out (ptrs[1]), n elements: `run` over
+// each stretch of the mask that shares its keys, in parallel.
+void run_with_x(const KernelArgs& a, XRunFn run) {
   const int64_t n = a.ints[0];
   const MaskParams m = mask_params(a);
   const float* x = static_cast<const float*>(a.ptrs[0]);
   float* out = static_cast<float*>(a.ptrs[1]);
   parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
-    by_key_runs(m, b, e, [&](int64_t i, int64_t len, uint32_t lo, Keys k) { apply_run(x + i, out + i, len, lo, k, m.threshold, m.keep); });
+    by_key_runs(m, b, e, [&](int64_t i, int64_t len, uint32_t lo, Keys k) { run(x + i, out + i, len, lo, k, m.threshold, m.keep); });
   });
 }
 
-void dropout_add_kernel(const KernelArgs& a) {
-  const int64_t n = a.ints[0];
-  const MaskParams m = mask_params(a);
-  const float* x = static_cast<const float*>(a.ptrs[0]);
-  float* out = static_cast<float*>(a.ptrs[1]);
-  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
-    by_key_runs(m, b, e, [&](int64_t i, int64_t len, uint32_t lo, Keys k) { add_run(x + i, out + i, len, lo, k, m.threshold, m.keep); });
-  });
-}
+void dropout_kernel(const KernelArgs& a) { run_with_x(a, apply_run); }
+void dropout_add_kernel(const KernelArgs& a) { run_with_x(a, add_run); }
 
 }  // namespace
 
