@@ -67,13 +67,18 @@ export function record(
   return out;
 }
 
-function topoOrder(root: Tensor): Tensor[] {
+function topoOrder(roots: readonly Tensor[]): Tensor[] {
   // Iterative post-order; a tensor is pushed twice (once to expand, once to emit) as
   // two parallel stacks, not tuples, since this runs over every record of a step.
+  // Post-orders from several roots, one after the other, are one topological order.
   const order: Tensor[] = [];
   const visited = new Set<Tensor>();
-  const stack: Tensor[] = [root];
-  const expanded: boolean[] = [false];
+  const stack: Tensor[] = [];
+  const expanded: boolean[] = [];
+  for (let r = roots.length - 1; r >= 0; r--) {
+    stack.push(roots[r]);
+    expanded.push(false);
+  }
   while (stack.length > 0) {
     const t = stack.pop()!;
     if (expanded.pop()!) {
@@ -122,8 +127,8 @@ function addGrads(a: Tensor, b: Tensor, into: Tensor | null): Tensor {
  * reads it, no scope keeps it, and it has the leaf's gradient dtype and a contiguous
  * layout from the start of its storage (what a copy into a fresh tensor would give).
  */
-function adoptable(g: Tensor, leaf: Tensor, root: Tensor): boolean {
-  return g !== root && !g.kept && g.savedBy === 0 && g.gradFn === null && !g.storage.shared && g.offset === 0 && g.dtype === gradDtype(leaf) && g.isContiguous();
+function adoptable(g: Tensor, leaf: Tensor, rootGrads: readonly Tensor[]): boolean {
+  return !rootGrads.includes(g) && !g.kept && g.savedBy === 0 && g.gradFn === null && !g.storage.shared && g.offset === 0 && g.dtype === gradDtype(leaf) && g.isContiguous();
 }
 
 /**
@@ -134,15 +139,36 @@ export function backward(root: Tensor, grad?: Tensor): void {
   if (!root.requiresGrad) throw new Error('backward: the tensor does not require grad (no parameter reaches it)');
   if (grad === undefined) {
     if (root.size !== 1) throw new Error(`backward: root has shape ${formatShape(root.shape)}; pass the output gradient`);
-    grad = make(root);
-    kernel(root.backend, 'fill')(grad, 1);
+    const one = make(root);
+    kernel(root.backend, 'fill')(one, 1);
+    run([root], [one]);
+    return;
   }
-  const order = topoOrder(root);
-  const grads = new Map<number, Tensor>([[root.id, grad]]);
+  run([root], [grad]);
+}
+
+/**
+ * Back-propagates from several tensors at once, each with its gradient (the caller's;
+ * never freed or written here): the gradients of a function with several outputs, or
+ * of one output given partly by hand (a checkpointed layer's last frozen product).
+ */
+export function backwardFrom(roots: readonly Tensor[], rootGrads: readonly Tensor[]): void {
+  if (roots.length !== rootGrads.length || roots.length === 0) throw new Error(`backwardFrom: ${roots.length} roots and ${rootGrads.length} gradients`);
+  for (let i = 0; i < roots.length; i++) {
+    if (!roots[i].requiresGrad) throw new Error(`backwardFrom: root ${i} does not require grad (no parameter reaches it)`);
+    if (!sameShape(roots[i].shape, rootGrads[i].shape)) throw new Error(`backwardFrom: gradient ${formatShape(rootGrads[i].shape)} for root ${i} ${formatShape(roots[i].shape)}`);
+    if (roots.indexOf(roots[i]) !== i) throw new Error(`backwardFrom: root ${i} is listed twice`);
+  }
+  run(roots, rootGrads);
+}
+
+function run(roots: readonly Tensor[], rootGrads: readonly Tensor[]): void {
+  const order = topoOrder(roots);
+  const grads = new Map<number, Tensor>();
   // How many entries of `grads` hold each tensor (one gradient may reach several
   // inputs, e.g. both operands of an add): a tensor is freed once none does, without
   // scanning every pending gradient.
-  const holders = new Map<Tensor, number>([[grad, 1]]);
+  const holders = new Map<Tensor, number>();
   const hold = (t: Tensor) => holders.set(t, (holders.get(t) ?? 0) + 1);
   const letGo = (t: Tensor) => {
     const n = holders.get(t)! - 1;
@@ -150,6 +176,12 @@ export function backward(root: Tensor, grad?: Tensor): void {
     else holders.set(t, n);
   };
   const inUse = (t: Tensor) => holders.has(t);
+  // The caller's gradients: never freed, written into or adopted here.
+  const isRootGrad = (t: Tensor) => (rootGrads.length === 1 ? rootGrads[0] === t : rootGrads.includes(t));
+  for (let i = 0; i < roots.length; i++) {
+    grads.set(roots[i].id, rootGrads[i]);
+    hold(rootGrads[i]);
+  }
   // Per input of a record, its pending gradient when backward may add into it: held by
   // that entry alone (no other entry, view, record or scope), not the caller's root
   // gradient nor the gradient backward reads, contiguous in the input's gradient dtype.
@@ -160,7 +192,7 @@ export function backward(root: Tensor, grad?: Tensor): void {
       const input = inputs[k];
       if (!input.requiresGrad) continue;
       const prev = grads.get(input.id);
-      if (prev === undefined || prev === reading || prev === grad || holders.get(prev) !== 1) continue;
+      if (prev === undefined || prev === reading || isRootGrad(prev) || holders.get(prev) !== 1) continue;
       if (prev.kept || prev.savedBy !== 0 || prev.gradFn !== null || prev.storage.shared || !prev.isContiguous() || prev.dtype !== gradDtype(input)) continue;
       if (inputs.indexOf(input) !== k || inputs.lastIndexOf(input) !== k) continue;
       (into ??= new Array<Tensor | null>(inputs.length).fill(null))[k] = prev;
@@ -181,7 +213,7 @@ export function backward(root: Tensor, grad?: Tensor): void {
           throw new Error(`backward: gradient ${formatShape(g.shape)} does not match ${node.name || 'leaf'} ${formatShape(node.shape)}`);
         }
         if (node.grad === null) {
-          if (!inUse(g) && adoptable(g, node, grad)) {
+          if (!inUse(g) && adoptable(g, node, rootGrads)) {
             // The gradient is a fresh tensor no one else holds or reads: it becomes .grad as it is.
             node.grad = keep(g);
             continue;
@@ -218,14 +250,14 @@ export function backward(root: Tensor, grad?: Tensor): void {
             grads.set(input.id, sum);
             letGo(prev);
             hold(sum);
-            if (!inUse(prev) && prev !== grad) prev.dispose();
+            if (!inUse(prev) && !isRootGrad(prev)) prev.dispose();
             if (!inUse(gi) && gi !== g) gi.dispose();
           }
         }
         if (converted !== null) for (const t of converted) if (t !== g && !inUse(t)) t.dispose();
         dropGradFn(node);
       }
-      if (g !== grad && !inUse(g)) g.dispose();
+      if (!isRootGrad(g) && !inUse(g)) g.dispose();
     }
   });
 }

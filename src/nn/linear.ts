@@ -73,6 +73,15 @@ export class Linear extends Module {
     else this.registerModule(name, m);
   }
 
+  /**
+   * Whether the layer is the plain product with a frozen dense weight (and a frozen bias or
+   * none): its own forward (no adapter took its place), nothing quantized, nothing that
+   * trains. Its backward then needs only the weight.
+   */
+  isPlainFrozen(): boolean {
+    return !Object.hasOwn(this, 'forward') && this.quant === null && !this.dense.requiresGrad && (this.bias === null || !this.bias.requiresGrad);
+  }
+
   /** x [..., in_features] -> [..., out_features] in x's activation dtype. */
   forward(x: Tensor): Tensor {
     if (this.quant === null) return linear(x, this.dense, this.bias);

@@ -14,11 +14,19 @@ import type { LlamaForCausalLM } from '../models/llama/model.js';
 import { scope, type Tensor, view } from '../tensor/tensor.js';
 
 /**
+ * Back-propagates g (the gradient of fn(x)) through a recomputation of fn from x, itself,
+ * when it can do so with less recomputation; returns false, having done nothing, when it
+ * cannot (the recomputation then runs fn whole).
+ */
+export type BackwardThrough = (x: Tensor, g: Tensor) => boolean;
+
+/**
  * fn(x) without keeping fn's intermediates; its backward recomputes fn from x (with
  * gradients to x and, accumulated into their .grad, to the trainable tensors in
  * `params`). `rng` is the dropout stream fn draws from, replayed for the recomputation.
+ * `through`, when given, is tried before recomputing fn whole.
  */
-export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: readonly Tensor[], rng: DropoutGenerator | null): Tensor {
+export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: readonly Tensor[], rng: DropoutGenerator | null, through?: BackwardThrough): Tensor {
   if (!isGradEnabled()) return fn(x);
   const trainable = params.filter((p) => p.requiresGrad);
   if (!x.requiresGrad && trainable.length === 0) return fn(x);
@@ -36,7 +44,9 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
           leaf.requiresGrad = x.requiresGrad;
           // The recomputed layer's backward runs at once: its dropout products keep their
           // dropped inputs instead of redrawing the masks (the same values, fewer kernels).
-          backward(keepingDroppedInputs(() => fn(leaf)), g);
+          keepingDroppedInputs(() => {
+            if (through === undefined || !through(leaf, g)) backward(fn(leaf), g);
+          });
           const grad = leaf.grad;
           leaf.grad = null;
           return grad;
@@ -60,7 +70,9 @@ export function enableGradientCheckpointing(model: LlamaForCausalLM, rng: Dropou
       // recorded at all. An input that needs one is recorded anyway, and the recomputed
       // backward reaches the parameters whether they are listed or not.
       const params = h.requiresGrad || !isGradEnabled() ? [] : [...layer.namedParameters()].map(([, t]) => t);
-      return checkpointed((x) => original.call(layer, x, cos, sin, keyMask, cache), h, params, rng);
+      // Without a cache (training), backward need not recompute the layer's last frozen product.
+      const through: BackwardThrough | undefined = cache === null ? (x, g) => layer.backwardFromOutput(x, g, cos, sin, keyMask) : undefined;
+      return checkpointed((x) => original.call(layer, x, cos, sin, keyMask, cache), h, params, rng, through);
     };
     undo.push(() => {
       layer.forward = original;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { backward, noGrad, record } from '../../src/autograd/tape.js';
+import { backward, backwardFrom, noGrad, record } from '../../src/autograd/tape.js';
 import { requireOps, type Backend } from '../../src/backend/backend.js';
 import { defaultBackend, getBackend } from '../../src/backend/registry.js';
 import { add, mul, sub } from '../../src/ops/binary.js';
@@ -244,5 +244,22 @@ test('a product never adds into the gradient it reads (x + linear(x, W): both ge
       }
     }
     assertClose(x.grad!.toArray(), want, { atol: 1e-5, rtol: 1e-5 });
+  });
+});
+
+test('backwardFrom: several roots with their gradients give the sum over both, and leave the given gradients alone', () => {
+  scope(() => {
+    const x = tensor([1, 2, 3], [3], { requiresGrad: true });
+    const c = tensor([2, -1, 0.5], [3]);
+    // a = x * c, b = a * a: d/dx of (a·ga + b·gb) = c·ga + 2·a·c·gb.
+    const a = mul(x, c);
+    const b = mul(a, a);
+    const ga = tensor([1, 1, 1], [3]), gb = tensor([0.5, 2, -1], [3]);
+    backwardFrom([a, b], [ga, gb]);
+    const av = [2, -2, 1.5];
+    assertClose(x.grad!.toArray(), [0, 1, 2].map((i) => [2, -1, 0.5][i] * (1 + 2 * av[i] * [0.5, 2, -1][i])));
+    assertClose(ga.toArray(), [1, 1, 1]);
+    assertClose(gb.toArray(), [0.5, 2, -1]);
+    assert.throws(() => backwardFrom([x], []), /1 roots and 0 gradients/);
   });
 });

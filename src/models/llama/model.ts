@@ -21,13 +21,13 @@
 // after it follows its inputs (src/ops/util.ts computeDtype); RMSNorm weights, rope
 // tables, attention's lse and the loss stay f32.
 import type { Backend, KernelName } from '../../backend/backend.js';
-import { isGradEnabled } from '../../autograd/tape.js';
+import { backwardFrom, isGradEnabled, noGrad } from '../../autograd/tape.js';
 import { attention } from '../../ops/attention.js';
 import { add } from '../../ops/binary.js';
 import { indexSelect } from '../../ops/concat.js';
 import { resolveBackend } from '../../ops/creation.js';
 import { type ComputeDType, computesBf16 } from '../../ops/util.js';
-import { linear } from '../../ops/matmul.js';
+import { linear, linearGrads } from '../../ops/matmul.js';
 import { rope, ropeInvFreq, rotaryTables, type RopeConfig } from '../../ops/rope.js';
 import { siluMul } from '../../ops/swiglu.js';
 import { cast, reshape, slice, transpose } from '../../ops/view.js';
@@ -151,7 +151,12 @@ class LlamaMLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return this.down_proj.forward(siluMul(this.gate_proj.forward(x), this.up_proj.forward(x)));
+    return this.down_proj.forward(this.gated(x));
+  }
+
+  /** silu(gate_proj(x)) ⊙ up_proj(x): down_proj's input. */
+  gated(x: Tensor): Tensor {
+    return siluMul(this.gate_proj.forward(x), this.up_proj.forward(x));
   }
 
   protected override ownOps(): KernelName[] {
@@ -181,6 +186,40 @@ class LlamaDecoderLayer extends Module {
   forward(h: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null, cache: KVCache | null): Tensor {
     const a = scope(() => add(h, this.self_attn.forward(this.input_layernorm.forward(h), cos, sin, keyMask, cache, this.index)));
     return scope(() => add(a, this.mlp.forward(this.post_attention_layernorm.forward(a))));
+  }
+
+  /**
+   * For gradient checkpointing: back-propagates g, the gradient of forward(h, ...)'s
+   * output, through a recomputation of the layer that stops before down_proj when that
+   * is a plain frozen dense Linear. Its backward reads only its weight, and the residual
+   * add's none, so the layer's last product and add need not be recomputed: backward
+   * starts from the residual stream a (gradient g) and down_proj's input m (gradient
+   * g·W, the product down_proj's backward would make). The same kernels, in the same
+   * order, as backward through the whole recomputed layer, less those two. Returns false,
+   * having done nothing, when down_proj is adapted, quantized or trainable.
+   */
+  backwardFromOutput(h: Tensor, g: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null): boolean {
+    const down = this.mlp.down_proj;
+    if (!down.isPlainFrozen()) return false;
+    const a = scope(() => add(h, this.self_attn.forward(this.input_layernorm.forward(h), cos, sin, keyMask, null, this.index)));
+    const m = scope(() => this.mlp.gated(this.post_attention_layernorm.forward(a)));
+    // A root that nothing trainable reaches (an attention block without adapters) is left out.
+    const dm = m.requiresGrad ? noGrad(() => linearGrads(g, m, down.weight, true, false)[0]) : null;
+    try {
+      const roots: Tensor[] = [], grads: Tensor[] = [];
+      if (a.requiresGrad) {
+        roots.push(a);
+        grads.push(g);
+      }
+      if (dm !== null) {
+        roots.push(m);
+        grads.push(dm);
+      }
+      if (roots.length > 0) backwardFrom(roots, grads);
+    } finally {
+      dm?.dispose();
+    }
+    return true;
   }
 
   protected override ownOps(): KernelName[] {
