@@ -33,12 +33,15 @@ function quantizedOperands(w: QuantizedOperand, filler: Tensor): { tensors: Tens
   };
 }
 
-/** The (batch, head, row) strides of [B, H, T, D] operands, in order (the last axis has unit stride). */
-function headStrides(...ts: Tensor[]): number[] {
-  return ts.flatMap((t) => {
+/**
+ * Appends the (batch, head, row) strides of [B, H, T, D] operands, in order, to `ints`
+ * (the last axis has unit stride). A plain loop: attention calls it with every launch.
+ */
+function pushHeadStrides(ints: number[], ts: readonly Tensor[]): void {
+  for (const t of ts) {
     if (t.strides[3] !== 1 && t.shape[3] !== 1) throw new Error(`attention: ${t} needs a unit stride on its last axis`);
-    return [t.strides[0], t.strides[1], t.strides[2]];
-  });
+    ints.push(t.strides[0], t.strides[1], t.strides[2]);
+  }
 }
 
 export interface NativeKernelOptions {
@@ -102,19 +105,18 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
     attention: (q, k, v, keyMask, out, lse, { scale, causal }) => {
       const [B, Hq, T, D] = q.shape;
       const [, Hkv, S] = k.shape;
-      const dims = [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0];
-      run('attention', [q, k, v, keyMask ?? q, out, lse], [...dims, ...(strided ? headStrides(q, k, v, out) : []), code(q)], [scale]);
+      const ints = [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0];
+      if (strided) pushHeadStrides(ints, [q, k, v, out]);
+      ints.push(code(q));
+      run('attention', [q, k, v, keyMask ?? q, out, lse], ints, [scale]);
     },
     attentionBackward: (q, k, v, keyMask, out, lse, dout, dq, dk, dv, { scale, causal }) => {
       const [B, Hq, T, D] = q.shape;
       const [, Hkv, S] = k.shape;
-      const dims = [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0];
-      run(
-        'attentionBackward',
-        [q, k, v, keyMask ?? q, out, lse, dout, dq, dk, dv],
-        [...dims, ...(strided ? headStrides(q, k, v, out, dout, dq, dk, dv) : []), code(q)],
-        [scale],
-      );
+      const ints = [B, Hq, Hkv, T, S, D, causal ? 1 : 0, keyMask ? 1 : 0];
+      if (strided) pushHeadStrides(ints, [q, k, v, out, dout, dq, dk, dv]);
+      ints.push(code(q));
+      run('attentionBackward', [q, k, v, keyMask ?? q, out, lse, dout, dq, dk, dv], ints, [scale]);
     },
     crossEntropy: (logits, targets, loss, lse, ignoreIndex) =>
       run('crossEntropy', [logits, targets, loss, lse], [logits.shape[0], logits.shape[1], ignoreIndex, code(logits)]),
@@ -123,14 +125,27 @@ export function nativeKernels(run: NativeRun, { stridedAttention: strided }: Nat
     dropoutMask: (out, p, seed, offset) => run('dropoutMask', [out], [out.size, seed, offset], [p]),
     dropout: (x, out, p, seed, offset) => run('dropout', [x, out], [out.size, seed, offset, code(x)], [p]),
     dropoutAdd: (x, out, p, seed, offset) => run('dropoutAdd', [x, out], [out.size, seed, offset, code(x)], [p]),
-    adamw: (operands, a) =>
-      run(
-        'adamw',
-        operands.flatMap((o) => [o.param, o.grad, o.expAvg, o.expAvgSq]),
-        [operands.length, ...operands.map((o) => o.param.size)],
-        [a.lr, a.beta1, a.beta2, a.eps, a.weightDecay, a.biasCorrection1, a.biasCorrection2, a.gradScale],
-      ),
-    sumSquares: (xs, out) => run('sumSquares', [...xs, out], [xs.length, ...xs.map((x) => x.size)]),
+    adamw: (operands, a) => {
+      // Plain loops: one call carries every trainable parameter (hundreds of operands).
+      const tensors = new Array<Tensor>(4 * operands.length);
+      const ints = new Array<number>(1 + operands.length);
+      ints[0] = operands.length;
+      for (let i = 0; i < operands.length; i++) {
+        const o = operands[i];
+        tensors[4 * i] = o.param;
+        tensors[4 * i + 1] = o.grad;
+        tensors[4 * i + 2] = o.expAvg;
+        tensors[4 * i + 3] = o.expAvgSq;
+        ints[1 + i] = o.param.size;
+      }
+      run('adamw', tensors, ints, [a.lr, a.beta1, a.beta2, a.eps, a.weightDecay, a.biasCorrection1, a.biasCorrection2, a.gradScale]);
+    },
+    sumSquares: (xs, out) => {
+      const ints = new Array<number>(1 + xs.length);
+      ints[0] = xs.length;
+      for (let i = 0; i < xs.length; i++) ints[1 + i] = xs[i].size;
+      run('sumSquares', [...xs, out], ints);
+    },
     siluMul: (gate, up, out) => run('siluMul', [gate, up, out], [out.size, code(gate)]),
     siluMulBackward: (gate, up, dout, dgate, dup) => run('siluMulBackward', [gate, up, dout, dgate, dup], [dgate.size, code(gate)]),
     doraScale: (base, lora, g, out, s) => run('doraScale', [base, lora, g, out], [out.size / g.size, g.size, code(base)], [s]),
