@@ -67,12 +67,16 @@ export function record(
   return out;
 }
 
+let walks = 0;
+
 function topoOrder(roots: readonly Tensor[]): Tensor[] {
   // Iterative post-order; a tensor is pushed twice (once to expand, once to emit) as
   // two parallel stacks, not tuples, since this runs over every record of a step.
   // Post-orders from several roots, one after the other, are one topological order.
+  // A tensor is visited when its mark holds this walk's number: no Set to hash into
+  // (walks do not nest: a walk finishes before any backward closure runs).
+  const mark = ++walks;
   const order: Tensor[] = [];
-  const visited = new Set<Tensor>();
   const stack: Tensor[] = [];
   const expanded: boolean[] = [];
   for (let r = roots.length - 1; r >= 0; r--) {
@@ -85,14 +89,14 @@ function topoOrder(roots: readonly Tensor[]): Tensor[] {
       order.push(t);
       continue;
     }
-    if (visited.has(t)) continue;
-    visited.add(t);
+    if (t.visitMark === mark) continue;
+    t.visitMark = mark;
     stack.push(t);
     expanded.push(true);
     const fn = t.gradFn;
     if (fn === null) continue;
     for (const i of fn.inputs) {
-      if (i.requiresGrad && !visited.has(i)) {
+      if (i.requiresGrad && i.visitMark !== mark) {
         stack.push(i);
         expanded.push(false);
       }

@@ -64,6 +64,8 @@ export class Tensor {
   graphHeld = false;
   /** Passed to keep(): no scope disposes it (scopes skip it instead of searching their lists). */
   kept = false;
+  /** The number of the last graph walk (autograd/tape.ts topoOrder) that reached this tensor. */
+  visitMark = 0;
   /** The storage is released (the handle may still be a graph edge). */
   private freed = false;
   private disposed = false;
@@ -241,7 +243,9 @@ export function scope<T>(fn: () => T): T {
   }
   scopes.pop();
   const survivors = new Set<Tensor>();
-  collectTensors(result, survivors, new Set());
+  // Most scopes return one tensor: no walk of the result, no set of visited containers.
+  if (result instanceof Tensor) survivors.add(result);
+  else collectTensors(result, survivors, new Set());
   const { reached, saved } = reachedGraph(survivors, firstId);
   // Unreached tensors go first: their records stop counting as readers of what they saved.
   const rest: Tensor[] = [];
