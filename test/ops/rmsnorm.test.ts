@@ -60,6 +60,25 @@ test('rmsNorm: the fused backward kernel matches the reference on larger rows', 
   ));
 });
 
+test('rmsNorm: rows of a multiple of 8 (read 16 bytes at a time on the GPU) match the reference forward and backward, frozen or trainable weight', () => {
+  const dxOnly = (x: Tensor, w: Tensor, g: Tensor) => {
+    x.requiresGrad = true;
+    backward(rmsNorm(x, w, 1e-5), g);
+    return [x.grad!];
+  };
+  const both = (x: Tensor, w: Tensor, g: Tensor) => {
+    x.requiresGrad = true;
+    w.requiresGrad = true;
+    backward(rmsNorm(x, w, 1e-5), g);
+    return [x.grad!, w.grad!];
+  };
+  checkAgainstReference(norm(1e-6), [{ shape: [6, 264] }, { shape: [264] }]);
+  checkAgainstReference(norm(1e-6), [{ shape: [5, 48], dtype: 'bf16' }, { shape: [48], dtype: 'bf16' }]);
+  checkAgainstReference(dxOnly, [{ shape: [7, 520] }, { shape: [520] }, { shape: [7, 520] }], { atol: 1e-5, rtol: 1e-4 });
+  checkAgainstReference(dxOnly, [{ shape: [4, 2048], dtype: 'bf16' }, { shape: [2048], dtype: 'bf16' }, { shape: [4, 2048], dtype: 'bf16' }]);
+  checkAgainstReference(both, [{ shape: [9, 72] }, { shape: [72] }, { shape: [9, 72] }], { atol: 1e-5, rtol: 1e-4 });
+});
+
 test('rmsNorm: mismatched weight and bad eps are refused', () => {
   scope(() => {
     const x = tensor(new Float32Array(6), [2, 3]);

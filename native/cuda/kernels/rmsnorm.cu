@@ -11,6 +11,8 @@
 //   rounded to T and added to what dx holds, as binary add would add it
 //   dx = rstd * w * dy - x * rstd^3 / D * sum_k(dy_k * w_k * x_k)
 //   dweight = sum over rows of dy * x * rstd, in f64 per column
+#include <initializer_list>
+
 #include "kernel.h"
 
 namespace finlora {
@@ -54,6 +56,105 @@ __global__ void rmsnorm_dx(const T* x, const W* w, const float* rstd, const T* d
   }
 }
 
+// The same two kernels for rows that may be read 16 bytes at a time (D a multiple of 8,
+// every row 16-byte aligned): the row is staged in shared memory as f32 (exact for bf16
+// and f32) with 8-element loads, and the f64 sum then walks the staged row in the order
+// of the scalar kernels above (thread t takes t, t + blockDim, ...; the same block_reduce
+// at the same block size): rstd and y are the scalar kernels' bits, and so is dx's sum.
+// Every f32 product and difference here is rounded on its own (the _rn intrinsics), so
+// the bits do not hang on the compiler's choice of what to fuse; the scalar dx leaves
+// that to nvcc, which fuses one product of its difference into an FMA: the two paths' dx
+// can differ in the last bit (on an H200, about a quarter of f32 values and 4 in a
+// million bf16 ones). The second pass reads the staged row back, so global memory sees
+// each operand once.
+template <class T, class W>
+__global__ void rmsnorm_rows_vec(const T* x, const W* w, T* out, float* rstd, int64_t D, double eps) {
+  extern __shared__ float4 stage4[];
+  float* xs = reinterpret_cast<float*>(stage4);
+  const T* xr = x + blockIdx.x * D;
+  T* y = out + blockIdx.x * D;
+  const int64_t chunks = D / 8;
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float v[8];
+    ld8(xr + 8 * c, v);
+    st8(xs + 8 * c, v);
+  }
+  __syncthreads();
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const double v = xs[i];
+    s = __fma_rn(v, v, s);
+  }
+  s = block_reduce(s, SumOp());
+  const float rs = static_cast<float>(1.0 / sqrt(s / static_cast<double>(D) + eps));
+  if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float v[8], wv[8];
+    ld8(xs + 8 * c, v);
+    ld8(w + 8 * c, wv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = __fmul_rn(__fmul_rn(v[e], rs), wv[e]);
+    st8(y + 8 * c, v);
+  }
+}
+
+template <class T, class W, bool ACC = false>
+__global__ void rmsnorm_dx_vec(const T* x, const W* w, const float* rstd, const T* dy, T* dx, int64_t D) {
+  extern __shared__ float4 stage4[];
+  float* gs = reinterpret_cast<float*>(stage4);
+  float* xs = gs + D;
+  const T* xr = x + blockIdx.x * D;
+  const T* g = dy + blockIdx.x * D;
+  T* o = dx + blockIdx.x * D;
+  const int64_t chunks = D / 8;
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float gv[8], xv[8];
+    ld8(g + 8 * c, gv);
+    ld8(xr + 8 * c, xv);
+    st8(gs + 8 * c, gv);
+    st8(xs + 8 * c, xv);
+  }
+  __syncthreads();
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+    s = __fma_rn(__dmul_rn(static_cast<double>(gs[i]), static_cast<double>(ld(w, i))), static_cast<double>(xs[i]), s);
+  s = block_reduce(s, SumOp());
+  const double rs = rstd[blockIdx.x];
+  const float a = static_cast<float>(rs);
+  const float b = static_cast<float>(rs * rs * rs * s / static_cast<double>(D));
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float gv[8], xv[8], wv[8], v[8];
+    ld8(gs + 8 * c, gv);
+    ld8(xs + 8 * c, xv);
+    ld8(w + 8 * c, wv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = __fsub_rn(__fmul_rn(__fmul_rn(a, wv[e]), gv[e]), __fmul_rn(b, xv[e]));
+    if (ACC) {
+      float prev[8];
+      ld8(o + 8 * c, prev);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = __fadd_rn(prev[e], round_to(o, v[e]));
+    }
+    st8(o + 8 * c, v);
+  }
+}
+
+// Shared memory the vectorised kernels may take (above 48 KiB a kernel must opt in): 12288
+// f32 columns for dx's two staged rows, 24576 for the forward's one.
+constexpr int kMaxStageBytes = 96 << 10;
+
+// Whether the vectorised kernel applies: rows of a multiple of 8 elements at 16-byte
+// aligned addresses (every operand), and the staged rows fit; once per kernel, the
+// opt-in to more than the default shared memory.
+template <auto Kernel>
+bool vector_rows_ok(int64_t D, int64_t stage_bytes, std::initializer_list<const void*> ptrs) {
+  if (D % 8 != 0 || stage_bytes > kMaxStageBytes) return false;
+  for (const void* p : ptrs)
+    if (!aligned16(p)) return false;
+  static const bool opted = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxStageBytes) == cudaSuccess;
+  return opted || stage_bytes <= (48 << 10);
+}
+
 // dweight: each column's sum over rows in f64, in a fixed order: blocks of 32 columns
 // by kLanes row lanes; lane l sums rows l, l + kLanes, ... and the partials are added
 // in lane order (one owner per column, no atomics, the same bits every run). The lanes
@@ -83,9 +184,14 @@ int64_t weight_dtype(const KernelArgs& a) { return a.ints.size() >= 4 ? a.ints[2
 
 template <class T, class W>
 void forward(const KernelArgs& a, int64_t N, int64_t D) {
-  rmsnorm_rows<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(static_cast<const T*>(a.ptrs[0]), static_cast<const W*>(a.ptrs[1]),
-                                                                       static_cast<T*>(a.ptrs[2]), static_cast<float*>(a.ptrs[3]), D,
-                                                                       a.floats[0]);
+  const T* x = static_cast<const T*>(a.ptrs[0]);
+  const W* w = static_cast<const W*>(a.ptrs[1]);
+  T* out = static_cast<T*>(a.ptrs[2]);
+  float* rstd = static_cast<float*>(a.ptrs[3]);
+  const int64_t stage = D * 4;
+  if (vector_rows_ok<rmsnorm_rows_vec<T, W>>(D, stage, {x, w, out}))
+    rmsnorm_rows_vec<T, W><<<static_cast<unsigned>(N), block_for(D), static_cast<size_t>(stage), stream()>>>(x, w, out, rstd, D, a.floats[0]);
+  else rmsnorm_rows<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, out, rstd, D, a.floats[0]);
 }
 
 void rmsnorm(const KernelArgs& a) {
@@ -101,13 +207,21 @@ void rmsnorm(const KernelArgs& a) {
   }
 }
 
+template <class T, class W, bool ACC>
+void launch_dx(const T* x, const W* w, const float* rstd, const T* dy, T* dx, int64_t N, int64_t D) {
+  const int64_t stage = D * 8;
+  if (vector_rows_ok<rmsnorm_dx_vec<T, W, ACC>>(D, stage, {x, w, dy, dx}))
+    rmsnorm_dx_vec<T, W, ACC><<<static_cast<unsigned>(N), block_for(D), static_cast<size_t>(stage), stream()>>>(x, w, rstd, dy, dx, D);
+  else rmsnorm_dx<T, W, ACC><<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, dx, D);
+}
+
 template <class T, class W>
 void backward(const KernelArgs& a, int64_t N, int64_t D) {
   const T* x = static_cast<const T*>(a.ptrs[0]);
   const W* w = static_cast<const W*>(a.ptrs[1]);
   const float* rstd = static_cast<const float*>(a.ptrs[2]);
   const T* dy = static_cast<const T*>(a.ptrs[3]);
-  rmsnorm_dx<<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, static_cast<T*>(a.ptrs[4]), D);
+  launch_dx<T, W, false>(x, w, rstd, dy, static_cast<T*>(a.ptrs[4]), N, D);
   rmsnorm_dweight<<<static_cast<unsigned>((D + 31) / 32), dim3(32, kLanes), 0, stream()>>>(x, rstd, dy,
                                                                                    static_cast<float*>(a.ptrs[5]), N, D);
 }
@@ -133,8 +247,8 @@ void backward_dx(const KernelArgs& a, int64_t N, int64_t D, bool accumulate) {
   const float* rstd = static_cast<const float*>(a.ptrs[2]);
   const T* dy = static_cast<const T*>(a.ptrs[3]);
   T* dx = static_cast<T*>(a.ptrs[4]);
-  if (accumulate) rmsnorm_dx<T, W, true><<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, dx, D);
-  else rmsnorm_dx<T, W, false><<<static_cast<unsigned>(N), block_for(D), 0, stream()>>>(x, w, rstd, dy, dx, D);
+  if (accumulate) launch_dx<T, W, true>(x, w, rstd, dy, dx, N, D);
+  else launch_dx<T, W, false>(x, w, rstd, dy, dx, N, D);
 }
 
 void rmsnorm_backward_dx(const KernelArgs& a) {
