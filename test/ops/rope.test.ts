@@ -17,6 +17,12 @@ test('rope: matches the reference on odd shapes, strided x and per-sequence tabl
   });
 });
 
+test('rope: heads whose halves are multiples of 8 (read 16 bytes at a time on the GPU) match the reference in f32 and bf16, with shared and per-sequence tables', () => {
+  checkAgainstReference(rot, [{ shape: [2, 3, 40, 128] }, { shape: [1, 3, 64] }, { shape: [1, 3, 64] }]);
+  checkAgainstReference(rot, [{ shape: [3, 4, 5, 32], dtype: 'bf16' }, { shape: [3, 4, 16] }, { shape: [3, 4, 16] }]);
+  checkAgainstReference(rot, [{ shape: [2, 5, 3, 48], dtype: 'bf16' }, { shape: [1, 5, 24] }, { shape: [1, 5, 24] }]);
+});
+
 test("rope: follows Hugging Face's rotate_half with cos/sin of position * inv_freq", () => {
   const B = 2, T = 3, H = 2, D = 8;
   const inv = ropeInvFreq({ rope_theta: 10000, head_dim: D });
