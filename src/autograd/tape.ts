@@ -56,7 +56,7 @@ export function record(
   out: Tensor,
   name: string,
   inputs: readonly Tensor[],
-  backward: (grad: Tensor, into?: readonly (Tensor | null)[]) => (Tensor | null)[],
+  backward: (grad: Tensor, into?: readonly (Tensor | null)[], owned?: boolean) => (Tensor | null)[],
   saved?: readonly Tensor[],
 ): Tensor {
   if (disabled > 0 || !inputs.some((t) => t.requiresGrad)) return out;
@@ -132,7 +132,12 @@ function addGrads(a: Tensor, b: Tensor, into: Tensor | null): Tensor {
  * layout from the start of its storage (what a copy into a fresh tensor would give).
  */
 function adoptable(g: Tensor, leaf: Tensor, rootGrads: readonly Tensor[]): boolean {
-  return !rootGrads.includes(g) && !g.kept && g.savedBy === 0 && g.gradFn === null && !g.storage.shared && g.offset === 0 && g.dtype === gradDtype(leaf) && g.isContiguous();
+  return !rootGrads.includes(g) && exclusive(g) && g.offset === 0 && g.dtype === gradDtype(leaf) && g.isContiguous();
+}
+
+/** No scope keeps g, no record reads it, no other tensor views its storage, and it has no record of its own. */
+function exclusive(g: Tensor): boolean {
+  return !g.kept && g.savedBy === 0 && g.gradFn === null && !g.storage.shared;
 }
 
 /**
@@ -152,21 +157,25 @@ export function backward(root: Tensor, grad?: Tensor): void {
 }
 
 /**
- * Back-propagates from several tensors at once, each with its gradient (the caller's;
- * never freed or written here): the gradients of a function with several outputs, or
- * of one output given partly by hand (a checkpointed layer's last frozen product).
+ * Back-propagates from several tensors at once, each with its gradient: the gradients
+ * of a function with several outputs, or of one output given partly by hand (a
+ * checkpointed layer's last frozen product). A root gradient is the caller's, never
+ * freed or written here, unless `owned` marks it as handed over (no one else holds or
+ * reads it): then it is used as any gradient backward made itself (added into, passed
+ * on, taken as a leaf's .grad or freed).
  */
-export function backwardFrom(roots: readonly Tensor[], rootGrads: readonly Tensor[]): void {
+export function backwardFrom(roots: readonly Tensor[], rootGrads: readonly Tensor[], owned?: readonly boolean[]): void {
   if (roots.length !== rootGrads.length || roots.length === 0) throw new Error(`backwardFrom: ${roots.length} roots and ${rootGrads.length} gradients`);
   for (let i = 0; i < roots.length; i++) {
     if (!roots[i].requiresGrad) throw new Error(`backwardFrom: root ${i} does not require grad (no parameter reaches it)`);
     if (!sameShape(roots[i].shape, rootGrads[i].shape)) throw new Error(`backwardFrom: gradient ${formatShape(rootGrads[i].shape)} for root ${i} ${formatShape(roots[i].shape)}`);
     if (roots.indexOf(roots[i]) !== i) throw new Error(`backwardFrom: root ${i} is listed twice`);
   }
-  run(roots, rootGrads);
+  run(roots, rootGrads, owned === undefined ? rootGrads : rootGrads.filter((_, i) => !owned[i]));
 }
 
-function run(roots: readonly Tensor[], rootGrads: readonly Tensor[]): void {
+/** Back-propagates from `roots` with `rootGrads`; those in `kept` are the caller's (never freed, written or adopted). */
+function run(roots: readonly Tensor[], rootGrads: readonly Tensor[], kept: readonly Tensor[] = rootGrads): void {
   const order = topoOrder(roots);
   const grads = new Map<number, Tensor>();
   // How many entries of `grads` hold each tensor (one gradient may reach several
@@ -181,7 +190,7 @@ function run(roots: readonly Tensor[], rootGrads: readonly Tensor[]): void {
   };
   const inUse = (t: Tensor) => holders.has(t);
   // The caller's gradients: never freed, written into or adopted here.
-  const isRootGrad = (t: Tensor) => (rootGrads.length === 1 ? rootGrads[0] === t : rootGrads.includes(t));
+  const isRootGrad = (t: Tensor) => (kept.length === 1 ? kept[0] === t : kept.includes(t));
   for (let i = 0; i < roots.length; i++) {
     grads.set(roots[i].id, rootGrads[i]);
     hold(rootGrads[i]);
@@ -217,7 +226,7 @@ function run(roots: readonly Tensor[], rootGrads: readonly Tensor[]): void {
           throw new Error(`backward: gradient ${formatShape(g.shape)} does not match ${node.name || 'leaf'} ${formatShape(node.shape)}`);
         }
         if (node.grad === null) {
-          if (!inUse(g) && adoptable(g, node, rootGrads)) {
+          if (!inUse(g) && adoptable(g, node, kept)) {
             // The gradient is a fresh tensor no one else holds or reads: it becomes .grad as it is.
             node.grad = keep(g);
             continue;
@@ -231,7 +240,9 @@ function run(roots: readonly Tensor[], rootGrads: readonly Tensor[]): void {
         // A backward that takes `into` (a second parameter) may add an input's gradient
         // into that input's pending one instead of returning a new tensor to be added.
         const into = fn.backward.length >= 2 ? pendingInto(fn.inputs, g) : undefined;
-        const inputGrads = fn.backward(g, into);
+        // A backward that takes `owned` (a third parameter) is told when g is its alone.
+        const owned = fn.backward.length >= 3 && !isRootGrad(g) && !inUse(g) && exclusive(g);
+        const inputGrads = fn.backward(g, into, owned);
         // Gradients given in another dtype than their input's: freed once converted.
         let converted: Tensor[] | null = null;
         for (let k = 0; k < fn.inputs.length; k++) {

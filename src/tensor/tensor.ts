@@ -44,8 +44,10 @@ export interface GradFn {
    * gradient. `into[k]`, when given and not null, is input k's pending gradient, which
    * backward may add its own into (+=) and return as input k's gradient instead of a new
    * tensor (a product written with accumulation saves the add; see autograd/tape.ts).
+   * `owned` says that no one else holds or reads `grad`: backward may write into it,
+   * or return it as an input's gradient.
    */
-  backward(grad: Tensor, into?: readonly (Tensor | null)[]): (Tensor | null)[];
+  backward(grad: Tensor, into?: readonly (Tensor | null)[], owned?: boolean): (Tensor | null)[];
 }
 
 let nextId = 1;

@@ -8,7 +8,7 @@
 // Recomputation reproduces the forward exactly: the kernels are deterministic and the
 // dropout stream (counter based) is moved back to where the layer drew its masks, so
 // the gradients are bit for bit those of an ordinary backward.
-import { backward, enableGrad, isGradEnabled, noGrad, record } from '../autograd/tape.js';
+import { backwardFrom, enableGrad, isGradEnabled, noGrad, record } from '../autograd/tape.js';
 import { type DropoutGenerator, keepingDroppedInputs } from '../ops/dropout.js';
 import type { LlamaForCausalLM } from '../models/llama/model.js';
 import { scope, type Tensor, view } from '../tensor/tensor.js';
@@ -18,7 +18,7 @@ import { scope, type Tensor, view } from '../tensor/tensor.js';
  * when it can do so with less recomputation; returns false, having done nothing, when it
  * cannot (the recomputation then runs fn whole).
  */
-export type BackwardThrough = (x: Tensor, g: Tensor) => boolean;
+export type BackwardThrough = (x: Tensor, g: Tensor, owned: boolean) => boolean;
 
 /**
  * fn(x) without keeping fn's intermediates; its backward recomputes fn from x (with
@@ -33,7 +33,10 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
   const start = rng?.offset ?? 0;
   const out = noGrad(() => scope(() => fn(x)));
   // The recomputation reads x alone (the parameters are held by the model anyway).
-  return record(out, 'checkpoint', [x, ...trainable], (g) => {
+  // `owned`: the tape hands g over (no one else holds it), so the recomputed backward
+  // may add into it (the residual stream's gradient then flows through every layer in one
+  // buffer) and return it as x's gradient.
+  return record(out, 'checkpoint', [x, ...trainable], (g, _into, owned) => {
     const resume = rng?.offset ?? 0;
     rng?.seek(start);
     try {
@@ -44,11 +47,14 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
           leaf.requiresGrad = x.requiresGrad;
           // The recomputed layer's backward runs at once: its dropout products keep their
           // dropped inputs instead of redrawing the masks (the same values, fewer kernels).
+          const handed = owned === true;
           keepingDroppedInputs(() => {
-            if (through === undefined || !through(leaf, g)) backward(fn(leaf), g);
+            if (through === undefined || !through(leaf, g, handed)) backwardFrom([fn(leaf)], [g], [handed]);
           });
           const grad = leaf.grad;
           leaf.grad = null;
+          // No longer a leaf's .grad: an ordinary gradient, which the enclosing backward may add into or pass on.
+          if (grad !== null) grad.kept = false;
           return grad;
         }),
       );
@@ -71,7 +77,7 @@ export function enableGradientCheckpointing(model: LlamaForCausalLM, rng: Dropou
       // backward reaches the parameters whether they are listed or not.
       const params = h.requiresGrad || !isGradEnabled() ? [] : [...layer.namedParameters()].map(([, t]) => t);
       // Without a cache (training), backward need not recompute the layer's last frozen product.
-      const through: BackwardThrough | undefined = cache === null ? (x, g) => layer.backwardFromOutput(x, g, cos, sin, keyMask) : undefined;
+      const through: BackwardThrough | undefined = cache === null ? (x, g, owned) => layer.backwardFromOutput(x, g, cos, sin, keyMask, owned) : undefined;
       return checkpointed((x) => original.call(layer, x, cos, sin, keyMask, cache), h, params, rng, through);
     };
     undo.push(() => {

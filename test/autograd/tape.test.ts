@@ -263,3 +263,17 @@ test('backwardFrom: several roots with their gradients give the sum over both, a
     assert.throws(() => backwardFrom([x], []), /1 roots and 0 gradients/);
   });
 });
+
+test('backwardFrom with a root gradient handed over gives the same gradients (it may be added into and become a leaf\'s .grad)', () => {
+  scope(() => {
+    const xs = randomData(4 * 6, 17), w = randomData(6 * 6, 18), c = randomData(4 * 6, 19);
+    const grads = [false, true].map((handed) => {
+      const x = tensor(xs, [4, 6], { requiresGrad: true });
+      // x + linear(x, W): the root gradient reaches x directly and through the product.
+      const y = add(x, linear(x, tensor(w, [6, 6])));
+      backwardFrom([y], [tensor(c, [4, 6])], [handed]);
+      return Array.from(x.grad!.toArray());
+    });
+    assert.deepEqual(grads[1], grads[0]);
+  });
+});

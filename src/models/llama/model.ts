@@ -196,9 +196,10 @@ class LlamaDecoderLayer extends Module {
    * starts from the residual stream a (gradient g) and down_proj's input m (gradient
    * g·W, the product down_proj's backward would make). The same kernels, in the same
    * order, as backward through the whole recomputed layer, less those two. Returns false,
-   * having done nothing, when down_proj is adapted, quantized or trainable.
+   * having done nothing, when down_proj is adapted, quantized or trainable. `owned`: g is
+   * handed over (backwardFrom) and may be added into.
    */
-  backwardFromOutput(h: Tensor, g: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null): boolean {
+  backwardFromOutput(h: Tensor, g: Tensor, cos: Tensor, sin: Tensor, keyMask: Tensor | null, owned = false): boolean {
     const down = this.mlp.down_proj;
     if (!down.isPlainFrozen()) return false;
     const a = scope(() => add(h, this.self_attn.forward(this.input_layernorm.forward(h), cos, sin, keyMask, null, this.index)));
@@ -215,7 +216,8 @@ class LlamaDecoderLayer extends Module {
         roots.push(m);
         grads.push(dm);
       }
-      if (roots.length > 0) backwardFrom(roots, grads);
+      // g may be handed over; dm stays ours (freed below).
+      if (roots.length > 0) backwardFrom(roots, grads, roots.map((r) => r === a && owned));
     } finally {
       dm?.dispose();
     }
