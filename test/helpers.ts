@@ -2,6 +2,7 @@
 // the reference backend, and gradient checks by central finite differences.
 import assert from 'node:assert/strict';
 import { backward } from '../src/autograd/tape.js';
+import { cudaAddonBuilt, loadCudaAddon } from '../src/backend/cuda/addon.js';
 import { getBackend } from '../src/backend/registry.js';
 import { read, ReferenceBackend, write } from '../src/backend/reference/reference.js';
 import { tensor } from '../src/ops/creation.js';
@@ -50,6 +51,17 @@ export interface InputSpec {
   strided?: boolean;
   dtype?: 'f32' | 'bf16' | 'f16' | 'int32' | 'int8' | 'uint8';
   noGrad?: boolean;
+}
+
+/** Why the CUDA addon cannot run here (unbuilt, unloadable, no GPU visible), or false when it can. */
+export function cudaUnavailable(): string | false {
+  if (!cudaAddonBuilt()) return 'the CUDA addon is not built (npm run build:cuda needs nvcc and cuBLAS)';
+  try {
+    if (loadCudaAddon().deviceCount() === 0) return 'no GPU is visible on this machine';
+  } catch (e) {
+    return `the CUDA addon does not load here: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  return false;
 }
 
 /** The backends tests run on besides the reference: cpu, plus cuda when FINLORA_DEVICE=cuda. */

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type Backend, requireOps } from '../../src/backend/backend.js';
 import type { Kernels } from '../../src/backend/kernels.js';
-import { cudaAddonBuilt, loadCudaAddon } from '../../src/backend/cuda/addon.js';
+import { cudaAddonBuilt } from '../../src/backend/cuda/addon.js';
 import { CudaBackend } from '../../src/backend/cuda/cuda.js';
 import { getBackend } from '../../src/backend/registry.js';
 import { add } from '../../src/ops/binary.js';
@@ -16,19 +16,9 @@ import { dropoutMask } from '../../src/ops/dropout.js';
 import { embedding } from '../../src/ops/embedding.js';
 import { matmul } from '../../src/ops/matmul.js';
 import { scope } from '../../src/tensor/tensor.js';
-import { assertClose, randomData } from '../helpers.js';
+import { assertClose, cudaUnavailable, randomData } from '../helpers.js';
 
-function skipReason(): string | false {
-  if (!cudaAddonBuilt()) return 'the CUDA addon is not built (npm run build:cuda needs nvcc and cuBLAS)';
-  try {
-    if (loadCudaAddon().deviceCount() === 0) return 'no GPU is visible on this machine';
-  } catch (e) {
-    return `the CUDA addon does not load here: ${e instanceof Error ? e.message : String(e)}`;
-  }
-  return false;
-}
-
-const skip = skipReason();
+const skip = cudaUnavailable();
 const cuda = (): CudaBackend => {
   const b = getBackend('cuda');
   assert.ok(b instanceof CudaBackend);

@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CpuBackend, type KernelTime } from '../../src/backend/cpu/cpu.js';
-import { cudaAddonBuilt, loadCudaAddon } from '../../src/backend/cuda/addon.js';
 import { CudaBackend, type CudaKernelTime, profileLabel } from '../../src/backend/cuda/cuda.js';
 import { nativeKernels } from '../../src/backend/native_kernels.js';
 import { getBackend } from '../../src/backend/registry.js';
@@ -17,17 +16,11 @@ import { matmul } from '../../src/ops/matmul.js';
 import { fill } from '../../src/ops/inplace.js';
 import { transpose } from '../../src/ops/view.js';
 import { scope } from '../../src/tensor/tensor.js';
-import { assertClose, randomData } from '../helpers.js';
+import { assertClose, cudaUnavailable, randomData } from '../helpers.js';
 
 function cudaSkip(): string | false {
   if (process.env.FINLORA_DEVICE !== 'cuda') return 'runs with FINLORA_DEVICE=cuda';
-  if (!cudaAddonBuilt()) return 'the CUDA addon is not built (npm run build:cuda needs nvcc and cuBLAS)';
-  try {
-    if (loadCudaAddon().deviceCount() === 0) return 'no GPU is visible on this machine';
-  } catch (e) {
-    return `the CUDA addon does not load here: ${e instanceof Error ? e.message : String(e)}`;
-  }
-  return false;
+  return cudaUnavailable();
 }
 
 type Profiled = CpuBackend | CudaBackend;
