@@ -8,6 +8,7 @@
 // Recomputation reproduces the forward exactly: the kernels are deterministic and the
 // dropout stream (counter based) is moved back to where the layer drew its masks, so
 // the gradients are bit for bit those of an ordinary backward.
+import { RecomputeMemo, withRecomputeMemo } from '../autograd/recompute.js';
 import { backwardFrom, enableGrad, isGradEnabled, noGrad, record } from '../autograd/tape.js';
 import { type DropoutGenerator, keepingDroppedInputs } from '../ops/dropout.js';
 import type { LlamaForCausalLM } from '../models/llama/model.js';
@@ -31,7 +32,9 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
   const trainable = params.filter((p) => p.requiresGrad);
   if (!x.requiresGrad && trainable.length === 0) return fn(x);
   const start = rng?.offset ?? 0;
-  const out = noGrad(() => scope(() => fn(x)));
+  // Values the recomputation would compute again unchanged (DoRA's weight norms) are kept from this forward.
+  const memo = new RecomputeMemo();
+  const out = noGrad(() => scope(() => withRecomputeMemo(memo, false, () => fn(x))));
   // The recomputation reads x alone (the parameters are held by the model anyway).
   // `owned`: the tape hands g over (no one else holds it), so the recomputed backward
   // may add into it (the residual stream's gradient then flows through every layer in one
@@ -48,9 +51,11 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
           // The recomputed layer's backward runs at once: its dropout products keep their
           // dropped inputs instead of redrawing the masks (the same values, fewer kernels).
           const handed = owned === true;
-          keepingDroppedInputs(() => {
-            if (through === undefined || !through(leaf, g, handed)) backwardFrom([fn(leaf)], [g], [handed]);
-          });
+          keepingDroppedInputs(() =>
+            withRecomputeMemo(memo, true, () => {
+              if (through === undefined || !through(leaf, g, handed)) backwardFrom([fn(leaf)], [g], [handed]);
+            }),
+          );
           const grad = leaf.grad;
           leaf.grad = null;
           // No longer a leaf's .grad: an ordinary gradient, which the enclosing backward may add into or pass on.
@@ -60,6 +65,7 @@ export function checkpointed(fn: (x: Tensor) => Tensor, x: Tensor, params: reado
       );
       return [gx, ...trainable.map(() => null)];
     } finally {
+      memo.dispose();
       rng?.seek(resume);
     }
   }, [x]);

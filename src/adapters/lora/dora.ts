@@ -34,6 +34,7 @@
 //
 // Merge: W' = (m / ‖W + s·B·A‖)[:, None] ⊙ (W + s·B·A), the norm in the direct form as
 // PEFT's merge computes it and kept for unmerge (W = W' / (m / n) − s·B·A).
+import { recomputable } from '../../autograd/recompute.js';
 import { noGrad } from '../../autograd/tape.js';
 import { add, div, maximum, mul, sub } from '../../ops/binary.js';
 import { tensor } from '../../ops/creation.js';
@@ -155,7 +156,8 @@ export class DoraVariant implements LoraVariant {
   weightNorm(layer: LoraLayer): Tensor {
     if (layer.training) {
       this.dropEvalNorm();
-      return this.computeNorm(layer);
+      // A checkpointed layer's recomputation takes the norm its forward computed (same weights, no gradient).
+      return recomputable(this, () => this.computeNorm(layer));
     }
     if (this.evalNorm === null) this.evalNorm = keep(this.computeNorm(layer));
     return this.evalNorm;
