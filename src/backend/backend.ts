@@ -38,6 +38,8 @@ export interface Backend {
   sync(): Promise<void>;
   /** Bytes of live allocations, for memory tests and reports. */
   liveBytes(): number;
+  /** The most bytes live at once since the backend started, where it keeps that figure (a GPU's memory). */
+  peakBytes?(): number;
 }
 
 export type KernelName = keyof Kernels;

@@ -79,6 +79,9 @@ test('the same finetune run on the cpu (f32) and on the GPU (bf16 weights, bf16 
     const r = finlora('finetune', run, '--config-json', CONFIGS);
     assert.equal(r.status, 0, `${run}: ${r.stderr}`);
     assert.match(r.stdout, /trained 22 steps in .* final loss \d+\.\d+, validation loss \d+\.\d+\n/, run);
+    // The GPU's peak memory is reported; the cpu (and the reference) keep no such figure.
+    if (run === 'on_gpu' && DEVICE === 'cuda') assert.match(r.stdout, /tok\/s, peak cuda memory \d+\.\d\d GiB\)/, run);
+    if (run === 'on_cpu') assert.doesNotMatch(r.stdout, /peak .* memory/, run);
   }
   const cpu = trainLosses('on_cpu'), gpu = trainLosses('on_gpu');
   assert.equal(cpu.length, 22);

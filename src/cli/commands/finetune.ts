@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AdapterError } from '../../adapters/peft.js';
 import { LoraConfigError } from '../../adapters/lora/config.js';
+import type { Backend } from '../../backend/backend.js';
 import { getBackend } from '../../backend/registry.js';
 import { splitValidation } from '../../data/batches.js';
 import { type Features, formatExamples } from '../../data/format.js';
@@ -118,6 +119,12 @@ function fingerprint(cfg: RunConfig, train: readonly Features[], val: readonly F
     }
   }
   return h.digest('hex');
+}
+
+/** ", peak cuda memory 15.80 GiB" where the backend keeps its peak (a GPU), else nothing. */
+function peakMemory(backend: Backend): string {
+  const peak = backend.peakBytes?.();
+  return peak === undefined ? '' : `, peak ${backend.name} memory ${(peak / 2 ** 30).toFixed(2)} GiB`;
 }
 
 function shippedRuns(): string {
@@ -275,7 +282,7 @@ export const command: Command = {
       }
       out(
         `${result.resumedFrom !== null ? `resumed at step ${result.resumedFrom}; ` : ''}trained ${result.steps} steps in ${result.seconds.toFixed(1)} s ` +
-          `(${Math.round(result.tokens / Math.max(1e-9, result.seconds))} tok/s), final loss ${result.loss.toFixed(4)}` +
+          `(${Math.round(result.tokens / Math.max(1e-9, result.seconds))} tok/s${peakMemory(backend)}), final loss ${result.loss.toFixed(4)}` +
           `${result.valLoss !== null ? `, validation loss ${result.valLoss.toFixed(4)}` : ''}\n` +
           `adapter: ${runDir} (${files.join(', ')})\n${scores}`,
       );
