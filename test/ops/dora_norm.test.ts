@@ -41,6 +41,23 @@ test('doraNorm: the kernels against the reference at every SIMD level and thread
   });
 });
 
+// The CUDA kernel gives a block 16, 8 or 4 rows (the most that still leave at most 1/8
+// of the multiprocessors idle and whose s·B fits in 48 KiB) and walks four columns per
+// thread where cols is a multiple of 8, else one. On a GPU of 108 to 214
+// multiprocessors (an H200 has 132): 4100 rows take 16 per block (the last block 4 rows
+// short), 1500 rows 8, 2200 rows at r 800 8 (16 · 800 floats would not fit), 600 rows
+// 4; 3072 is the largest rank. Each with vector and scalar columns.
+test('doraNorm: row counts and ranks that choose each of the GPU kernel\'s block shapes, f32 and bf16 W', () => {
+  const shapes: [number, number, number][] = [
+    [4100, 264, 8], [4100, 67, 3], [1500, 264, 8], [1500, 67, 5], [2200, 40, 800], [600, 264, 8], [5, 16, 3072], [5, 19, 3072],
+  ];
+  for (const [rows, cols, r] of shapes) {
+    for (const dtype of ['f32', 'bf16'] as const) {
+      checkAgainstReference((w, a, b) => doraNorm(w, a, b, S), [{ shape: [rows, cols], dtype }, { shape: [r, cols] }, { shape: [rows, r] }], { atol: 1e-6, rtol: 2e-6 });
+    }
+  }
+});
+
 /**
  * W, A, B whose updates cancel W's rows up to a residual of size `residual` per entry:
  * W_i = round(−s·(B·A)_i + δ_i), the rounding to W's dtype included in the truth the

@@ -103,7 +103,10 @@ test('cuda: doraNormQuantized gives what dequantize then doraNorm gives, without
   assert.ok(cuda instanceof CudaBackend);
   assert.ok(cuda.kernels.doraNormQuantized !== undefined, 'the cuda addon registers doraNormQuantized');
   for (const variant of VARIANTS) {
-    for (const [rows, cols, r] of [...SHAPES, [1024, 4096, 8] as [number, number, number]]) {
+    // 4100 and 1500 rows take 16 and 8 rows per block on an H200 (132 multiprocessors),
+    // four columns per step (256) or one (70).
+    const large: [number, number, number][] = [[1024, 4096, 8], [4100, 256, 8], [4100, 70, 3], [1500, 256, 8]];
+    for (const [rows, cols, r] of [...SHAPES, ...large]) {
       const hw = hostWeight(variant, rows, cols, rows + 7 * cols);
       const { a, b } = adapter(rows, cols, r, rows * 3 + cols);
       scope(() => {
