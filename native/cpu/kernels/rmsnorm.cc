@@ -106,16 +106,23 @@ void rmsnorm_kernel(const KernelArgs& a) {
   parallel_for(p.N, 1 + (1 << 14) / (p.D + 1), [&](int64_t r0, int64_t r1) { fn(p, r0, r1); });
 }
 
-void rmsnorm_backward_kernel(const KernelArgs& a) {
+// The operands both backward kernels read: [x, weight, rstd, dy, dx, ...] with ints [N, D, ...];
+// `wide` holds a bf16 weight widened to f32.
+Params backward_params(const KernelArgs& a, std::vector<float>& wide) {
   Params p{};
   p.N = a.ints[0];
   p.D = a.ints[1];
   p.x = static_cast<const float*>(a.ptrs[0]);
-  std::vector<float> wide;
   p.w = weight_f32(a, p.D, wide);
   p.rstd_in = static_cast<const float*>(a.ptrs[2]);
   p.dy = static_cast<const float*>(a.ptrs[3]);
   p.dx = static_cast<float*>(a.ptrs[4]);
+  return p;
+}
+
+void rmsnorm_backward_kernel(const KernelArgs& a) {
+  std::vector<float> wide;
+  Params p = backward_params(a, wide);
   float* dweight = static_cast<float*>(a.ptrs[5]);
   const auto fdx = dx_pick();
   parallel_for(p.N, 1 + (1 << 14) / (p.D + 1), [&](int64_t r0, int64_t r1) { fdx(p, r0, r1); });
@@ -131,16 +138,9 @@ FINLORA_CLONES void add_row(const float* __restrict x, float* __restrict out, in
 }
 
 void rmsnorm_backward_dx_kernel(const KernelArgs& a) {
-  Params p{};
-  p.N = a.ints[0];
-  p.D = a.ints[1];
-  const bool accumulate = a.ints[3] != 0;
-  p.x = static_cast<const float*>(a.ptrs[0]);
   std::vector<float> wide;
-  p.w = weight_f32(a, p.D, wide);
-  p.rstd_in = static_cast<const float*>(a.ptrs[2]);
-  p.dy = static_cast<const float*>(a.ptrs[3]);
-  p.dx = static_cast<float*>(a.ptrs[4]);
+  Params p = backward_params(a, wide);
+  const bool accumulate = a.ints[3] != 0;
   const auto fdx = dx_pick();
   const int64_t D = p.D;
   if (!accumulate) {
