@@ -3,7 +3,7 @@
 # what it measures): builds the CUDA addon when it is missing, then runs the compiled
 # benchmark with the given options and keeps a log.
 #
-#   bash bench/gpu/run.sh              every row (6-8 minutes on an H200, estimated)
+#   bash bench/gpu/run.sh              every row (about 7 minutes on an H200)
 #   bash bench/gpu/run.sh --quick      1B q,k,v rows, fewer steps (about a minute)
 #   bash bench/gpu/run.sh --model 8b --targets qkv --dora --dropout 0.05
 #
