@@ -29,6 +29,7 @@
 #include <string>
 
 #include "host_device.h"
+#include "kernel_registry.h"
 
 namespace finlora {
 namespace quant {
@@ -204,6 +205,46 @@ FINLORA_HD inline float block_scaled(float v, float clamped, float inv, bool par
 // (at most 16 packed two to a byte, in blocks of an even size).
 inline bool blockwise_sizes_ok(int64_t n, int64_t code_size, int64_t blocksize, bool pack4) {
   return n >= 0 && code_size >= 2 && code_size <= 256 && blocksize > 0 && !(pack4 && (code_size > 16 || blocksize % 2 != 0));
+}
+
+// The weight dtypes the quantizers read (bitsandbytes takes f32, bf16 and f16).
+inline bool quantizable_dtype(int64_t d) { return d == F32 || d == BF16 || d == F16; }
+
+// quantizeInt8's attributes: ints [rows, cols, dtype of w]; ptrs [w, cb, scb]. Sets
+// args.error and returns false when the call does not have that shape.
+struct Int8Job {
+  int64_t rows, cols, dtype;
+};
+inline bool parse_quantize_int8(const KernelArgs& args, Int8Job& job) {
+  if (args.ints.size() != 3 || args.ptrs.size() != 3) {
+    args.error = "quantizeInt8: expected 3 ints and 3 buffers";
+    return false;
+  }
+  job = Int8Job{args.ints[0], args.ints[1], args.ints[2]};
+  if (job.rows < 0 || job.cols < 0 || !quantizable_dtype(job.dtype)) {
+    args.error = "quantizeInt8: bad size or dtype";
+    return false;
+  }
+  return true;
+}
+
+// quantizeBlockwise's attributes: ints [n, dtype of x, code size, blocksize, pack4];
+// ptrs [x, code, q, absmax]. Sets args.error and returns false when they are not usable.
+struct BlockwiseJob {
+  int64_t n, dtype, code_size, blocksize;
+  bool pack4;
+};
+inline bool parse_quantize_blockwise(const KernelArgs& args, BlockwiseJob& job) {
+  if (args.ints.size() != 5 || args.ptrs.size() != 4) {
+    args.error = "quantizeBlockwise: expected 5 ints and 4 buffers";
+    return false;
+  }
+  job = BlockwiseJob{args.ints[0], args.ints[1], args.ints[2], args.ints[3], args.ints[4] != 0};
+  if (!quantizable_dtype(job.dtype) || !blockwise_sizes_ok(job.n, job.code_size, job.blocksize, job.pack4)) {
+    args.error = "quantizeBlockwise: bad size, dtype, code size or block size";
+    return false;
+  }
+  return true;
 }
 
 }  // namespace quant

@@ -31,18 +31,10 @@
 namespace finlora {
 namespace {
 
-bool float_dtype(int64_t d) { return d == F32 || d == BF16 || d == F16; }
-
 void quantize_int8_kernel(const KernelArgs& args) {
-  if (args.ints.size() != 3 || args.ptrs.size() != 3) {
-    args.error = "quantizeInt8: expected 3 ints and 3 buffers";
-    return;
-  }
-  const int64_t rows = args.ints[0], cols = args.ints[1], dtype = args.ints[2];
-  if (rows < 0 || cols < 0 || !float_dtype(dtype)) {
-    args.error = "quantizeInt8: bad size or dtype";
-    return;
-  }
+  quant::Int8Job job;
+  if (!quant::parse_quantize_int8(args, job)) return;
+  const int64_t rows = job.rows, cols = job.cols, dtype = job.dtype;
   const void* w = args.ptrs[0];
   int8_t* cb = static_cast<int8_t*>(args.ptrs[1]);
   float* scb = static_cast<float*>(args.ptrs[2]);
@@ -70,16 +62,10 @@ void quantize_int8_kernel(const KernelArgs& args) {
 }
 
 void quantize_blockwise_kernel(const KernelArgs& args) {
-  if (args.ints.size() != 5 || args.ptrs.size() != 4) {
-    args.error = "quantizeBlockwise: expected 5 ints and 4 buffers";
-    return;
-  }
-  const int64_t n = args.ints[0], dtype = args.ints[1], code_size = args.ints[2], bs = args.ints[3];
-  const bool pack4 = args.ints[4] != 0;
-  if (!float_dtype(dtype) || !quant::blockwise_sizes_ok(n, code_size, bs, pack4)) {
-    args.error = "quantizeBlockwise: bad size, dtype, code size or block size";
-    return;
-  }
+  quant::BlockwiseJob job;
+  if (!quant::parse_quantize_blockwise(args, job)) return;
+  const int64_t n = job.n, dtype = job.dtype, code_size = job.code_size, bs = job.blocksize;
+  const bool pack4 = job.pack4;
   const void* x = args.ptrs[0];
   const float* code = static_cast<const float*>(args.ptrs[1]);
   uint8_t* q = static_cast<uint8_t*>(args.ptrs[2]);

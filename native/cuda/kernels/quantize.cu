@@ -41,8 +41,6 @@ struct StdMaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return std_max(a, b); }
 };
 
-bool float_dtype(int64_t d) { return d == F32 || d == BF16 || d == F16; }
-
 __global__ void quantize_int8_rows(const void* w, int64_t dtype, int64_t cols, int8_t* cb, float* scb) {
   const int64_t row = blockIdx.x;
   float am = 0.0f;
@@ -66,15 +64,9 @@ __global__ void quantize_int8_rows(const void* w, int64_t dtype, int64_t cols, i
 }
 
 void quantize_int8(const KernelArgs& args) {
-  if (args.ints.size() != 3 || args.ptrs.size() != 3) {
-    args.error = "quantizeInt8: expected 3 ints and 3 buffers";
-    return;
-  }
-  const int64_t rows = args.ints[0], cols = args.ints[1], dtype = args.ints[2];
-  if (rows < 0 || cols < 0 || !float_dtype(dtype)) {
-    args.error = "quantizeInt8: bad size or dtype";
-    return;
-  }
+  quant::Int8Job job;
+  if (!quant::parse_quantize_int8(args, job)) return;
+  const int64_t rows = job.rows, cols = job.cols, dtype = job.dtype;
   if (rows == 0) return;
   const int threads = cols >= 2048 ? 512 : cols >= 256 ? 256 : 64;
   quantize_int8_rows<<<static_cast<unsigned>(rows), threads, 0, stream()>>>(args.ptrs[0], dtype, cols, static_cast<int8_t*>(args.ptrs[1]),
@@ -114,16 +106,10 @@ __global__ void quantize_blocks(const void* x, int64_t dtype, const float* code,
 }
 
 void quantize_blockwise(const KernelArgs& args) {
-  if (args.ints.size() != 5 || args.ptrs.size() != 4) {
-    args.error = "quantizeBlockwise: expected 5 ints and 4 buffers";
-    return;
-  }
-  const int64_t n = args.ints[0], dtype = args.ints[1], code_size = args.ints[2], bs = args.ints[3];
-  const bool pack4 = args.ints[4] != 0;
-  if (!float_dtype(dtype) || !quant::blockwise_sizes_ok(n, code_size, bs, pack4)) {
-    args.error = "quantizeBlockwise: bad size, dtype, code size or block size";
-    return;
-  }
+  quant::BlockwiseJob job;
+  if (!quant::parse_quantize_blockwise(args, job)) return;
+  const int64_t n = job.n, dtype = job.dtype, code_size = job.code_size, bs = job.blocksize;
+  const bool pack4 = job.pack4;
   if (n == 0) return;
   const int64_t blocks = (n + bs - 1) / bs;
   const int64_t grid = (blocks + kWarps - 1) / kWarps;
