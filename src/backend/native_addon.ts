@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Tensor } from '../tensor/tensor.js';
 
 /** A native buffer's handle: a slot number the addon resolves (stale handles are refused). */
 export type BufferHandle = number;
@@ -27,6 +28,20 @@ export interface NativeAddon {
   cachedBytes(): number;
   /** Returns every cached block to the system (or the device). */
   emptyCache(): void;
+}
+
+/**
+ * run()'s buffers and byte offsets for `tensors`, each buffer resolved by `handleOf` (which
+ * checks the tensor lives on the addon's backend): one pass, as this runs for every kernel call.
+ */
+export function runOperands(tensors: readonly Tensor[], handleOf: (t: Tensor) => BufferHandle): [BufferHandle[], number[]] {
+  const buffers = new Array<BufferHandle>(tensors.length);
+  const offsets = new Array<number>(tensors.length);
+  for (let i = 0; i < tensors.length; i++) {
+    buffers[i] = handleOf(tensors[i]);
+    offsets[i] = tensors[i].byteOffset;
+  }
+  return [buffers, offsets];
 }
 
 function packageRoot(): string {

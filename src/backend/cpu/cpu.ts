@@ -4,7 +4,7 @@ import { Backend, BackendBuffer } from '../backend.js';
 import type { Kernels } from '../kernels.js';
 import { builtKernels, nativeKernels, type NativeRun } from '../native_kernels.js';
 import { ForgottenBuffers, type TrackedBuffer } from '../forgotten.js';
-import type { BufferHandle } from '../native_addon.js';
+import { type BufferHandle, runOperands } from '../native_addon.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { type CpuAddon, loadCpuAddon } from './addon.js';
 
@@ -110,13 +110,7 @@ export class CpuBackend implements Backend {
   private run(name: string, tensors: Tensor[], ints: number[], floats: number[] = [], variant?: string | (() => string)): void {
     const id = this.ids.get(name);
     if (id === undefined) throw new Error(`cpu backend: kernel '${name}' is not built`);
-    // One pass for both argument arrays: this runs for every kernel call.
-    const buffers = new Array<BufferHandle>(tensors.length);
-    const offsets = new Array<number>(tensors.length);
-    for (let i = 0; i < tensors.length; i++) {
-      buffers[i] = nativeOf(tensors[i]);
-      offsets[i] = tensors[i].byteOffset;
-    }
+    const [buffers, offsets] = runOperands(tensors, nativeOf);
     if (!this.profiling) {
       this.addon.run(id, buffers, offsets, ints, floats);
       return;

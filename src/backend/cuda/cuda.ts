@@ -11,7 +11,7 @@
 // brackets each launch and copy with CUDA events on the stream and profile() waits once
 // to read them. Off, run() passes no key and the addon records nothing.
 import { type Backend, BackendBuffer } from '../backend.js';
-import type { BufferHandle } from '../native_addon.js';
+import { type BufferHandle, runOperands } from '../native_addon.js';
 import type { Kernels } from '../kernels.js';
 import { builtKernels, nativeKernels, type NativeRun } from '../native_kernels.js';
 import { ForgottenBuffers, type TrackedBuffer } from '../forgotten.js';
@@ -226,8 +226,9 @@ export class CudaBackend implements Backend {
   private run(name: string, tensors: Tensor[], ints: number[], floats: number[] = [], variant?: string | (() => string)): void {
     const id = this.ids.get(name);
     if (id === undefined) throw new Error(`cuda backend: kernel '${name}' is not built`);
+    const [buffers, offsets] = runOperands(tensors, handleOf);
     if (!this.profiling) {
-      this.addon.run(id, tensors.map(handleOf), tensors.map((t) => t.byteOffset), ints, floats);
+      this.addon.run(id, buffers, offsets, ints, floats);
       return;
     }
     const label = profileLabel(name, ints, typeof variant === 'function' ? variant() : variant);
@@ -236,7 +237,6 @@ export class CudaBackend implements Backend {
       key = this.labels.push(label) - 1;
       this.labelKeys.set(label, key);
     }
-    const buffers = tensors.map(handleOf), offsets = tensors.map((t) => t.byteOffset);
     const t0 = process.hrtime.bigint();
     this.addon.run(id, buffers, offsets, ints, floats, key);
     this.addHost(key, process.hrtime.bigint() - t0, name === 'matmul' ? matmulFlops(ints) : 0);
